@@ -1,0 +1,43 @@
+"""The ``deploy-helper`` command line.
+
+Each command group lives in its own module and is attached here; none of this
+is imported by the Lambda handler, so the CLI's dependencies (click, rich) do
+not add to the function's cold start.
+"""
+
+from __future__ import annotations
+
+import click
+
+from deploy_helper import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="deploy-helper")
+def main() -> None:
+    """deploy-helper: a central permission broker for multi-account AWS CI/CD.
+
+    Trusted CI/CD accounts send signed requests; the broker checks them against
+    the reviewed rules in policies/, assumes a narrow role in the target account,
+    makes the grant idempotently and records every decision in its ledger.
+
+    \b
+    Start here:
+      deploy-helper demo              the whole flow on an embedded local AWS
+      deploy-helper keys generate     a signing key pair for a CI/CD caller
+      deploy-helper policies check    validate policies/callers.yaml and rules.yaml
+      deploy-helper request FILE      plan / apply / revoke the grants in FILE
+
+    AWS endpoints and credentials come from boto3's own configuration
+    (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL, ...).
+    """
+
+
+def _attach() -> None:
+    from deploy_helper.cli import commands
+
+    for command in commands.all_commands():
+        main.add_command(command)
+
+
+_attach()

@@ -1,0 +1,75 @@
+"""One error hierarchy for the broker. Every message says what to fix.
+
+``BrokerError`` carries a short machine-readable ``code`` that appears in
+responses and in the ledger; the message is for people.
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base of every error the broker reports to a caller."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+
+class RequestError(BrokerError):
+    """The request is malformed: not JSON, wrong shape, too large, bad identifiers."""
+
+    code = "invalid-request"
+
+
+class AuthenticationError(BrokerError):
+    """The request's signature, key, time window, nonce or audience is not acceptable."""
+
+    code = "authentication-failed"
+
+
+class DeniedError(BrokerError):
+    """No rule allows the grant, or a guardrail forbids it."""
+
+    code = "denied"
+
+    def __init__(self, message: str, *, rule_id: str | None = None, check: str = "") -> None:
+        super().__init__(message)
+        self.rule_id = rule_id
+        self.check = check
+
+
+class PolicyFileError(BrokerError):
+    """A file under ``policies/`` is invalid; the message names the file and line."""
+
+    code = "policy-file-invalid"
+
+
+class ExecutionError(BrokerError):
+    """An AWS change could not be made (role not assumable, throttled, refused by AWS)."""
+
+    code = "execution-failed"
+
+
+class PolicySizeError(ExecutionError):
+    """The resource policy would exceed AWS's size limit."""
+
+    code = "policy-too-large"
+
+
+class TargetAccessError(ExecutionError):
+    """The broker role in a target account cannot be assumed; says what the operator must do."""
+
+    code = "target-not-accessible"
+
+
+class LedgerError(BrokerError):
+    """The ledger could not be written or read; no change is made without it."""
+
+    code = "ledger-unavailable"
