@@ -1,0 +1,404 @@
+"""The broker: authenticate → validate → authorize → plan → (ledger intent) → apply → (ledger outcome).
+
+``Broker.handle(event)`` never raises for anything a caller can send: every
+refusal becomes a structured ``BrokerResponse`` with a code and a message, and
+a ``denied`` entry in the ledger. Grants are grouped by target account and
+resource: one AssumeRole per account, one read per resource, and the writes
+the plan needs; accounts are worked on concurrently (bounded), so one target
+account that fails does not stop the others.
+
+Fail closed: a change is sent to AWS only after its intent entry is in the
+ledger. If the ledger cannot be written, the grants fail with a message that
+says so and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from deploy_helper.auth import Authenticated, Authenticator, parse_envelope
+from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError
+from deploy_helper.grants import GrantSpec, ResourcePlan, kind_of
+from deploy_helper.ledger import entries
+from deploy_helper.locks import Locker, NoLock
+from deploy_helper.models import BrokerResponse, ErrorBody, GrantResult
+from deploy_helper.policydoc import digest
+from deploy_helper.request import RequestPayload, parse_payload
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import boto3
+
+    from deploy_helper.callers import CallerRegistry
+    from deploy_helper.config import BrokerConfig
+    from deploy_helper.ledger import Ledger
+    from deploy_helper.nonces import NonceStore
+    from deploy_helper.rules import RuleSet
+    from deploy_helper.sessions import TargetClients, TargetSessions
+
+logger = logging.getLogger(__name__)
+
+#: Target-account calls: adaptive client-side rate limiting and jittered exponential backoff.
+TARGET_CLIENT_CONFIG = Config(
+    retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20
+)
+
+
+class Broker:
+    """Everything one request needs; build once per process and reuse."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        callers: CallerRegistry,
+        rules: RuleSet,
+        nonces: NonceStore,
+        sessions: TargetSessions,
+        ledger: Ledger,
+        locks: Locker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.rules = rules
+        self.sessions = sessions
+        self.ledger = ledger
+        self.locks = locks or NoLock()
+        self.clock = clock
+        self.authenticator = Authenticator(
+            callers,
+            nonces,
+            audience=config.audience,
+            clock=clock,
+            max_skew=config.max_clock_skew,
+            max_ttl=config.max_request_ttl,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: BrokerConfig,
+        *,
+        session: boto3.Session | None = None,
+        ledger: Ledger | None = None,
+        locks: Locker | None = None,
+        clock: Callable[[], float] = time.time,
+        client_config: Config | None = None,
+    ) -> Broker:
+        """Wire the broker from its configuration: policies, tables, sessions."""
+        import boto3
+
+        from deploy_helper.callers import CallerRegistry
+        from deploy_helper.ledger import MemoryLedger
+        from deploy_helper.nonces import NonceStore
+        from deploy_helper.rules import RuleSet
+        from deploy_helper.sessions import TargetSessions
+
+        session = session or boto3.Session()
+        callers = CallerRegistry.load(config.policies_dir / "callers.yaml")
+        rules = RuleSet.load(config.policies_dir / "rules.yaml")
+        ddb = session.client("dynamodb", region_name=config.region)
+        if ledger is None:
+            if config.ledger_table:
+                from deploy_helper.ledger.store import DynamoLedger
+
+                ledger = DynamoLedger(ddb, config.ledger_table, clock=clock)
+            else:
+                ledger = MemoryLedger()
+        if locks is None and config.lock_table:
+            from deploy_helper.locks import DynamoLocks
+
+            locks = DynamoLocks(ddb, config.lock_table, clock=clock)
+        return cls(
+            config,
+            callers=callers,
+            rules=rules,
+            nonces=NonceStore(ddb, config.nonce_table),
+            sessions=TargetSessions(session, config, client_config=client_config or TARGET_CLIENT_CONFIG, clock=clock),
+            ledger=ledger,
+            locks=locks,
+            clock=clock,
+        )
+
+    # -- entry ------------------------------------------------------------
+    def handle(self, event: Any) -> BrokerResponse:
+        """Process one signed request; never raises for anything in ``event``."""
+        claimed: dict[str, Any] = {}
+        try:
+            envelope = parse_envelope(event)
+            claimed = _claimed(envelope.signed)
+            auth = self.authenticator.authenticate(envelope)
+            claimed.update(authenticated=True, request_digest=auth.signed_digest)
+            payload = parse_payload(auth.header.payload)
+        except BrokerError as exc:
+            return self._refuse(exc, claimed)
+        except Exception as exc:  # a bug must still produce an answer, not a crash
+            logger.exception("unexpected error while authenticating a request")
+            return self._refuse(RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed)
+        try:
+            return self.execute(auth, payload)
+        except LedgerError as exc:
+            return BrokerResponse(
+                ok=False, request_id=payload.request_id, caller=auth.caller, action=payload.action,
+                dry_run=payload.dry_run, error=ErrorBody(code=exc.code, message=exc.message),
+            )
+
+    def _refuse(self, exc: BrokerError, claimed: dict[str, Any]) -> BrokerResponse:
+        logger.info("request refused", extra={"code": exc.code, "claimed_caller": claimed.get("caller")})
+        try:
+            self.ledger.append_many([entries.refusal(self.clock(), code=exc.code, reason=exc.message, claimed=claimed)])
+        except LedgerError:
+            logger.exception("could not record a refusal in the ledger")
+        return BrokerResponse(ok=False, request_id=claimed.get("request_id"), error=ErrorBody(code=exc.code, message=exc.message))
+
+    # -- execution ----------------------------------------------------------
+    def execute(self, auth: Authenticated, payload: RequestPayload) -> BrokerResponse:
+        """Authorize, plan and (unless dry run) apply the grants of an authenticated request."""
+        request = entries.request_fields(auth, payload)
+        results: list[GrantResult | None] = [None] * len(payload.grants)
+        denied_entries: list[tuple[int, dict[str, Any]]] = []
+        groups: dict[str, dict[tuple[str, str, str | None], list[tuple[int, GrantSpec, str]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for index, spec in enumerate(payload.grants):
+            kind = kind_of(spec)
+            try:
+                allowed = self.rules.authorize(auth.caller, spec)
+            except DeniedError as exc:
+                results[index] = self._result(index, spec, "denied", exc.message, exc.rule_id)
+                denied_entries.append(
+                    (index, entries.grant_entry(self.clock(), "decision", request, spec, decision="denied",
+                                                reason=exc.message, rule_id=exc.rule_id))
+                )
+                continue
+            key = (spec.kind, kind.resource(spec), kind.region(spec))
+            groups[kind.target_account(spec)][key].append((index, spec, allowed.rule_id))
+        if denied_entries:
+            ids = self.ledger.append_many([e for _, e in denied_entries])
+            for (index, _), entry_id in zip(denied_entries, ids, strict=True):
+                result = results[index]
+                assert result is not None
+                result.ledger_entry = entry_id
+
+        def run_account(account: str) -> list[GrantResult]:
+            return self._run_account(auth, payload, request, account, groups[account])
+
+        workers = max(1, min(self.config.max_workers, len(groups)))
+        if workers == 1:
+            outcomes = [run_account(a) for a in groups]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="account") as pool:
+                outcomes = list(pool.map(run_account, list(groups)))
+        for batch in outcomes:
+            for result in batch:
+                results[result.index] = result
+        final = [r for r in results if r is not None]
+        return BrokerResponse(
+            ok=True,
+            request_id=payload.request_id,
+            caller=auth.caller,
+            action=payload.action,
+            dry_run=payload.dry_run,
+            results=final,
+        )
+
+    def _run_account(
+        self,
+        auth: Authenticated,
+        payload: RequestPayload,
+        request: dict[str, Any],
+        account: str,
+        resources: dict[tuple[str, str, str | None], list[tuple[int, GrantSpec, str]]],
+    ) -> list[GrantResult]:
+        try:
+            clients = self.sessions.for_account(account, payload.request_id)
+        except BrokerError as exc:
+            items = [item for group in resources.values() for item in group]
+            return self._fail_all(request, items, exc.message)
+        out: list[GrantResult] = []
+        for (kind_name, resource, region), items in resources.items():
+            try:
+                out.extend(self._run_resource(payload, request, clients, resource, region, items))
+            except LedgerError:
+                raise
+            except (BrokerError, ClientError, BotoCoreError) as exc:
+                out.extend(self._fail_all(request, items, _describe(exc)))
+            except Exception as exc:
+                logger.exception("unexpected error on %s", resource)
+                out.extend(self._fail_all(request, items, f"internal error ({type(exc).__name__}); see the broker's log"))
+        return out
+
+    def _run_resource(
+        self,
+        payload: RequestPayload,
+        request: dict[str, Any],
+        clients: TargetClients,
+        resource: str,
+        region: str | None,
+        items: list[tuple[int, GrantSpec, str]],
+    ) -> list[GrantResult]:
+        kind = kind_of(items[0][1])
+        client = clients.client(kind.service, region)
+        rule_of = {id(spec): rule for _, spec, rule in items}
+        index_of = {id(spec): index for index, spec, _ in items}
+        with self.locks.hold(resource):
+            state = kind.read(client, resource)
+            plan = kind.plan(state, resource, [(spec, payload.action) for _, spec, _ in items])
+            before, after = digest(plan.before), digest(plan.after)
+            if payload.dry_run:
+                return self._planned(request, kind.diff(plan), plan, rule_of, index_of, before, after)
+            changing = [p for p in plan.items if p.outcome in ("applied", "revoked")]
+            settled = [p for p in plan.items if p.outcome not in ("applied", "revoked")]
+            results: list[GrantResult] = []
+            settled_entries = [
+                entries.grant_entry(self.clock(), "decision", request, p.spec, decision=p.outcome, reason=p.reason,
+                                    rule_id=rule_of[id(p.spec)], before=before, after=before)
+                for p in settled
+            ]
+            intent_entries = [
+                entries.grant_entry(self.clock(), "intent", request, p.spec, decision=p.outcome, reason="about to change",
+                                    rule_id=rule_of[id(p.spec)], before=before, after=after)
+                for p in changing
+            ]
+            try:
+                ids = self.ledger.append_many(settled_entries + intent_entries)
+            except LedgerError as exc:
+                msg = f"{exc.message}; no change was made"
+                return [self._result(index_of[id(p.spec)], p.spec, "failed", msg, rule_of[id(p.spec)]) for p in plan.items]
+            settled_ids, intent_ids = ids[: len(settled)], ids[len(settled):]
+            for p, entry_id in zip(settled, settled_ids, strict=True):
+                results.append(self._result(index_of[id(p.spec)], p.spec, p.outcome, p.reason, rule_of[id(p.spec)], entry_id))
+            if not changing:
+                return results
+            error: str | None = None
+            try:
+                kind.write(client, plan)
+            except (ClientError, BotoCoreError) as exc:
+                error = _describe(exc)
+            outcome_entries = []
+            for p, intent_id in zip(changing, intent_ids, strict=True):
+                decision = "failed" if error else p.outcome
+                outcome_entries.append(
+                    entries.grant_entry(self.clock(), "outcome", request, p.spec, decision=decision,
+                                        reason=error or "", rule_id=rule_of[id(p.spec)], before=before,
+                                        after=before if error else after, intent=intent_id)
+                )
+            try:
+                outcome_ids = self.ledger.append_many(outcome_entries)
+            except LedgerError:
+                # The change is made; its intent is recorded and `ledger verify` reports the
+                # missing outcome until a re-run of the same request records it.
+                logger.exception("could not record outcomes for %s", resource)
+                outcome_ids = intent_ids
+            for p, entry_id in zip(changing, outcome_ids, strict=True):
+                decision = "failed" if error else p.outcome
+                results.append(self._result(index_of[id(p.spec)], p.spec, decision, error or "", rule_of[id(p.spec)], entry_id))  # type: ignore[arg-type]
+            return results
+
+    def _planned(
+        self,
+        request: dict[str, Any],
+        diff: str,
+        plan: ResourcePlan,
+        rule_of: dict[int, str],
+        index_of: dict[int, int],
+        before: str,
+        after: str,
+    ) -> list[GrantResult]:
+        planned = {"applied": "would-apply", "revoked": "would-revoke"}
+        results = []
+        plan_entries = []
+        for p in plan.items:
+            decision = planned.get(p.outcome, p.outcome)
+            plan_entries.append(
+                entries.grant_entry(self.clock(), "decision", request, p.spec, decision=decision, reason=p.reason,
+                                    rule_id=rule_of[id(p.spec)], before=before, after=after)
+            )
+            result = self._result(index_of[id(p.spec)], p.spec, decision, p.reason, rule_of[id(p.spec)])  # type: ignore[arg-type]
+            result.diff = diff or None
+            results.append(result)
+        for result, entry_id in zip(results, self.ledger.append_many(plan_entries), strict=True):
+            result.ledger_entry = entry_id
+        return results
+
+    def _fail_all(
+        self, request: dict[str, Any], items: list[tuple[int, GrantSpec, str]], reason: str
+    ) -> list[GrantResult]:
+        results = [self._result(i, spec, "failed", reason, rule) for i, spec, rule in items]
+        fail_entries = [
+            entries.grant_entry(self.clock(), "decision", request, spec, decision="failed", reason=reason, rule_id=rule)
+            for _, spec, rule in items
+        ]
+        try:
+            for result, entry_id in zip(results, self.ledger.append_many(fail_entries), strict=True):
+                result.ledger_entry = entry_id
+        except LedgerError:
+            logger.exception("could not record failures in the ledger")
+        return results
+
+    @staticmethod
+    def _result(
+        index: int,
+        spec: GrantSpec,
+        decision: Any,
+        reason: str = "",
+        rule_id: str | None = None,
+        entry_id: str | None = None,
+    ) -> GrantResult:
+        kind = kind_of(spec)
+        return GrantResult(
+            index=index,
+            kind=spec.kind,
+            decision=decision,
+            grant_id=kind.grant_id(spec),
+            target=kind.resource(spec),
+            principal=kind.principal(spec),
+            account=kind.target_account(spec),
+            rule_id=rule_id,
+            reason=reason,
+            ledger_entry=entry_id,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BrokerError):
+        return exc.message
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"AWS refused the change: {err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    return f"AWS call failed: {exc}"
+
+
+def _claimed(signed: str) -> dict[str, Any]:
+    """What an unauthenticated request says about itself, for the refusal's ledger entry."""
+    import json
+    import re
+
+    out: dict[str, Any] = {}
+    try:
+        body = json.loads(signed)
+    except (ValueError, RecursionError):
+        return out
+    if not isinstance(body, dict):
+        return out
+    for field, pattern in (("caller", r"[a-z0-9-]{1,63}"), ("key_id", r"[A-Za-z0-9._-]{1,64}")):
+        value = body.get(field)
+        if isinstance(value, str) and re.fullmatch(pattern, value):
+            out[field] = value
+    payload = body.get("payload")
+    if isinstance(payload, dict):
+        rid = payload.get("request_id")
+        if isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid):
+            out["request_id"] = rid
+        action = payload.get("action")
+        if action in ("apply", "revoke"):
+            out["action"] = action
+    return out

@@ -1,0 +1,52 @@
+"""The closed registry of grant kinds.
+
+A new kind is one module here plus one line below; there is deliberately no
+plugin loading (entry points, imports by name from a request) in a broker
+that changes other accounts' permissions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, ResourcePlan, managed_id
+from deploy_helper.grants.bucket_access import BucketAccess, BucketAccessGrant
+from deploy_helper.grants.kms_grant import KmsGrant, KmsGrantSpec
+from deploy_helper.grants.lambda_invoke import LambdaInvoke, LambdaInvokeGrant
+
+REGISTRY: dict[str, GrantKind[Any]] = {}
+
+
+def register(kind: GrantKind[Any]) -> None:
+    if kind.kind in REGISTRY:
+        raise RuntimeError(f"grant kind {kind.kind!r} registered twice")
+    REGISTRY[kind.kind] = kind
+
+
+register(LambdaInvoke())
+register(BucketAccess())
+register(KmsGrant())
+
+#: A grant in a request: one of the registered specs, chosen by ``kind``.
+AnyGrant = Annotated[LambdaInvokeGrant | BucketAccessGrant | KmsGrantSpec, Field(discriminator="kind")]
+
+
+def kind_of(spec: GrantSpec) -> GrantKind[Any]:
+    return REGISTRY[spec.kind]
+
+
+__all__ = [
+    "REGISTRY",
+    "AnyGrant",
+    "BucketAccessGrant",
+    "GrantKind",
+    "GrantSpec",
+    "ItemPlan",
+    "KmsGrantSpec",
+    "LambdaInvokeGrant",
+    "ResourcePlan",
+    "kind_of",
+    "managed_id",
+]

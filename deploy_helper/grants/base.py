@@ -1,0 +1,144 @@
+"""The interface every grant kind implements: inspect, plan, apply, revoke.
+
+A grant kind works on one *resource* at a time (a function, a bucket, a key)
+so that a request with many grants on one resource costs one read and at most
+one write (bucket policy) or one call per grant (Lambda permission, KMS grant):
+
+- ``read(client, resource)`` — inspect: fetch the resource's current state;
+- ``plan(state, items)`` — pure: the exact change for the given grants to add
+  (``apply``) or remove (``revoke``), with per-grant outcome and a diff;
+- ``write(client, plan)`` — make the planned change;
+- ``present(state, spec)`` — whether the grant is in force in a state.
+
+Subclasses keep the AWS calls in small methods; the broker owns sessions,
+locking, retries and the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+import rfc8785
+
+from deploy_helper import PRODUCT_PREFIX
+from deploy_helper.models import StrictModel
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+Operation = Literal["apply", "revoke"]
+Outcome = Literal["applied", "unchanged", "revoked", "absent", "failed"]
+
+
+class GrantSpec(StrictModel):
+    """Fields common to every grant kind; each kind adds its own."""
+
+    kind: str
+
+
+SpecT = TypeVar("SpecT", bound=GrantSpec)
+
+
+@dataclass
+class ItemPlan:
+    """The planned outcome of one grant on its resource."""
+
+    spec: GrantSpec
+    operation: Operation
+    outcome: Outcome
+    reason: str = ""
+
+
+@dataclass
+class ResourcePlan:
+    """The whole planned change of one resource.
+
+    ``before``/``after`` are the documents whose digests go to the ledger (a
+    policy for Lambda and S3, the list of the broker's grants for KMS).
+    ``writes`` is kind-specific: what ``write`` must send.
+    """
+
+    resource: str
+    before: Any
+    after: Any
+    items: list[ItemPlan]
+    writes: list[Any] = field(default_factory=list)
+    state: Any = None
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.writes)
+
+
+class GrantKind(ABC, Generic[SpecT]):
+    """One kind of cross-account grant.
+
+    Class attributes describe the kind to the rest of the product: ``kind`` is
+    its name in requests and rules, ``spec`` its pydantic model, ``service``
+    the boto3 service it calls, ``permissions`` every AWS action it calls in a
+    target account (the bootstrap role grants exactly these), ``size_limit`` the
+    AWS policy size it must stay within, and ``example`` a grant in request form.
+    """
+
+    kind: ClassVar[str]
+    spec: ClassVar[type[GrantSpec]]
+    service: ClassVar[str]
+    permissions: ClassVar[tuple[str, ...]]
+    size_limit: ClassVar[int | None] = None
+    example: ClassVar[dict[str, Any]]
+
+    # -- identity of a grant (pure) ---------------------------------------
+    @abstractmethod
+    def target_account(self, spec: SpecT) -> str:
+        """The account whose resource the grant changes (where the broker assumes its role)."""
+
+    @abstractmethod
+    def region(self, spec: SpecT) -> str | None:
+        """The region of the resource, or None when the service is global to the account."""
+
+    @abstractmethod
+    def resource(self, spec: SpecT) -> str:
+        """The ARN of the resource the grant lives on."""
+
+    @abstractmethod
+    def principal(self, spec: SpecT) -> str:
+        """Who receives access, as written in the grant."""
+
+    def grant_id(self, spec: SpecT) -> str:
+        """The deterministic identity of the grant on its resource (StatementId / Sid / name)."""
+        return managed_id(self.identity(spec))
+
+    def identity(self, spec: SpecT) -> dict[str, Any]:
+        """The fields that make a grant what it is; a change to any of them is a new grant."""
+        return spec.model_dump(mode="json", exclude_none=True)
+
+    # -- resource operations --------------------------------------------
+    @abstractmethod
+    def read(self, client: Any, resource: str) -> Any:
+        """Inspect: the resource's current state (one read, plus pagination)."""
+
+    @abstractmethod
+    def plan(self, state: Any, resource: str, items: Sequence[tuple[SpecT, Operation]]) -> ResourcePlan:
+        """Pure: the change that applies/revokes ``items`` on ``state``."""
+
+    @abstractmethod
+    def write(self, client: Any, plan: ResourcePlan) -> None:
+        """Make the planned change."""
+
+    @abstractmethod
+    def present(self, state: Any, spec: SpecT) -> bool:
+        """Whether the grant is in force in ``state``."""
+
+    def diff(self, plan: ResourcePlan) -> str:
+        from deploy_helper.policydoc import unified_diff
+
+        return unified_diff(plan.before, plan.after, plan.resource)
+
+
+def managed_id(identity: dict[str, Any], length: int = 24) -> str:
+    """``DeployHelper`` + hex digest of the grant's canonical identity (alphanumeric only)."""
+    digest = hashlib.sha256(rfc8785.dumps(identity)).hexdigest()[:length]
+    return f"{PRODUCT_PREFIX}{digest}"

@@ -1,0 +1,71 @@
+"""The Lambda entry point: ``deploy_helper.handler.lambda_handler(event, context)``.
+
+One function, dispatched by the event's shape:
+
+- a signed request envelope (direct ``Invoke`` from a pipeline) → the broker;
+- a CloudFormation custom-resource event (``Custom::DeployHelperGrant``) →
+  ``deploy_helper.custom_resource`` (verified against the real stack first);
+- a function-URL event (``AWS_IAM`` auth) → the broker, with the SigV4 caller
+  account checked against the signing key's account.
+
+The broker is built once per execution environment and reused; a
+configuration error is reported on every request rather than crashing the
+runtime, so callers always get a structured answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from deploy_helper.broker import Broker
+from deploy_helper.config import BrokerConfig
+from deploy_helper.exceptions import BrokerError
+from deploy_helper.models import BrokerResponse, ErrorBody
+
+logger = logging.getLogger("deploy_helper")
+logger.setLevel(os.environ.get("DEPLOY_HELPER_LOG_LEVEL", "INFO"))
+
+_broker: Broker | None = None
+
+
+def get_broker() -> Broker:
+    """The process-wide broker, built from the environment on first use."""
+    global _broker
+    if _broker is None:
+        _broker = Broker.from_config(BrokerConfig.from_env())
+    return _broker
+
+
+def set_broker(broker: Broker | None) -> None:
+    """Use ``broker`` for the following invocations (local harness and tests)."""
+    global _broker
+    _broker = broker
+
+
+def is_custom_resource(event: Any) -> bool:
+    return isinstance(event, dict) and "RequestType" in event and "ResponseURL" in event
+
+
+def is_function_url(event: Any) -> bool:
+    return isinstance(event, dict) and isinstance(event.get("requestContext"), dict) and "http" in event["requestContext"]
+
+
+def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+    """Handle one invocation; always returns a JSON-serializable answer."""
+    if is_custom_resource(event):
+        from deploy_helper.custom_resource import handle_custom_resource
+
+        return handle_custom_resource(event, context, get_broker)
+    try:
+        broker = get_broker()
+    except BrokerError as exc:
+        logger.error("broker configuration error: %s", exc.message)
+        return BrokerResponse(ok=False, error=ErrorBody(code=exc.code, message=exc.message)).model_dump(mode="json")
+    if is_function_url(event):
+        from deploy_helper.function_url import handle_function_url
+
+        return handle_function_url(event, broker)
+    response = broker.handle(event)
+    return response.model_dump(mode="json", exclude_none=True)

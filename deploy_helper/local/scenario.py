@@ -1,0 +1,394 @@
+"""The seed scenario: a small multi-account organization on the local AWS.
+
+The demo, the tests and the benchmarks all grow from it:
+
+- ``broker`` (123456789012, moto's default): the broker's tables (nonces,
+  ledger, locks) and its execution role;
+- ``tooling`` (111111111111): the CI/CD account, with the pipeline artifact
+  bucket and its KMS key;
+- ``token-service`` (222222222222): the Lambda authorizer function;
+- ``service-a`` / ``service-b`` (333333333333 / 444444444444): an API Gateway
+  API and a ``deploy`` role each.
+
+Each resource starts with a statement the broker did not write, so every run
+shows that foreign statements survive. The caller ``ci-tooling`` gets a fresh
+Ed25519 key; ``ci-service-b`` is a second registered caller whose key is used
+to try to impersonate the first.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from deploy_helper.config import BrokerConfig
+from deploy_helper.local.server import DEFAULT_ACCOUNT, LOCAL_REGION
+from deploy_helper.signing import Ed25519Signer, generate_ed25519
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import boto3
+
+    from deploy_helper.broker import Broker
+    from deploy_helper.local.server import LocalAws
+    from pipeline_hooks.client import BrokerClient
+
+ACCOUNTS = {
+    "broker": DEFAULT_ACCOUNT,
+    "tooling": "111111111111",
+    "token-service": "222222222222",
+    "service-a": "333333333333",
+    "service-b": "444444444444",
+}
+TARGET_ACCOUNTS = ("tooling", "token-service", "service-a", "service-b")
+SERVICE_ACCOUNTS = ("service-a", "service-b")
+ORG_ID = "o-dhlocal0001"
+AUDIENCE = "deploy-helper:local"
+EXTERNAL_ID = "deploy-helper-local-external-id"
+BROKER_EXEC_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/deploy-helper-broker-exec"
+TABLES = {"nonce": "deploy-helper-nonces", "ledger": "deploy-helper-ledger", "lock": "deploy-helper-locks"}
+CALLER = "ci-tooling"
+OTHER_CALLER = "ci-service-b"
+FOREIGN_SID = "TeamOwnedDoNotTouch"
+
+
+@dataclass
+class Scenario:
+    """Everything the demo and the tests need to act in the seed scenario."""
+
+    local: LocalAws
+    workdir: Path
+    policies_dir: Path
+    signer: Ed25519Signer
+    other_signer: Ed25519Signer
+    authorizer_arn: str
+    api_ids: dict[str, str]
+    deploy_roles: dict[str, str]
+    bucket: str
+    key_arn: str
+    config: BrokerConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accounts(self) -> dict[str, str]:
+        return ACCOUNTS
+
+    def broker(self, session: boto3.Session | None = None, **kwargs: Any) -> Broker:
+        from deploy_helper.broker import Broker
+
+        return Broker.from_config(self.config, session=session or self.local.base_session(), **kwargs)
+
+    def client(self, broker: Broker | None = None, *, caller: str = CALLER, signer: Ed25519Signer | None = None) -> BrokerClient:
+        from pipeline_hooks.client import BrokerClient, InProcessTransport
+
+        return BrokerClient(
+            caller=caller,
+            audience=AUDIENCE,
+            signer=signer or self.signer,
+            transport=InProcessTransport(broker or self.broker()),
+        )
+
+    # -- the grants of the seed scenario ---------------------------------
+    def authorizer_grant(self, service: str) -> dict[str, Any]:
+        account = ACCOUNTS[service]
+        return {
+            "kind": "lambda-invoke",
+            "function": self.authorizer_arn,
+            "principal": "apigateway.amazonaws.com",
+            "source_arn": f"arn:aws:execute-api:{LOCAL_REGION}:{account}:{self.api_ids[service]}/authorizers/*",
+            "source_account": account,
+        }
+
+    def bucket_grant(self, service: str, access: str = "read") -> dict[str, Any]:
+        return {
+            "kind": "bucket-access",
+            "bucket": self.bucket,
+            "account": ACCOUNTS["tooling"],
+            "principal": self.deploy_roles[service],
+            "access": access,
+        }
+
+    def key_grant(self, service: str, operations: list[str] | None = None) -> dict[str, Any]:
+        return {
+            "kind": "kms-grant",
+            "key": self.key_arn,
+            "grantee": self.deploy_roles[service],
+            "operations": operations or ["Decrypt", "DescribeKey"],
+        }
+
+    def seed_grants(self) -> list[dict[str, Any]]:
+        grants = [self.authorizer_grant(s) for s in SERVICE_ACCOUNTS]
+        grants += [self.bucket_grant(s) for s in SERVICE_ACCOUNTS]
+        grants += [self.key_grant(s) for s in SERVICE_ACCOUNTS]
+        return grants
+
+    # -- reading back what is in AWS --------------------------------------
+    def function_policy(self) -> dict[str, Any] | None:
+        lam = self.local.client("lambda", ACCOUNTS["token-service"])
+        try:
+            return dict(json.loads(lam.get_policy(FunctionName="token-authorizer")["Policy"]))
+        except lam.exceptions.ResourceNotFoundException:
+            return None
+
+    def bucket_policy(self) -> dict[str, Any] | None:
+        s3 = self.local.client("s3", ACCOUNTS["tooling"])
+        try:
+            return dict(json.loads(s3.get_bucket_policy(Bucket=self.bucket)["Policy"]))
+        except s3.exceptions.ClientError as exc:
+            if exc.response["Error"]["Code"] == "NoSuchBucketPolicy":
+                return None
+            raise
+
+    def key_grants(self) -> list[dict[str, Any]]:
+        kms = self.local.client("kms", ACCOUNTS["tooling"])
+        return list(kms.list_grants(KeyId=self.key_arn)["Grants"])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every policy and grant the scenario's grants can touch, for 'nothing changed' checks."""
+        return {
+            "function_policy": self.function_policy(),
+            "bucket_policy": self.bucket_policy(),
+            "key_grants": sorted((g.get("Name", ""), g["GranteePrincipal"]) for g in self.key_grants()),
+        }
+
+
+def _trust_policy(external_id: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": BROKER_EXEC_ROLE},
+                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"],
+                "Condition": {
+                    "StringEquals": {
+                        "sts:ExternalId": external_id,
+                        "aws:RequestTag/DeployHelperMinBootstrap": ["1"],
+                    }
+                },
+            }
+        ],
+    }
+
+
+def create_broker_role(local: LocalAws, account: str, external_id: str = EXTERNAL_ID) -> str:
+    """The broker role in ``account`` as the bootstrap template makes it (trust part)."""
+    iam = local.client("iam", account)
+    try:
+        role = iam.create_role(
+            RoleName="deploy-helper-broker",
+            AssumeRolePolicyDocument=json.dumps(_trust_policy(external_id)),
+            MaxSessionDuration=3600,
+            Tags=[{"Key": "deploy-helper:bootstrap-version", "Value": "1"}],
+        )
+    except iam.exceptions.EntityAlreadyExistsException:
+        return f"arn:aws:iam::{account}:role/deploy-helper-broker"
+    return str(role["Role"]["Arn"])
+
+
+def _lambda_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("authorizer.py", "def handler(event, context):\n    return {'isAuthorized': False}\n")
+    return buf.getvalue()
+
+
+def _role(local: LocalAws, account: str, name: str, service: str | None = None) -> str:
+    iam = local.client("iam", account)
+    principal = {"Service": service} if service else {"AWS": f"arn:aws:iam::{ACCOUNTS['tooling']}:root"}
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": principal, "Action": "sts:AssumeRole"}],
+    }
+    return str(iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"])
+
+
+def _write_policies(directory: Path, signer_pub: bytes, other_pub: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(tz=UTC).replace(microsecond=0)
+    window = {"not_before": (now - timedelta(days=1)).isoformat(), "not_after": (now + timedelta(days=365)).isoformat()}
+    callers = {
+        "version": 1,
+        "callers": {
+            CALLER: {
+                "account": ACCOUNTS["tooling"],
+                "description": "CI/CD pipelines in the tooling account",
+                "keys": [{"id": "ci-tooling-local", "algorithm": "ed25519", "public_key": signer_pub.decode(), **window}],
+            },
+            OTHER_CALLER: {
+                "account": ACCOUNTS["service-b"],
+                "description": "service-b's own pipeline (may request nothing in this scenario)",
+                "keys": [{"id": "ci-service-b-local", "algorithm": "ed25519", "public_key": other_pub.decode(), **window}],
+            },
+        },
+    }
+    deploy_roles = [f"arn:aws:iam::*:role/deploy"]
+    rules = {
+        "version": 1,
+        "organization": {"id": ORG_ID, "accounts": {k: v for k, v in ACCOUNTS.items()}},
+        "rules": [
+            {
+                "id": "authorizer-invoke",
+                "description": "service APIs may use the shared token authorizer",
+                "callers": [CALLER],
+                "kind": "lambda-invoke",
+                "targets": [f"arn:aws:lambda:*:{ACCOUNTS['token-service']}:function:token-authorizer"],
+                "principals": {
+                    "services": [
+                        {
+                            "service": "apigateway.amazonaws.com",
+                            "source_accounts": list(SERVICE_ACCOUNTS),
+                            "source_arns": ["arn:aws:execute-api:*:*:*/authorizers/*"],
+                        }
+                    ]
+                },
+            },
+            {
+                "id": "artifact-read",
+                "description": "deploy roles read pipeline artifacts",
+                "callers": [CALLER],
+                "kind": "bucket-access",
+                "targets": ["arn:aws:s3:::dh-artifacts-*"],
+                "target_accounts": ["tooling"],
+                "principals": {"roles": deploy_roles, "role_accounts": list(SERVICE_ACCOUNTS)},
+                "access": ["read"],
+            },
+            {
+                "id": "artifact-decrypt",
+                "description": "deploy roles decrypt pipeline artifacts",
+                "callers": [CALLER],
+                "kind": "kms-grant",
+                "targets": [f"arn:aws:kms:*:{ACCOUNTS['tooling']}:key/*"],
+                "principals": {"roles": deploy_roles, "role_accounts": list(SERVICE_ACCOUNTS)},
+                "operations": ["Decrypt", "DescribeKey"],
+            },
+        ],
+    }
+    (directory / "callers.yaml").write_text(yaml.safe_dump(callers, sort_keys=False))
+    (directory / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+
+
+def create_tables(local: LocalAws) -> None:
+    ddb = local.client("dynamodb", DEFAULT_ACCOUNT)
+    ddb.create_table(
+        TableName=TABLES["nonce"],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.create_table(
+        TableName=TABLES["lock"],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.create_table(
+        TableName=TABLES["ledger"],
+        KeySchema=[{"AttributeName": "ledger", "KeyType": "HASH"}, {"AttributeName": "seq", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "ledger", "AttributeType": "S"},
+            {"AttributeName": "seq", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+def build(local: LocalAws, workdir: Path, *, bootstrap: bool = True, ledger: bool = True, locks: bool = True) -> Scenario:
+    """Create the seed scenario on ``local`` (which must be freshly reset)."""
+    tooling, token, = ACCOUNTS["tooling"], ACCOUNTS["token-service"]
+    # CI/CD tooling: artifact bucket with a foreign statement, and its key.
+    bucket = f"dh-artifacts-{tooling}"
+    s3 = local.client("s3", tooling)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_policy(
+        Bucket=bucket,
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": FOREIGN_SID,
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:*",
+                        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                    }
+                ],
+            }
+        ),
+    )
+    key_arn = local.client("kms", tooling).create_key(Description="pipeline artifacts")["KeyMetadata"]["Arn"]
+    _role(local, tooling, "pipeline")
+    # Token service: the authorizer function, with a permission its team added.
+    exec_role = _role(local, token, "authorizer-exec", "lambda.amazonaws.com")
+    lam = local.client("lambda", token)
+    authorizer = lam.create_function(
+        FunctionName="token-authorizer",
+        Runtime="python3.12",
+        Role=exec_role,
+        Handler="authorizer.handler",
+        Code={"ZipFile": _lambda_zip()},
+        Tags={"deploy-helper:managed": "true"},
+    )["FunctionArn"]
+    lam.add_permission(
+        FunctionName="token-authorizer",
+        StatementId=FOREIGN_SID,
+        Action="lambda:InvokeFunction",
+        Principal="events.amazonaws.com",
+        SourceAccount=token,
+    )
+    # Service accounts: an API and a deploy role each.
+    api_ids, deploy_roles = {}, {}
+    for name in SERVICE_ACCOUNTS:
+        account = ACCOUNTS[name]
+        api_ids[name] = local.client("apigateway", account).create_rest_api(name=f"{name}-api")["id"]
+        deploy_roles[name] = _role(local, account, "deploy")
+    # The broker's own account.
+    create_tables(local)
+    _role(local, DEFAULT_ACCOUNT, "deploy-helper-broker-exec", "lambda.amazonaws.com")
+    if bootstrap:
+        for name in TARGET_ACCOUNTS:
+            create_broker_role(local, ACCOUNTS[name])
+    # Keys and policies.
+    private, public = generate_ed25519()
+    other_private, other_public = generate_ed25519()
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    signer = Ed25519Signer("ci-tooling-local", load_pem_private_key(private, None))
+    other = Ed25519Signer("ci-service-b-local", load_pem_private_key(other_private, None))
+    policies = workdir / "policies"
+    _write_policies(policies, public, other_public)
+    (workdir / "ci-tooling.pem").write_bytes(private)
+    (workdir / "ci-tooling.pem").chmod(0o600)
+    config = BrokerConfig(
+        audience=AUDIENCE,
+        policies_dir=policies,
+        nonce_table=TABLES["nonce"],
+        ledger_table=TABLES["ledger"] if ledger else None,
+        lock_table=TABLES["lock"] if locks else None,
+        external_id=EXTERNAL_ID,
+        region=LOCAL_REGION,
+    )
+    return Scenario(
+        local=local,
+        workdir=workdir,
+        policies_dir=policies,
+        signer=signer,
+        other_signer=other,
+        authorizer_arn=authorizer,
+        api_ids=api_ids,
+        deploy_roles=deploy_roles,
+        bucket=bucket,
+        key_arn=key_arn,
+        config=config,
+        extra={"nonce": secrets.token_hex(2)},
+    )

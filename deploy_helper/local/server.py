@@ -1,0 +1,134 @@
+"""The embedded local AWS: a moto server on a free loopback port.
+
+``LocalAws`` starts the server and hands out boto3 sessions that act as an
+administrator of any account (moto routes requests by the account of the
+credentials, which come from an AssumeRole into that account). Nothing here
+talks to anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+#: moto's default account: where the broker itself runs in the local scenario.
+DEFAULT_ACCOUNT = "123456789012"
+ADMIN_ROLE = "OrganizationAccountAccessRole"
+LOCAL_REGION = "us-east-1"
+_LOCAL_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": LOCAL_REGION,
+    "AWS_REGION": LOCAL_REGION,
+}
+#: Fail fast and do not retry behind the tests' back; callers add their own retry policy.
+LOCAL_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+
+
+@dataclass
+class LocalAws(AbstractContextManager["LocalAws"]):
+    """A moto server on loopback plus helpers to act in its accounts.
+
+    ``set_environ=True`` points this process's boto3 configuration at the server
+    (``AWS_ENDPOINT_URL`` and dummy credentials), exactly as a user would.
+    """
+
+    set_environ: bool = True
+    endpoint: str = ""
+    _server: Any = None
+    _saved_env: dict[str, str | None] = field(default_factory=dict)
+    _admin_sessions: dict[str, boto3.Session] = field(default_factory=dict)
+
+    def start(self) -> LocalAws:
+        from moto.server import ThreadedMotoServer
+
+        import logging
+
+        os.environ.pop("MOTO_ACCOUNT_ID", None)  # would override account routing
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        if self.set_environ:
+            env = {**_LOCAL_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+            for key, value in env.items():
+                self._saved_env[key] = os.environ.get(key)
+                os.environ[key] = value
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+
+    def reset(self) -> None:
+        """Forget every resource in every account (moto's reset API)."""
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=10):  # noqa: S310 - loopback only
+            pass
+        self._admin_sessions.clear()
+
+    def __enter__(self) -> LocalAws:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- sessions -----------------------------------------------------------
+    def base_session(self) -> boto3.Session:
+        """A session with the local dummy credentials (account 123456789012)."""
+        return boto3.Session(
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            aws_session_token="testing",
+            region_name=LOCAL_REGION,
+        )
+
+    def admin_session(self, account: str) -> boto3.Session:
+        """A session acting as an administrator of ``account``."""
+        if account == DEFAULT_ACCOUNT:
+            return self.base_session()
+        cached = self._admin_sessions.get(account)
+        if cached is not None:
+            return cached
+        sts = self.base_session().client("sts", endpoint_url=self.endpoint, config=LOCAL_CONFIG)
+        creds = sts.assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/{ADMIN_ROLE}", RoleSessionName="local-admin"
+        )["Credentials"]
+        session = boto3.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+            region_name=LOCAL_REGION,
+        )
+        self._admin_sessions[account] = session
+        return session
+
+    def client(self, service: str, account: str = DEFAULT_ACCOUNT, region: str = LOCAL_REGION) -> Any:
+        """A client for ``service`` acting as administrator of ``account``."""
+        return self.admin_session(account).client(
+            service, endpoint_url=self.endpoint, region_name=region, config=LOCAL_CONFIG
+        )

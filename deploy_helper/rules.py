@@ -1,0 +1,346 @@
+"""Authorization: which caller may make which grant (``policies/rules.yaml``).
+
+Deny by default. A grant is allowed when one rule of its kind names the
+caller and every check of that rule passes: target, principal, access. Before
+any rule is consulted, guardrails that no rule can lift are applied:
+
+- every account a grant touches (target, principal, source) is registered in
+  ``organization.accounts``;
+- a ``*`` principal only with ``principal_org_id`` equal to the organization's id;
+- a service principal only when bound to a registered source account or ARN;
+- actions are never free-form: each kind maps named access levels/operations
+  to a fixed set of actions.
+
+Example::
+
+    version: 1
+    organization:
+      id: o-a1b2c3d4e5
+      accounts: {tooling: "111111111111", token-service: "222222222222", service-a: "333333333333"}
+    rules:
+      - id: authorizer-invoke
+        callers: [ci-tooling]
+        kind: lambda-invoke
+        targets: ["arn:aws:lambda:*:222222222222:function:token-authorizer"]
+        principals:
+          services:
+            - service: apigateway.amazonaws.com
+              source_accounts: [service-a]
+              source_arns: ["arn:aws:execute-api:*:*:*/authorizers/*"]
+
+A refusal names the rule and the check that failed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from deploy_helper.exceptions import DeniedError
+from deploy_helper.grants import REGISTRY, kind_of
+from deploy_helper.grants.bucket_access import AccessLevel
+from deploy_helper.grants.kms_grant import KmsOperation
+from deploy_helper.identifiers import (
+    ACCOUNT_RE,
+    SOURCE_ARN_RE,
+    AccountId,
+    Name,
+    OrgId,
+    ServicePrincipal,
+    account_of_principal,
+)
+from deploy_helper.policyfiles import parse_file
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from deploy_helper.grants import GrantSpec
+
+_PATTERN_RE = re.compile(r"arn:[a-z*-]+:[a-z0-9*-]+:[a-z0-9*-]*:[0-9*]*:[A-Za-z0-9_./*:+=,@?$-]+")
+ORGANIZATION = "organization"
+
+
+def _arn_pattern(value: str) -> str:
+    if not _PATTERN_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an ARN pattern (arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE, "
+            "'*' and '?' allowed within a part)"
+        )
+    return value
+
+
+ArnPattern = Annotated[str, AfterValidator(_arn_pattern)]
+AccountRef = Annotated[str, Field(pattern=r"^(\d{12}|[a-z0-9][a-z0-9-]{0,62})$")]
+
+
+def arn_matches(pattern: str, arn: str) -> bool:
+    """Match part by part: a wildcard never crosses a ``:`` between ARN parts."""
+    p_parts = pattern.split(":", 5)
+    a_parts = arn.split(":", 5)
+    return len(p_parts) == len(a_parts) == 6 and all(
+        fnmatchcase(a, p) for p, a in zip(p_parts, a_parts, strict=True)
+    )
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Organization(_Strict):
+    """The organization and the accounts the broker may ever touch."""
+
+    id: OrgId | None = None
+    accounts: Annotated[dict[Name, AccountId], Field(min_length=1)]
+
+
+class ServiceRule(_Strict):
+    service: ServicePrincipal
+    source_accounts: Annotated[list[AccountRef], Field(min_length=1)]
+    source_arns: list[ArnPattern] = []
+
+
+class PrincipalRules(_Strict):
+    services: list[ServiceRule] = []
+    roles: list[ArnPattern] = []
+    role_accounts: list[AccountRef] = []
+    accounts: list[AccountRef] = []
+    organization: bool = False
+
+    @model_validator(mode="after")
+    def _roles_need_accounts(self) -> PrincipalRules:
+        if self.roles and not self.role_accounts:
+            raise ValueError("roles need role_accounts: the accounts (or 'organization') the roles may be in")
+        return self
+
+
+class Rule(_Strict):
+    """What one set of callers may grant."""
+
+    id: Name
+    description: str = ""
+    callers: Annotated[list[Name], Field(min_length=1)]
+    kind: str
+    targets: Annotated[list[ArnPattern], Field(min_length=1)]
+    target_accounts: list[AccountRef] = []
+    principals: PrincipalRules
+    access: list[AccessLevel] = []
+    operations: list[KmsOperation] = []
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> Rule:
+        if self.kind not in REGISTRY:
+            raise ValueError(f"unknown kind {self.kind!r}; one of {', '.join(sorted(REGISTRY))}")
+        service = REGISTRY[self.kind].service
+        for target in self.targets:
+            if target.split(":")[2] != service:
+                raise ValueError(f"target {target!r} is not a {service} ARN pattern (kind {self.kind})")
+        if self.kind == "bucket-access":
+            if not self.access:
+                raise ValueError("a bucket-access rule must list the access levels it allows (read, write, read-write)")
+            if not self.target_accounts:
+                raise ValueError("a bucket-access rule must list target_accounts (bucket ARNs carry no account)")
+        elif self.access:
+            raise ValueError("access applies to bucket-access rules only")
+        if self.kind == "kms-grant" and not self.operations:
+            raise ValueError("a kms-grant rule must list the operations it allows")
+        if self.kind != "kms-grant" and self.operations:
+            raise ValueError("operations apply to kms-grant rules only")
+        if self.kind != "lambda-invoke" and (self.principals.services or self.principals.organization):
+            raise ValueError("service and organization principals apply to lambda-invoke rules only")
+        return self
+
+
+class RuleSet(_Strict):
+    """The whole ``rules.yaml``."""
+
+    version: Literal[1]
+    organization: Organization
+    rules: list[Rule]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleSet:
+        ids = [r.id for r in self.rules]
+        dupes = {i for i in ids if ids.count(i) > 1}
+        if dupes:
+            raise ValueError(f"rule ids must be unique; repeated: {', '.join(sorted(dupes))}")
+        for rule in self.rules:
+            refs = [*rule.target_accounts, *rule.principals.role_accounts, *rule.principals.accounts]
+            refs += [a for s in rule.principals.services for a in s.source_accounts]
+            for ref in refs:
+                self.resolve(ref)  # raises on an unknown name
+            if rule.principals.organization and not self.organization.id:
+                raise ValueError(f"rule {rule.id}: organization principals need organization.id")
+        return self
+
+    @classmethod
+    def load(cls, path: Path) -> RuleSet:
+        return parse_file(path, cls)[0]
+
+    # -- account references -------------------------------------------------
+    @property
+    def registered(self) -> frozenset[str]:
+        return frozenset(self.organization.accounts.values())
+
+    def resolve(self, ref: str) -> frozenset[str]:
+        if ref == ORGANIZATION:
+            return self.registered
+        if ACCOUNT_RE.fullmatch(ref):
+            if ref not in self.registered:
+                raise ValueError(f"account {ref} is not registered in organization.accounts")
+            return frozenset([ref])
+        if ref not in self.organization.accounts:
+            raise ValueError(f"unknown account name {ref!r}; add it to organization.accounts")
+        return frozenset([self.organization.accounts[ref]])
+
+    def resolve_all(self, refs: list[str]) -> frozenset[str]:
+        out: set[str] = set()
+        for ref in refs:
+            out |= self.resolve(ref)
+        return frozenset(out)
+
+    # -- authorization ------------------------------------------------------
+    def authorize(self, caller: str, spec: GrantSpec) -> Allowed:
+        """The rule that allows ``spec`` for ``caller``; raises ``DeniedError`` naming the failed check."""
+        self._guardrails(spec)
+        candidates = [r for r in self.rules if r.kind == spec.kind and caller in r.callers]
+        if not candidates:
+            raise DeniedError(
+                f"no rule lets caller {caller!r} make {spec.kind} grants (deny by default)",
+                check="no-rule",
+            )
+        best: tuple[int, Rule, str, str] | None = None
+        for rule in candidates:
+            stage, check, detail = self._evaluate(rule, spec)
+            if check == "":
+                return Allowed(rule.id)
+            if best is None or stage > best[0]:
+                best = (stage, rule, check, detail)
+        assert best is not None
+        _, rule, check, detail = best
+        raise DeniedError(f"rule {rule.id!r} refused the grant: {check}: {detail}", rule_id=rule.id, check=check)
+
+    def _guardrails(self, spec: GrantSpec) -> None:
+        kind = kind_of(spec)
+        registered = self.registered
+        target = kind.target_account(spec)
+        if target not in registered:
+            raise DeniedError(
+                f"guardrail: target account {target} is not registered in organization.accounts",
+                check="guardrail-target-account",
+            )
+        principal = kind.principal(spec)
+        if principal == "*":
+            org = getattr(spec, "principal_org_id", None)
+            if not self.organization.id or org != self.organization.id:
+                raise DeniedError(
+                    "guardrail: a '*' principal is allowed only with principal_org_id equal to "
+                    f"the registered organization ({self.organization.id or 'none registered'})",
+                    check="guardrail-wildcard-principal",
+                )
+            return
+        account = account_of_principal(principal)
+        if account is not None:
+            if account not in registered:
+                raise DeniedError(
+                    f"guardrail: principal {principal} is outside the registered accounts",
+                    check="guardrail-foreign-principal",
+                )
+            return
+        # a service principal: its binding must stay inside the registered accounts
+        bound = getattr(spec, "source_account", None)
+        source_arn = getattr(spec, "source_arn", None)
+        source_account = None
+        if source_arn:
+            m = SOURCE_ARN_RE.fullmatch(source_arn)
+            source_account = m.group("account") if m else None
+        for acct in (bound, source_account):
+            if acct is not None and acct not in registered:
+                raise DeniedError(
+                    f"guardrail: service principal {principal} is bound to account {acct}, "
+                    "which is not registered",
+                    check="guardrail-foreign-source",
+                )
+        if bound is None and source_account is None:
+            raise DeniedError(
+                f"guardrail: service principal {principal} must be bound to a registered account "
+                "(source_account, or a source_arn that names its account)",
+                check="guardrail-unbound-service",
+            )
+
+    def _evaluate(self, rule: Rule, spec: GrantSpec) -> tuple[int, str, str]:
+        kind = kind_of(spec)
+        resource = kind.resource(spec)
+        if not any(arn_matches(p, resource) for p in rule.targets):
+            return 1, "target", f"{resource} matches none of {rule.targets}"
+        target_account = kind.target_account(spec)
+        if rule.target_accounts and target_account not in self.resolve_all(rule.target_accounts):
+            return 1, "target-account", f"account {target_account} is not among {rule.target_accounts}"
+        failure = self._principal_check(rule, spec)
+        if failure:
+            return 2, "principal", failure
+        access = getattr(spec, "access", None)
+        if access is not None and access not in rule.access:
+            return 3, "access", f"access {access!r} is not among {rule.access}"
+        operations = getattr(spec, "operations", None)
+        if operations is not None:
+            extra = sorted(set(operations) - set(rule.operations))
+            if extra:
+                return 3, "operations", f"{extra} not among {rule.operations}"
+        return 4, "", ""
+
+    def _principal_check(self, rule: Rule, spec: GrantSpec) -> str:
+        principals = rule.principals
+        principal = kind_of(spec).principal(spec)
+        if principal == "*":
+            return "" if principals.organization else "organization-wide principals are not allowed by this rule"
+        account = account_of_principal(principal)
+        if account is not None and ACCOUNT_RE.fullmatch(principal):
+            allowed = self.resolve_all(principals.accounts)
+            return "" if account in allowed else f"account principal {account} is not among {principals.accounts}"
+        if account is not None:
+            if not any(arn_matches(p, principal) for p in principals.roles):
+                return f"role {principal} matches none of {principals.roles}"
+            if account not in self.resolve_all(principals.role_accounts):
+                return f"role account {account} is not among {principals.role_accounts}"
+            return ""
+        services = [s for s in principals.services if s.service == principal]
+        if not services:
+            return f"service principal {principal} is not allowed by this rule"
+        source_account = getattr(spec, "source_account", None)
+        source_arn = getattr(spec, "source_arn", None)
+        reasons = []
+        for svc in services:
+            allowed = self.resolve_all(svc.source_accounts)
+            if source_account is not None and source_account not in allowed:
+                reasons.append(f"source_account {source_account} is not among {svc.source_accounts}")
+                continue
+            if source_arn is not None:
+                m = SOURCE_ARN_RE.fullmatch(source_arn)
+                arn_account = m.group("account") if m else None
+                if arn_account and arn_account not in allowed:
+                    reasons.append(f"source_arn account {arn_account} is not among {svc.source_accounts}")
+                    continue
+                if svc.source_arns and not any(arn_matches(p, source_arn) for p in svc.source_arns):
+                    reasons.append(f"source_arn {source_arn} matches none of {svc.source_arns}")
+                    continue
+            elif svc.source_arns:
+                reasons.append("this rule requires a source_arn")
+                continue
+            return ""
+        return "; ".join(reasons)
+
+
+@dataclass(frozen=True)
+class Allowed:
+    rule_id: str
+
+
+def describe(rules: RuleSet) -> list[dict[str, Any]]:
+    """A short summary of the rules, for people."""
+    return [
+        {"id": r.id, "kind": r.kind, "callers": r.callers, "targets": r.targets} for r in rules.rules
+    ]

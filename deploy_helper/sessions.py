@@ -1,0 +1,156 @@
+"""Sessions in target accounts: AssumeRole once per account, cached until near expiry.
+
+The broker assumes ``arn:aws:iam::TARGET:role/<path><name>`` with the
+configured ExternalId, a RoleSessionName and SourceIdentity that carry the
+request id (so CloudTrail in the target account names the request), and the
+session tag ``DeployHelperMinBootstrap`` — the target role's trust policy only
+accepts versions it implements, so a broker that needs a newer bootstrap is
+refused by AWS itself, at no extra call. When AssumeRole is refused the broker
+asks once more with the oldest version to tell the operator *why*: not
+bootstrapped / ExternalId differs, or bootstrap too old.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from deploy_helper.exceptions import TargetAccessError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import boto3
+    from botocore.config import Config
+
+    from deploy_helper.config import BrokerConfig
+
+BOOTSTRAP_TAG = "DeployHelperMinBootstrap"
+_SESSION_CHARS = re.compile(r"[^\w+=,.@-]")
+
+
+def session_name(request_id: str) -> str:
+    """A RoleSessionName/SourceIdentity (2-64 chars of ``[\\w+=,.@-]``) carrying the request id."""
+    return ("dh-" + _SESSION_CHARS.sub("-", request_id))[:64]
+
+
+@dataclass
+class _Cached:
+    credentials: dict[str, Any]
+    expires_at: float
+
+
+class TargetClients:
+    """boto3 clients acting as the broker role in one target account."""
+
+    def __init__(self, session: boto3.Session, account: str, credentials: dict[str, Any], config: Config | None):
+        self._session = session
+        self.account = account
+        self._credentials = credentials
+        self._config = config
+        self._clients: dict[tuple[str, str | None], Any] = {}
+        self._lock = threading.Lock()
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        key = (service, region)
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = self._session.client(
+                    service,  # type: ignore[call-overload]
+                    region_name=region,
+                    aws_access_key_id=self._credentials["AccessKeyId"],
+                    aws_secret_access_key=self._credentials["SecretAccessKey"],
+                    aws_session_token=self._credentials["SessionToken"],
+                    config=self._config,
+                )
+            return self._clients[key]
+
+
+class TargetSessions:
+    """Assumes the broker role in target accounts, one AssumeRole per account while valid."""
+
+    def __init__(
+        self,
+        session: boto3.Session,
+        config: BrokerConfig,
+        *,
+        client_config: Config | None = None,
+        clock: Callable[[], float] = time.time,
+        refresh_margin: int = 300,
+    ) -> None:
+        self._session = session
+        self._config = config
+        self._client_config = client_config
+        self._clock = clock
+        self._margin = refresh_margin
+        self._cache: dict[str, _Cached] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._sts: Any = None
+
+    def role_arn(self, account: str) -> str:
+        return f"arn:aws:iam::{account}:role{self._config.target_role_path}{self._config.target_role_name}"
+
+    def for_account(self, account: str, request_id: str) -> TargetClients:
+        with self._guard:
+            lock = self._locks.setdefault(account, threading.Lock())
+        with lock:
+            cached = self._cache.get(account)
+            if cached is None or cached.expires_at - self._margin <= self._clock():
+                credentials = self._assume(account, request_id)
+                expiry = credentials["Expiration"]
+                expires_at = expiry.timestamp() if hasattr(expiry, "timestamp") else self._clock() + 900
+                cached = _Cached(credentials, expires_at)
+                self._cache[account] = cached
+        return TargetClients(self._session, account, cached.credentials, self._client_config)
+
+    def _sts_client(self) -> Any:
+        with self._guard:
+            if self._sts is None:
+                self._sts = self._session.client("sts", region_name=self._config.region, config=self._client_config)
+            return self._sts
+
+    def _assume(self, account: str, request_id: str, bootstrap: int | None = None) -> dict[str, Any]:
+        name = session_name(request_id)
+        kwargs: dict[str, Any] = {
+            "RoleArn": self.role_arn(account),
+            "RoleSessionName": name,
+            "SourceIdentity": name,
+            "DurationSeconds": self._config.session_duration,
+            "Tags": [{"Key": BOOTSTRAP_TAG, "Value": str(bootstrap or self._config.min_bootstrap_version)}],
+        }
+        if self._config.external_id:
+            kwargs["ExternalId"] = self._config.external_id
+        try:
+            return dict(self._sts_client().assume_role(**kwargs)["Credentials"])
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            if code not in ("AccessDenied", "AccessDeniedException"):
+                raise TargetAccessError(
+                    f"cannot assume {self.role_arn(account)}: {code}: {exc.response['Error'].get('Message', '')}"
+                ) from exc
+            if bootstrap is None and self._config.min_bootstrap_version > 1:
+                try:
+                    self._assume(account, request_id, bootstrap=1)
+                except TargetAccessError:
+                    pass
+                else:
+                    raise TargetAccessError(
+                        f"account {account} is bootstrapped with a version older than "
+                        f"{self._config.min_bootstrap_version}, which this broker needs; "
+                        f"re-run `deploy-helper bootstrap --account {account}`",
+                        code="bootstrap-outdated",
+                    ) from exc
+            raise TargetAccessError(
+                f"cannot assume {self.role_arn(account)}: account {account} is not bootstrapped, or its "
+                "ExternalId differs from the broker's. Run `deploy-helper bootstrap --account "
+                f"{account}` (with the broker's ExternalId)",
+                code="not-bootstrapped",
+            ) from exc
+        except BotoCoreError as exc:
+            raise TargetAccessError(f"cannot reach STS to assume a role in {account}: {exc}") from exc
