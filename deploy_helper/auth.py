@@ -31,14 +31,27 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Authenticated:
-    """A request whose signature, key, time and nonce have been checked."""
+class Identity:
+    """Who a request comes from, as established by the broker (never as claimed).
+
+    ``method`` says how: ``signature`` for a signed envelope (``key_id`` is the
+    registered key), ``stack`` for a custom-resource event confirmed against the
+    real CloudFormation stack (``key_id`` names the stack).
+    """
 
     caller: str
     account: str
-    key: RegisteredKey
-    header: SignedHeader
+    key_id: str
     signed_digest: str
+    method: str = "signature"
+
+
+@dataclass(frozen=True)
+class Authenticated(Identity):
+    """A signed request whose signature, key, time and nonce have been checked."""
+
+    key: RegisteredKey | None = None
+    header: SignedHeader | None = None
 
 
 def short_errors(exc: ValidationError, limit: int = 3) -> str:
@@ -133,7 +146,8 @@ class Authenticator:
         return Authenticated(
             caller=header.caller,
             account=caller.account,
+            key_id=key.id,
+            signed_digest="sha256:" + hashlib.sha256(raw).hexdigest(),
             key=key,
             header=header,
-            signed_digest="sha256:" + hashlib.sha256(raw).hexdigest(),
         )

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from deploy_helper.auth import Authenticated, Authenticator, parse_envelope
+from deploy_helper.auth import Authenticator, Identity, parse_envelope
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError
 from deploy_helper.grants import GrantSpec, ResourcePlan, kind_of
 from deploy_helper.ledger import entries
@@ -137,6 +137,7 @@ class Broker:
             claimed = _claimed(envelope.signed)
             auth = self.authenticator.authenticate(envelope)
             claimed.update(authenticated=True, request_digest=auth.signed_digest)
+            assert auth.header is not None
             payload = parse_payload(auth.header.payload)
         except BrokerError as exc:
             return self._refuse(exc, claimed)
@@ -160,7 +161,7 @@ class Broker:
         return BrokerResponse(ok=False, request_id=claimed.get("request_id"), error=ErrorBody(code=exc.code, message=exc.message))
 
     # -- execution ----------------------------------------------------------
-    def execute(self, auth: Authenticated, payload: RequestPayload) -> BrokerResponse:
+    def execute(self, auth: Identity, payload: RequestPayload) -> BrokerResponse:
         """Authorize, plan and (unless dry run) apply the grants of an authenticated request."""
         request = entries.request_fields(auth, payload)
         results: list[GrantResult | None] = [None] * len(payload.grants)
@@ -212,7 +213,7 @@ class Broker:
 
     def _run_account(
         self,
-        auth: Authenticated,
+        auth: Identity,
         payload: RequestPayload,
         request: dict[str, Any],
         account: str,

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from deploy_helper.auth import Authenticated
+    from deploy_helper.auth import Identity
     from deploy_helper.grants import GrantSpec
     from deploy_helper.request import RequestPayload
 
@@ -65,12 +65,12 @@ def grant_summary(spec: GrantSpec) -> dict[str, Any]:
     }
 
 
-def request_fields(auth: Authenticated, payload: RequestPayload) -> dict[str, Any]:
+def request_fields(auth: Identity, payload: RequestPayload) -> dict[str, Any]:
     return {
         "request_id": payload.request_id,
         "caller": auth.caller,
-        "key_id": auth.key.id,
-        "authenticated": True,
+        "key_id": auth.key_id,
+        "authenticated": auth.method,
         "request_digest": auth.signed_digest,
         "context": payload.context.model_dump(mode="json", exclude_none=True),
         "action": f"{payload.action}{' (dry run)' if payload.dry_run else ''}",
