@@ -15,12 +15,14 @@ evaluated without deploying anything.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: The version of ``broker-role.yaml``. Raise it with every change to the roles;
 #: the template's trust policies, role tags and ``BootstrapVersion`` output carry it.
@@ -88,7 +90,9 @@ _SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
 class _Renderer:
-    def __init__(self, template: Mapping[str, Any], parameters: Mapping[str, str], pseudo: Mapping[str, str]) -> None:
+    def __init__(
+        self, template: Mapping[str, Any], parameters: Mapping[str, str], pseudo: Mapping[str, str]
+    ) -> None:
         self.template = template
         self.values: dict[str, Any] = dict(pseudo)
         declared: Mapping[str, Any] = template.get("Parameters", {})

@@ -1,0 +1,1129 @@
+"""Roll ``broker-role.yaml`` out to target accounts, idempotently.
+
+Two paths, one report:
+
+* :func:`bootstrap_organization` - a service-managed CloudFormation StackSet
+  targeting organizational units, with automatic deployment to accounts that
+  join them later. Run it as the management account or a StackSets delegated
+  administrator. StackSets never deploy to the management account itself:
+  bootstrap that one with the per-account path.
+* :func:`bootstrap_accounts` - one CloudFormation stack per account, through an
+  administrator role assumed in each account (:class:`AssumeRoleSessions`).
+
+Both compare what is deployed with what is wanted through a digest of the
+template and parameters kept in a tag (the ExternalId is a NoEcho parameter,
+which CloudFormation does not show back), so a second run makes no call that
+changes anything and reports every account ``unchanged``. ``plan=True`` stops
+after that comparison.
+
+Everything AWS is reached through boto3 sessions passed in; nothing here
+prints. Callers get an :class:`AccountResult` per account as it completes
+(``on_result``) and a :class:`RolloutReport` at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import boto3
+import yaml
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from account_bootstrap import (
+    BOOTSTRAP_VERSION,
+    DEFAULT_BROKER_ROLE_NAME,
+    DEFAULT_READER_ROLE_NAME,
+    VERSION_TAG,
+    TemplateError,
+    load_template,
+    template_body,
+    template_version,
+)
+
+# pydantic needs these at run time to build the models
+from deploy_helper.identifiers import AccountId, RoleArn  # noqa: TC001
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from botocore.config import Config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STACK_NAME = "deploy-helper-bootstrap"
+DEFAULT_STACK_SET_NAME = "deploy-helper-bootstrap"
+DEFAULT_ADMIN_ROLE = "OrganizationAccountAccessRole"
+#: Stack / stack-set tag holding ``salt:digest`` of the deployed template and parameters.
+CONFIG_TAG = "deploy-helper:bootstrap-config"
+CAPABILITIES = ["CAPABILITY_NAMED_IAM"]
+
+Change = Literal["create", "update", "recreate", "none"]
+Outcome = Literal["planned", "succeeded", "unchanged", "failed", "skipped"]
+
+_IAM_NAME = r"^[\w+=,.@-]{1,64}$"
+_FUNCTION_PATTERN = r"^[A-Za-z0-9_*?-]{1,64}$"
+_BUCKET_PATTERN = r"^[a-z0-9.*?-]{1,63}$"
+_ALIAS_PATTERN = r"^alias/[A-Za-z0-9/_*?-]{1,250}$"
+
+
+class BootstrapError(Exception):
+    """The bootstrap cannot start: a bad option, file or template. The message says what to fix."""
+
+
+class AdminAccessError(Exception):
+    """The administrator role of a target account cannot be assumed."""
+
+
+# -- what to deploy ----------------------------------------------------------------------
+
+
+class BootstrapParameters(BaseModel):
+    """The template's parameters, checked before anything is sent to AWS."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker_role_arn: RoleArn = Field(
+        description="the broker Lambda's execution role, the only trusted principal"
+    )
+    external_id: SecretStr = Field(description="the ExternalId the broker sends with AssumeRole")
+    broker_role_name: str = Field(DEFAULT_BROKER_ROLE_NAME, pattern=_IAM_NAME)
+    reader_role_name: str = Field(DEFAULT_READER_ROLE_NAME, pattern=_IAM_NAME)
+    max_session_duration: int = Field(3600, ge=3600, le=43200)
+    opt_in_tag_value: str = Field("true", pattern=r"^[\w.:/=+@-]{0,256}$")
+    function_name_patterns: tuple[str, ...] = ()
+    bucket_name_patterns: tuple[str, ...] = ()
+    key_alias_patterns: tuple[str, ...] = ()
+
+    @field_validator("external_id")
+    @classmethod
+    def _external_id(cls, value: SecretStr) -> SecretStr:
+        if not re.fullmatch(r"[\w+=,.@:/-]{2,1224}", value.get_secret_value()):
+            raise ValueError(
+                "the ExternalId must be 2-1224 characters of letters, digits and + = , . @ : / - _"
+            )
+        return value
+
+    @field_validator("function_name_patterns", "bucket_name_patterns", "key_alias_patterns")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        grammar, example = {
+            "function_name_patterns": (_FUNCTION_PATTERN, "authorizer-*"),
+            "bucket_name_patterns": (_BUCKET_PATTERN, "artifacts-*"),
+            "key_alias_patterns": (_ALIAS_PATTERN, "alias/artifacts-*"),
+        }[info.field_name]
+        for pattern in value:
+            if not re.fullmatch(grammar, pattern):
+                raise ValueError(f"{pattern!r} is not a valid pattern (expected e.g. {example!r})")
+            if pattern.strip("*?") == "" or pattern in ("alias/*",):
+                raise ValueError(
+                    f"{pattern!r} matches everything: name a prefix, or use the opt-in tag"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _something_opts_in(self) -> BootstrapParameters:
+        if not (
+            self.opt_in_tag_value
+            or self.function_name_patterns
+            or self.bucket_name_patterns
+            or self.key_alias_patterns
+        ):
+            raise ValueError(
+                "nothing would opt in: keep the opt-in tag value or give at least one name pattern"
+            )
+        return self
+
+    def cfn_parameters(self) -> list[dict[str, str]]:
+        """The parameters as CloudFormation takes them (the ExternalId included)."""
+        values = {
+            "BrokerExecutionRoleArn": self.broker_role_arn,
+            "ExternalId": self.external_id.get_secret_value(),
+            "BrokerRoleName": self.broker_role_name,
+            "ReaderRoleName": self.reader_role_name,
+            "MaxSessionDuration": str(self.max_session_duration),
+            "OptInTagValue": self.opt_in_tag_value,
+            "FunctionNamePatterns": ",".join(self.function_name_patterns),
+            "BucketNamePatterns": ",".join(self.bucket_name_patterns),
+            "KeyAliasPatterns": ",".join(self.key_alias_patterns),
+        }
+        return [{"ParameterKey": key, "ParameterValue": value} for key, value in values.items()]
+
+
+def config_digest(
+    parameters: BootstrapParameters,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    salt: str | None = None,
+) -> str:
+    """``salt:sha256`` over the template, the parameters and ``extra`` settings.
+
+    The salt (random unless given) keeps the tag from being a lookup key for the
+    ExternalId; comparing recomputes with the stored salt.
+    """
+    salt = salt if salt is not None else secrets.token_hex(8)
+    payload = json.dumps(
+        {
+            "template": hashlib.sha256(template_body().encode()).hexdigest(),
+            "parameters": {
+                p["ParameterKey"]: p["ParameterValue"] for p in parameters.cfn_parameters()
+            },
+            "extra": dict(extra or {}),
+        },
+        sort_keys=True,
+    )
+    return f"{salt}:{hashlib.sha256((salt + payload).encode()).hexdigest()}"
+
+
+def config_matches(
+    tag_value: str | None, parameters: BootstrapParameters, extra: Mapping[str, Any] | None = None
+) -> bool:
+    """True when ``tag_value`` is the digest of exactly this configuration."""
+    if not tag_value or ":" not in tag_value:
+        return False
+    salt = tag_value.split(":", 1)[0]
+    return hmac.compare_digest(tag_value, config_digest(parameters, extra, salt=salt))
+
+
+# -- where to deploy ---------------------------------------------------------------------
+
+
+class AccountEntry(BaseModel):
+    """One target account of the per-account path."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: AccountId
+    name: str = Field("", max_length=128, description="a label shown in the summary")
+    admin_role: str | None = Field(
+        None, pattern=_IAM_NAME, description="overrides --admin-role for this account"
+    )
+
+
+class AccountsFile(BaseModel):
+    """The ``--accounts`` file: ``accounts:``, then ids or ``{id, name, admin_role}`` entries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accounts: list[AccountEntry | AccountId] = Field(min_length=1)
+
+    def entries(self) -> list[AccountEntry]:
+        """The accounts as entries, in file order; duplicates are an error."""
+        out = [
+            item if isinstance(item, AccountEntry) else AccountEntry(id=item)
+            for item in self.accounts
+        ]
+        seen: set[str] = set()
+        for entry in out:
+            if entry.id in seen:
+                raise ValueError(f"account {entry.id} is listed twice")
+            seen.add(entry.id)
+        return out
+
+
+def load_accounts_file(path: Path) -> list[AccountEntry]:
+    """Read an accounts file (YAML or JSON) and say exactly what is wrong with it if anything."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BootstrapError(f"{path}: cannot read the accounts file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise BootstrapError(f"{path}: not valid YAML or JSON: {exc}") from exc
+    example = (
+        'accounts:\n  - "111111111111"\n'
+        '  - {id: "222222222222", name: payments, admin_role: AdminRole}'
+    )
+    if not isinstance(raw, dict):
+        raise BootstrapError(
+            f"{path}: expected a mapping with an 'accounts' list, for example:\n{example}"
+        )
+    try:
+        return AccountsFile.model_validate(raw).entries()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise BootstrapError(f"{path}: {problems}. Expected for example:\n{example}") from exc
+    except ValueError as exc:
+        raise BootstrapError(f"{path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Count:
+    """A number of accounts, absolute (``3``) or relative (``10%``)."""
+
+    value: int
+    percent: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Count:
+        """Parse ``"3"`` or ``"10%"``; raise ValueError with a fix-it message otherwise."""
+        stripped = text.strip()
+        percent = stripped.endswith("%")
+        number = stripped.removesuffix("%")
+        if not number.isdigit() or (percent and int(number) > 100):
+            raise ValueError(f"{text!r} is neither a number of accounts (3) nor a percentage (10%)")
+        return cls(int(number), percent)
+
+    def of(self, total: int) -> int:
+        """The absolute count for ``total`` accounts (percentages round down, as StackSets do)."""
+        return total * self.value // 100 if self.percent else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else str(self.value)
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class AccountResult:
+    """What happened (or would happen, in a plan) in one target account."""
+
+    account: str
+    change: Change | None
+    outcome: Outcome
+    version: int | None = None
+    message: str = ""
+    name: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """True for accounts the operator must look at."""
+        return self.outcome in ("failed", "skipped")
+
+
+@dataclass
+class RolloutReport:
+    """The result of one rollout, per account, plus the stack set's own change."""
+
+    mode: Literal["accounts", "organization"]
+    plan: bool
+    version: int
+    results: list[AccountResult] = field(default_factory=list)
+    stack_set_change: Change | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[AccountResult]:
+        """Accounts that failed or were skipped."""
+        return [result for result in self.results if result.failed]
+
+    @property
+    def changed(self) -> bool:
+        """True when something was (or, in a plan, would be) changed."""
+        return self.stack_set_change not in (None, "none") or any(
+            result.change not in (None, "none") for result in self.results if not result.failed
+        )
+
+    def summary(self) -> str:
+        """One line for people: what changed, or that nothing did."""
+        done = [r for r in self.results if not r.failed]
+        failed = self.failed
+        if not self.changed and not failed:
+            return (
+                f"No changes: all {len(done)} accounts are already "
+                f"at bootstrap version {self.version}."
+            )
+        verb = "would change" if self.plan else "changed"
+        changed = sum(1 for r in done if r.change not in (None, "none"))
+        text = f"{changed} of {len(self.results)} accounts {verb}"
+        if self.stack_set_change not in (None, "none"):
+            text += f"; stack set: {self.stack_set_change}"
+        if failed:
+            names = ", ".join(f"{r.account} ({r.message})" for r in failed)
+            text += f"; {len(failed)} failed: {names}"
+        return text + "."
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (``--json``)."""
+        return {
+            "mode": self.mode,
+            "plan": self.plan,
+            "bootstrap_version": self.version,
+            "changed": self.changed,
+            "stack_set_change": self.stack_set_change,
+            "summary": self.summary(),
+            "notes": self.notes,
+            "accounts": [asdict(result) for result in self.results],
+        }
+
+
+@dataclass
+class AccountStatus:
+    """Whether an account is bootstrapped, and at which version."""
+
+    account: str
+    state: Literal["current", "outdated", "newer", "not-bootstrapped", "pending", "error"]
+    version: int | None = None
+    message: str = ""
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return asdict(self)
+
+
+ResultCallback = Callable[[AccountResult], None]
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+    return str(exc) or type(exc).__name__
+
+
+def _version_state(
+    version: int | None,
+) -> tuple[Literal["current", "outdated", "newer", "not-bootstrapped"], str]:
+    if version is None:
+        return "not-bootstrapped", "run deploy-helper bootstrap for this account"
+    if version < BOOTSTRAP_VERSION:
+        return (
+            "outdated",
+            f"bootstrap v{version} < v{BOOTSTRAP_VERSION}: re-run deploy-helper bootstrap",
+        )
+    if version > BOOTSTRAP_VERSION:
+        return (
+            "newer",
+            f"bootstrap v{version} is newer than this deploy-helper (v{BOOTSTRAP_VERSION})",
+        )
+    return "current", ""
+
+
+# -- per-account path --------------------------------------------------------------------
+
+
+class AccountSessions(Protocol):
+    """Gives a session acting as administrator of a target account."""
+
+    def __call__(self, account: str, role_name: str | None = None) -> boto3.Session:
+        """A session in ``account``; raises :class:`AdminAccessError` when there is none."""
+        ...
+
+
+class AssumeRoleSessions:
+    """Administrator sessions in target accounts through ``sts:AssumeRole`` of one role name.
+
+    The STS client is made once from ``base`` (so hooks registered on ``base``
+    apply) and shared by the worker threads; each account gets its own session.
+    """
+
+    def __init__(
+        self,
+        base: boto3.Session,
+        role_name: str = DEFAULT_ADMIN_ROLE,
+        *,
+        region: str | None = None,
+        session_name: str = "deploy-helper-bootstrap",
+        config: Config | None = None,
+    ) -> None:
+        self.role_name = role_name
+        self.region = region or base.region_name or "us-east-1"
+        self.session_name = session_name
+        self.partition = base.get_partition_for_region(self.region)
+        self._sts = base.client("sts", region_name=self.region, config=config)
+
+    def role_arn(self, account: str, role_name: str | None = None) -> str:
+        """The administrator role's ARN in ``account``."""
+        return f"arn:{self.partition}:iam::{account}:role/{role_name or self.role_name}"
+
+    def __call__(self, account: str, role_name: str | None = None) -> boto3.Session:
+        """Assume the administrator role in ``account``."""
+        arn = self.role_arn(account, role_name)
+        try:
+            credentials = self._sts.assume_role(RoleArn=arn, RoleSessionName=self.session_name)[
+                "Credentials"
+            ]
+        except (ClientError, BotoCoreError) as exc:
+            raise AdminAccessError(
+                f"cannot assume {arn} ({_error_text(exc)}); check that this role exists in "
+                f"account {account} and trusts your credentials, or name another one with "
+                "--admin-role or admin_role in the accounts file"
+            ) from exc
+        return boto3.Session(
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+            region_name=self.region,
+        )
+
+
+_BUSY = ("IN_PROGRESS",)
+_RECREATE = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED")
+_STUCK = ("UPDATE_ROLLBACK_FAILED", "DELETE_FAILED", "IMPORT_ROLLBACK_FAILED")
+
+
+@dataclass
+class _Waiter:
+    sleep: Callable[[float], None] = time.sleep
+    poll_interval: float = 10.0
+    timeout: float = 1800.0
+
+    def until(self, check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{what} did not finish within {self.timeout:.0f} s; re-run to pick it up"
+                )
+            self.sleep(self.poll_interval)
+
+
+def _tag(tags: Iterable[Mapping[str, str]] | None, key: str) -> str | None:
+    for tag in tags or ():
+        if tag.get("Key") == key:
+            return tag.get("Value")
+    return None
+
+
+def _output_version(stack: Mapping[str, Any]) -> int | None:
+    for output in stack.get("Outputs") or ():
+        if output.get("OutputKey") == "BootstrapVersion":
+            try:
+                return int(output["OutputValue"])
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
+class _StackDeployer:
+    """Create / update / recreate the bootstrap stack in one account."""
+
+    def __init__(
+        self, cfn: Any, stack_name: str, parameters: BootstrapParameters, waiter: _Waiter
+    ) -> None:
+        self.cfn = cfn
+        self.stack_name = stack_name
+        self.parameters = parameters
+        self.waiter = waiter
+
+    def describe(self) -> dict[str, Any] | None:
+        try:
+            stacks = self.cfn.describe_stacks(StackName=self.stack_name)["Stacks"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get(
+                "Code"
+            ) == "ValidationError" and "does not exist" in str(exc):
+                return None
+            raise
+        return stacks[0] if stacks else None
+
+    def change_for(self, stack: Mapping[str, Any] | None) -> Change:
+        if stack is None:
+            return "create"
+        status = str(stack["StackStatus"])
+        if status.endswith(_BUSY):
+            raise RuntimeError(
+                f"stack {self.stack_name} is busy ({status}); wait for it to finish and re-run"
+            )
+        if status in _RECREATE:
+            return "recreate"
+        if status in _STUCK:
+            raise RuntimeError(
+                f"stack {self.stack_name} is in {status}: resolve it in CloudFormation "
+                "(continue the rollback or delete the stack), then re-run"
+            )
+        return (
+            "none"
+            if config_matches(_tag(stack.get("Tags"), CONFIG_TAG), self.parameters)
+            else "update"
+        )
+
+    def apply(self, change: Change) -> dict[str, Any]:
+        arguments = {
+            "StackName": self.stack_name,
+            "TemplateBody": template_body(),
+            "Parameters": self.parameters.cfn_parameters(),
+            "Capabilities": CAPABILITIES,
+            "Tags": [{"Key": CONFIG_TAG, "Value": config_digest(self.parameters)}],
+        }
+        if change == "recreate":
+            self.cfn.delete_stack(StackName=self.stack_name)
+            self.waiter.until(lambda: self.describe() is None, f"deleting stack {self.stack_name}")
+        if change in ("create", "recreate"):
+            self.cfn.create_stack(**arguments)
+        elif change == "update":
+            try:
+                self.cfn.update_stack(**arguments)
+            except ClientError as exc:
+                if "No updates are to be performed" not in str(exc):
+                    raise
+        stack: dict[str, Any] = {}
+
+        def finished() -> bool:
+            nonlocal stack
+            stack = self.describe() or {"StackStatus": "DELETE_COMPLETE"}
+            return not str(stack["StackStatus"]).endswith(_BUSY)
+
+        self.waiter.until(finished, f"stack {self.stack_name}")
+        if stack["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
+            raise RuntimeError(
+                f"stack {self.stack_name} ended in {stack['StackStatus']}: {self.failure_reason()}"
+            )
+        return stack
+
+    def failure_reason(self) -> str:
+        try:
+            events = self.cfn.describe_stack_events(StackName=self.stack_name)["StackEvents"]
+        except ClientError:
+            return "see the stack's events"
+        reasons = [
+            f"{event['LogicalResourceId']}: {event['ResourceStatusReason']}"
+            for event in events
+            if str(event.get("ResourceStatus", "")).endswith("FAILED")
+            and event.get("ResourceStatusReason")
+        ]
+        return "; ".join(reversed(reasons[:3])) or "see the stack's events"
+
+
+def _existing_role_hint(message: str, parameters: BootstrapParameters) -> str:
+    if "already exists" in message:
+        return (
+            f"{message} - a role named {parameters.broker_role_name} or "
+            f"{parameters.reader_role_name} exists outside this stack (deployed by StackSets, "
+            "or by hand?): remove it or choose other role names"
+        )
+    return message
+
+
+def bootstrap_accounts(
+    accounts: Sequence[AccountEntry | str],
+    parameters: BootstrapParameters,
+    sessions: AccountSessions,
+    *,
+    region: str,
+    stack_name: str = DEFAULT_STACK_NAME,
+    plan: bool = False,
+    failure_tolerance: Count = Count(10, percent=True),
+    max_concurrency: Count = Count(25, percent=True),
+    on_result: ResultCallback | None = None,
+    client_config: Config | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_interval: float = 10.0,
+    timeout: float = 1800.0,
+) -> RolloutReport:
+    """Deploy the bootstrap stack in each account through its administrator session.
+
+    Accounts run ``max_concurrency`` at a time. Once more accounts have failed
+    than ``failure_tolerance`` allows, accounts not yet started are reported
+    ``skipped``; the others keep their result. Re-running finishes the job.
+    """
+    entries = [
+        entry if isinstance(entry, AccountEntry) else AccountEntry(id=entry) for entry in accounts
+    ]
+    total = len(entries)
+    tolerance = failure_tolerance.of(total)
+    workers = max(1, min(max_concurrency.of(total) or 1, total or 1))
+    waiter = _Waiter(sleep=sleep, poll_interval=poll_interval, timeout=timeout)
+    failures = 0
+    lock = threading.Lock()
+
+    def one(entry: AccountEntry) -> AccountResult:
+        with lock:
+            if failures > tolerance:
+                return AccountResult(
+                    entry.id,
+                    None,
+                    "skipped",
+                    message=f"not started: more than {failure_tolerance} accounts failed",
+                    name=entry.name,
+                )
+        change: Change | None = None
+        try:
+            session = sessions(entry.id, entry.admin_role)
+            cfn = session.client("cloudformation", region_name=region, config=client_config)
+            deployer = _StackDeployer(cfn, stack_name, parameters, waiter)
+            stack = deployer.describe()
+            change = deployer.change_for(stack)
+            if plan or change == "none":
+                outcome: Outcome = "planned" if plan and change != "none" else "unchanged"
+                return AccountResult(
+                    entry.id, change, outcome, _output_version(stack or {}), name=entry.name
+                )
+            stack = deployer.apply(change)
+            return AccountResult(
+                entry.id, change, "succeeded", _output_version(stack), name=entry.name
+            )
+        except (AdminAccessError, ClientError, BotoCoreError, RuntimeError, TimeoutError) as exc:
+            message = _existing_role_hint(_error_text(exc), parameters)
+            log.warning("bootstrap of account %s failed: %s", entry.id, message)
+            return AccountResult(entry.id, change, "failed", message=message, name=entry.name)
+
+    report = RolloutReport("accounts", plan, BOOTSTRAP_VERSION)
+    by_account: dict[str, AccountResult] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bootstrap") as pool:
+        futures = [pool.submit(one, entry) for entry in entries]
+        for future in as_completed(futures):
+            result = future.result()
+            if result.outcome == "failed":
+                with lock:
+                    failures += 1
+            by_account[result.account] = result
+            if on_result is not None:
+                on_result(result)
+    report.results = [by_account[entry.id] for entry in entries]
+    return report
+
+
+def status_accounts(
+    accounts: Sequence[AccountEntry | str],
+    sessions: AccountSessions,
+    *,
+    broker_role_name: str = DEFAULT_BROKER_ROLE_NAME,
+    reader_role_name: str = DEFAULT_READER_ROLE_NAME,
+    max_concurrency: int = 8,
+    client_config: Config | None = None,
+) -> list[AccountStatus]:
+    """Read the roles themselves in each account: present, and at which version.
+
+    This is what the broker will see, however the roles were deployed.
+    """
+    entries = [
+        entry if isinstance(entry, AccountEntry) else AccountEntry(id=entry) for entry in accounts
+    ]
+
+    def one(entry: AccountEntry) -> AccountStatus:
+        try:
+            iam = sessions(entry.id, entry.admin_role).client("iam", config=client_config)
+            versions: list[int | None] = []
+            for role_name in (broker_role_name, reader_role_name):
+                try:
+                    role = iam.get_role(RoleName=role_name)["Role"]
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
+                        raise
+                    versions.append(None)
+                    continue
+                raw = _tag(role.get("Tags"), VERSION_TAG)
+                versions.append(int(raw) if raw and raw.isdigit() else 0)
+        except (AdminAccessError, ClientError, BotoCoreError) as exc:
+            return AccountStatus(entry.id, "error", message=_error_text(exc), name=entry.name)
+        known = [version for version in versions if version is not None]
+        version = min(known) if len(known) == len(versions) else None
+        state, message = _version_state(version)
+        if known and version is None:
+            message = "only one of the two roles exists: re-run deploy-helper bootstrap"
+        return AccountStatus(entry.id, state, version, message, entry.name)
+
+    with ThreadPoolExecutor(
+        max_workers=max(1, max_concurrency), thread_name_prefix="status"
+    ) as pool:
+        return list(pool.map(one, entries))
+
+
+# -- StackSets path ----------------------------------------------------------------------
+
+
+_OP_DONE = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class _StackSet:
+    """The bootstrap stack set, seen from the management (or delegated admin) account."""
+
+    def __init__(self, cfn: Any, name: str, call_as: str, region: str, waiter: _Waiter) -> None:
+        self.cfn = cfn
+        self.name = name
+        self.call_as = call_as
+        self.region = region
+        self.waiter = waiter
+
+    def describe(self) -> dict[str, Any] | None:
+        try:
+            stack_set: dict[str, Any] = self.cfn.describe_stack_set(
+                StackSetName=self.name, CallAs=self.call_as
+            )["StackSet"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "StackSetNotFoundException":
+                return None
+            raise
+        return stack_set if stack_set.get("Status") != "DELETED" else None
+
+    def instances(self) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        while True:
+            extra = {"NextToken": token} if token else {}
+            page = self.cfn.list_stack_instances(
+                StackSetName=self.name, CallAs=self.call_as, **extra
+            )
+            for summary in page.get("Summaries", []):
+                if summary.get("Region") == self.region:
+                    found[summary["Account"]] = summary
+            token = page.get("NextToken")
+            if not token:
+                return found
+
+    def wait(self, operation_id: str, on_poll: Callable[[], None] | None = None) -> dict[str, Any]:
+        operation: dict[str, Any] = {}
+
+        def finished() -> bool:
+            nonlocal operation
+            operation = self.cfn.describe_stack_set_operation(
+                StackSetName=self.name, OperationId=operation_id, CallAs=self.call_as
+            )["StackSetOperation"]
+            if on_poll is not None:
+                on_poll()
+            return operation.get("Status") in _OP_DONE
+
+        self.waiter.until(finished, f"stack set operation {operation_id}")
+        return operation
+
+    def operation_reasons(self, operation_id: str) -> dict[str, str]:
+        reasons: dict[str, str] = {}
+        try:
+            token: str | None = None
+            while True:
+                extra = {"NextToken": token} if token else {}
+                page = self.cfn.list_stack_set_operation_results(
+                    StackSetName=self.name, OperationId=operation_id, CallAs=self.call_as, **extra
+                )
+                for summary in page.get("Summaries", []):
+                    if summary.get("Status") != "SUCCEEDED" and summary.get("StatusReason"):
+                        reasons[summary["Account"]] = str(summary["StatusReason"])
+                token = page.get("NextToken")
+                if not token:
+                    return reasons
+        except ClientError:
+            return reasons
+
+
+def accounts_in_ous(org: Any, ous: Sequence[str]) -> dict[str, str] | None:
+    """Active accounts under ``ous`` (child OUs included), mapped to the OU they sit in.
+
+    The management account is left out (StackSets never deploy to it). Returns
+    None when Organizations cannot be read (a delegated administrator without
+    Organizations read access): the rollout then cannot list new accounts ahead.
+    """
+    try:
+        management = org.describe_organization()["Organization"].get("MasterAccountId")
+        found: dict[str, str] = {}
+        queue = list(ous)
+        while queue:
+            parent = queue.pop(0)
+            for page in org.get_paginator("list_accounts_for_parent").paginate(ParentId=parent):
+                for account in page["Accounts"]:
+                    if account.get("Status", "ACTIVE") == "ACTIVE" and account["Id"] != management:
+                        found[account["Id"]] = parent
+            for page in org.get_paginator("list_organizational_units_for_parent").paginate(
+                ParentId=parent
+            ):
+                queue.extend(unit["Id"] for unit in page["OrganizationalUnits"])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in (
+            "AccessDeniedException",
+            "AWSOrganizationsNotInUseException",
+        ):
+            log.warning(
+                "cannot read the organization (%s): accounts are listed after deployment",
+                _error_text(exc),
+            )
+            return None
+        raise
+    return found
+
+
+def _operation_preferences(failure_tolerance: Count, max_concurrency: Count) -> dict[str, Any]:
+    preferences: dict[str, Any] = {
+        "RegionConcurrencyType": "SEQUENTIAL",
+        "ConcurrencyMode": "SOFT_FAILURE_TOLERANCE",
+    }
+    if failure_tolerance.percent:
+        preferences["FailureTolerancePercentage"] = failure_tolerance.value
+    else:
+        preferences["FailureToleranceCount"] = failure_tolerance.value
+    if max_concurrency.percent:
+        preferences["MaxConcurrentPercentage"] = max(1, max_concurrency.value)
+    else:
+        preferences["MaxConcurrentCount"] = max(1, max_concurrency.value)
+    return preferences
+
+
+def bootstrap_organization(
+    parameters: BootstrapParameters,
+    session: boto3.Session,
+    *,
+    ous: Sequence[str],
+    region: str,
+    stack_set_name: str = DEFAULT_STACK_SET_NAME,
+    call_as: Literal["SELF", "DELEGATED_ADMIN"] = "SELF",
+    auto_deployment: bool = True,
+    retain_stacks_on_account_removal: bool = False,
+    plan: bool = False,
+    failure_tolerance: Count = Count(10, percent=True),
+    max_concurrency: Count = Count(25, percent=True),
+    on_result: ResultCallback | None = None,
+    client_config: Config | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_interval: float = 15.0,
+    timeout: float = 3600.0,
+) -> RolloutReport:
+    """Deploy the bootstrap through a service-managed stack set targeting ``ous``.
+
+    The stack set is created (or updated when the template, parameters or
+    auto-deployment settings changed); stack instances are added for accounts
+    of the OUs that have none, and outdated ones are brought current. With
+    auto-deployment, accounts joining the OUs later get the roles without a
+    re-run. IAM roles are global, so the stack set deploys to one ``region``.
+    """
+    if not ous:
+        raise BootstrapError(
+            "name at least one organizational unit (--ou ou-xxxx-xxxxxxxx or the root r-xxxx)"
+        )
+    cfn = session.client("cloudformation", region_name=region, config=client_config)
+    org = session.client("organizations", region_name=region, config=client_config)
+    waiter = _Waiter(sleep=sleep, poll_interval=poll_interval, timeout=timeout)
+    stack_set = _StackSet(cfn, stack_set_name, call_as, region, waiter)
+    extra = {"auto_deployment": auto_deployment, "retain_stacks": retain_stacks_on_account_removal}
+    report = RolloutReport("organization", plan, BOOTSTRAP_VERSION)
+
+    existing = stack_set.describe()
+    if existing is None:
+        report.stack_set_change = "create"
+    elif existing.get("PermissionModel") != "SERVICE_MANAGED":
+        raise BootstrapError(
+            f"stack set {stack_set_name} exists with "
+            f"{existing.get('PermissionModel')} permissions; "
+            "delete it or pass --stack-set-name to use another one"
+        )
+    else:
+        same = config_matches(_tag(existing.get("Tags"), CONFIG_TAG), parameters, extra)
+        report.stack_set_change = "none" if same else "update"
+
+    targets = accounts_in_ous(org, ous)
+    if targets is None:
+        report.notes.append(
+            "Organizations could not be read: accounts without a stack instance "
+            "are found after deployment"
+        )
+    instances = stack_set.instances() if existing is not None else {}
+    expected = dict(targets) if targets is not None else {account: "" for account in instances}
+
+    def planned_change(account: str) -> Change:
+        instance = instances.get(account)
+        if instance is None:
+            return "create"
+        if report.stack_set_change == "update" or instance.get("Status") != "CURRENT":
+            return "update"
+        return "none"
+
+    changes = {account: planned_change(account) for account in expected}
+    if plan:
+        deployed_version = _instance_version(existing)
+        for account, change in changes.items():
+            outcome: Outcome = "planned" if change != "none" else "unchanged"
+            current = instances.get(account, {}).get("Status") == "CURRENT" and change != "update"
+            result = AccountResult(
+                account, change, outcome, deployed_version if current or change == "none" else None
+            )
+            report.results.append(result)
+            if on_result is not None:
+                on_result(result)
+        return report
+
+    reported: set[str] = set()
+    operations: list[str] = []
+
+    def report_current() -> None:
+        for account, instance in stack_set.instances().items():
+            if (
+                account in changes
+                and account not in reported
+                and instance.get("Status") == "CURRENT"
+            ):
+                if changes[account] == "none":
+                    continue
+                reported.add(account)
+                result = AccountResult(account, changes[account], "succeeded", BOOTSTRAP_VERSION)
+                report.results.append(result)
+                if on_result is not None:
+                    on_result(result)
+
+    preferences = _operation_preferences(failure_tolerance, max_concurrency)
+    body = template_body()
+    tags = [{"Key": CONFIG_TAG, "Value": config_digest(parameters, extra)}]
+    if report.stack_set_change == "create":
+        cfn.create_stack_set(
+            StackSetName=stack_set_name,
+            Description=(
+                f"deploy-helper bootstrap v{BOOTSTRAP_VERSION}: "
+                "the broker's roles in every target account"
+            ),
+            TemplateBody=body,
+            Parameters=parameters.cfn_parameters(),
+            Capabilities=CAPABILITIES,
+            PermissionModel="SERVICE_MANAGED",
+            AutoDeployment={
+                "Enabled": auto_deployment,
+                "RetainStacksOnAccountRemoval": retain_stacks_on_account_removal,
+            },
+            ManagedExecution={"Active": True},
+            CallAs=call_as,
+            Tags=tags,
+        )
+    elif report.stack_set_change == "update":
+        ou_targets = sorted(
+            {
+                *ous,
+                *(
+                    i["OrganizationalUnitId"]
+                    for i in instances.values()
+                    if i.get("OrganizationalUnitId")
+                ),
+            }
+        )
+        operation_id = cfn.update_stack_set(
+            StackSetName=stack_set_name,
+            TemplateBody=body,
+            Parameters=parameters.cfn_parameters(),
+            Capabilities=CAPABILITIES,
+            AutoDeployment={
+                "Enabled": auto_deployment,
+                "RetainStacksOnAccountRemoval": retain_stacks_on_account_removal,
+            },
+            DeploymentTargets={"OrganizationalUnitIds": ou_targets},
+            Regions=[region],
+            OperationPreferences=preferences,
+            CallAs=call_as,
+            Tags=tags,
+        )["OperationId"]
+        operations.append(operation_id)
+        stack_set.wait(operation_id, report_current)
+
+    if targets is None or any(change == "create" for change in changes.values()):
+        operation_id = cfn.create_stack_instances(
+            StackSetName=stack_set_name,
+            DeploymentTargets={"OrganizationalUnitIds": list(ous)},
+            Regions=[region],
+            OperationPreferences=preferences,
+            CallAs=call_as,
+        )["OperationId"]
+        operations.append(operation_id)
+        stack_set.wait(operation_id, report_current)
+
+    stale = sorted(
+        account
+        for account, instance in stack_set.instances().items()
+        if account in changes
+        and instance.get("Status") != "CURRENT"
+        and report.stack_set_change != "update"
+    )
+    if stale:
+        operation_id = cfn.update_stack_instances(
+            StackSetName=stack_set_name,
+            DeploymentTargets={
+                "OrganizationalUnitIds": list(ous),
+                "Accounts": stale,
+                "AccountFilterType": "INTERSECTION",
+            },
+            Regions=[region],
+            OperationPreferences=preferences,
+            CallAs=call_as,
+        )["OperationId"]
+        operations.append(operation_id)
+        stack_set.wait(operation_id, report_current)
+
+    reasons: dict[str, str] = {}
+    for operation_id in operations:
+        reasons.update(stack_set.operation_reasons(operation_id))
+    final = stack_set.instances()
+    if targets is None:
+        changes.update({account: "create" for account in final if account not in changes})
+    for account, change in changes.items():
+        if account in reported:
+            continue
+        instance = final.get(account)
+        if instance is not None and instance.get("Status") == "CURRENT":
+            outcome = "unchanged" if change == "none" else "succeeded"
+            result = AccountResult(account, change, outcome, BOOTSTRAP_VERSION)
+        else:
+            why = (
+                reasons.get(account)
+                or (instance or {}).get("StatusReason")
+                or (
+                    f"stack instance is {instance.get('Status')}"
+                    if instance
+                    else "no stack instance was created"
+                )
+            )
+            result = AccountResult(account, change, "failed", message=str(why))
+        report.results.append(result)
+        if on_result is not None:
+            on_result(result)
+    report.results.sort(key=lambda result: result.account)
+    return report
+
+
+def _instance_version(stack_set: Mapping[str, Any] | None) -> int | None:
+    if not stack_set or not stack_set.get("TemplateBody"):
+        return None
+    try:
+        return template_version(load_template(stack_set["TemplateBody"]))
+    except (TemplateError, yaml.YAMLError):
+        return None
+
+
+def status_organization(
+    session: boto3.Session,
+    *,
+    region: str,
+    stack_set_name: str = DEFAULT_STACK_SET_NAME,
+    ous: Sequence[str] = (),
+    call_as: Literal["SELF", "DELEGATED_ADMIN"] = "SELF",
+    client_config: Config | None = None,
+) -> list[AccountStatus]:
+    """Per account of the stack set (and of ``ous``, when given): instance state and version."""
+    cfn = session.client("cloudformation", region_name=region, config=client_config)
+    stack_set = _StackSet(cfn, stack_set_name, call_as, region, _Waiter())
+    described = stack_set.describe()
+    instances = stack_set.instances() if described is not None else {}
+    version = _instance_version(described)
+    accounts = set(instances)
+    if ous:
+        targets = accounts_in_ous(
+            session.client("organizations", region_name=region, config=client_config), ous
+        )
+        accounts |= set(targets or {})
+    statuses: list[AccountStatus] = []
+    for account in sorted(accounts):
+        instance = instances.get(account)
+        if instance is None:
+            statuses.append(
+                AccountStatus(
+                    account,
+                    "not-bootstrapped",
+                    None,
+                    "no stack instance: run deploy-helper bootstrap",
+                )
+            )
+        elif instance.get("Status") == "CURRENT":
+            state, message = _version_state(version)
+            statuses.append(AccountStatus(account, state, version, message))
+        else:
+            reason = instance.get("StatusReason") or f"stack instance {instance.get('Status')}"
+            statuses.append(
+                AccountStatus(account, "pending", None, f"{reason}: re-run deploy-helper bootstrap")
+            )
+    return statuses
