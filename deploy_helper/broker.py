@@ -18,6 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from botocore.config import Config
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from deploy_helper.callers import CallerRegistry
     from deploy_helper.config import BrokerConfig
     from deploy_helper.ledger import Ledger
+    from deploy_helper.ledger.checkpoints import Checkpoints
     from deploy_helper.nonces import NonceStore
     from deploy_helper.rules import RuleSet
     from deploy_helper.sessions import TargetClients, TargetSessions
@@ -66,8 +68,10 @@ class Broker:
         ledger: Ledger,
         locks: Locker | None = None,
         clock: Callable[[], float] = time.time,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.config = config
+        self.checkpoints = checkpoints
         self.rules = rules
         self.sessions = sessions
         self.ledger = ledger
@@ -106,11 +110,20 @@ class Broker:
         callers = CallerRegistry.load(config.policies_dir / "callers.yaml")
         rules = RuleSet.load(config.policies_dir / "rules.yaml")
         ddb = session.client("dynamodb", region_name=config.region)
+        checkpoints = None
         if ledger is None:
             if config.ledger_table:
-                from deploy_helper.ledger.store import DynamoLedger
+                from deploy_helper.ledger.setup import open_ledger
 
-                ledger = DynamoLedger(ddb, config.ledger_table, clock=clock)
+                handle = open_ledger(
+                    session,
+                    table=config.ledger_table,
+                    bucket=config.checkpoint_bucket,
+                    checkpoint_key=config.checkpoint_key,
+                    region=config.region,
+                    clock=clock,
+                )
+                ledger, checkpoints = handle.ledger, handle.checkpoints
             else:
                 ledger = MemoryLedger()
         if locks is None and config.lock_table:
@@ -126,6 +139,7 @@ class Broker:
             ledger=ledger,
             locks=locks,
             clock=clock,
+            checkpoints=checkpoints,
         )
 
     # -- entry ------------------------------------------------------------
@@ -145,12 +159,23 @@ class Broker:
             logger.exception("unexpected error while authenticating a request")
             return self._refuse(RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed)
         try:
-            return self.execute(auth, payload)
+            response = self.execute(auth, payload)
+            self._maybe_checkpoint()
+            return response
         except LedgerError as exc:
             return BrokerResponse(
                 ok=False, request_id=payload.request_id, caller=auth.caller, action=payload.action,
                 dry_run=payload.dry_run, error=ErrorBody(code=exc.code, message=exc.message),
             )
+
+    def _maybe_checkpoint(self) -> None:
+        """A periodic checkpoint; its failure never fails the request (the entries are in)."""
+        if self.checkpoints is None or self.checkpoints.signer is None:
+            return
+        try:
+            self.checkpoints.maybe()
+        except (BrokerError, ClientError, BotoCoreError):
+            logger.exception("could not write a ledger checkpoint")
 
     def _refuse(self, exc: BrokerError, claimed: dict[str, Any]) -> BrokerResponse:
         logger.info("request refused", extra={"code": exc.code, "claimed_caller": claimed.get("caller")})
@@ -250,7 +275,8 @@ class Broker:
         client = clients.client(kind.service, region)
         rule_of = {id(spec): rule for _, spec, rule in items}
         index_of = {id(spec): index for index, spec, _ in items}
-        with self.locks.hold(resource):
+        hold = self.locks.hold(resource) if kind.serialize_writes and not payload.dry_run else nullcontext()
+        with hold:
             state = kind.read(client, resource)
             plan = kind.plan(state, resource, [(spec, payload.action) for _, spec, _ in items])
             before, after = digest(plan.before), digest(plan.after)

@@ -23,6 +23,8 @@ class BrokerConfig:
     nonce_table: str
     ledger_table: str | None = None
     lock_table: str | None = None
+    checkpoint_bucket: str | None = None
+    checkpoint_key: str | None = None
     target_role_name: str = DEFAULT_ROLE_NAME
     target_role_path: str = "/"
     external_id: str | None = None
@@ -47,6 +49,8 @@ class BrokerConfig:
             nonce_table=env["DEPLOY_HELPER_NONCE_TABLE"],
             ledger_table=env.get("DEPLOY_HELPER_LEDGER_TABLE") or None,
             lock_table=env.get("DEPLOY_HELPER_LOCK_TABLE") or None,
+            checkpoint_bucket=env.get("DEPLOY_HELPER_CHECKPOINT_BUCKET") or None,
+            checkpoint_key=env.get("DEPLOY_HELPER_CHECKPOINT_KEY") or None,
             target_role_name=env.get("DEPLOY_HELPER_TARGET_ROLE", DEFAULT_ROLE_NAME),
             target_role_path=env.get("DEPLOY_HELPER_TARGET_ROLE_PATH", "/"),
             external_id=env.get("DEPLOY_HELPER_EXTERNAL_ID") or None,

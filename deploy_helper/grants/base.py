@@ -88,6 +88,8 @@ class GrantKind(ABC, Generic[SpecT]):
     service: ClassVar[str]
     permissions: ClassVar[tuple[str, ...]]
     size_limit: ClassVar[int | None] = None
+    #: Whether writes rewrite a whole document (and so must be serialized per resource).
+    serialize_writes: ClassVar[bool] = False
     example: ClassVar[dict[str, Any]]
 
     # -- identity of a grant (pure) ---------------------------------------

@@ -80,6 +80,7 @@ class BucketAccess(GrantKind[BucketAccessGrant]):
         "s3:DeleteBucketPolicy",
     )
     size_limit: ClassVar[int | None] = S3_POLICY_LIMIT
+    serialize_writes: ClassVar[bool] = True
     example: ClassVar[dict[str, Any]] = {
         "kind": "bucket-access",
         "bucket": "tooling-artifacts-111111111111",

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import boto3
 
     from deploy_helper.broker import Broker
+    from deploy_helper.ledger.setup import LedgerHandle
     from deploy_helper.local.server import LocalAws
     from pipeline_hooks.client import BrokerClient
 
@@ -55,6 +56,7 @@ AUDIENCE = "deploy-helper:local"
 EXTERNAL_ID = "deploy-helper-local-external-id"
 BROKER_EXEC_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/deploy-helper-broker-exec"
 TABLES = {"nonce": "deploy-helper-nonces", "ledger": "deploy-helper-ledger", "lock": "deploy-helper-locks"}
+CHECKPOINT_BUCKET = "deploy-helper-checkpoints-123456789012"
 CALLER = "ci-tooling"
 OTHER_CALLER = "ci-service-b"
 FOREIGN_SID = "TeamOwnedDoNotTouch"
@@ -150,6 +152,39 @@ class Scenario:
     def key_grants(self) -> list[dict[str, Any]]:
         kms = self.local.client("kms", ACCOUNTS["tooling"])
         return list(kms.list_grants(KeyId=self.key_arn)["Grants"])
+
+    def ledger(self) -> LedgerHandle:
+        """The scenario's ledger and checkpoints, opened as an auditor would."""
+        from deploy_helper.ledger.setup import open_ledger
+
+        assert self.config.ledger_table is not None
+        return open_ledger(
+            self.local.base_session(),
+            table=self.config.ledger_table,
+            bucket=self.config.checkpoint_bucket,
+            checkpoint_key=self.config.checkpoint_key,
+            region=LOCAL_REGION,
+        )
+
+    def environ(self) -> dict[str, str]:
+        """The environment a CLI or a broker process needs to act on this scenario."""
+        c = self.config
+        env = {
+            "AWS_ENDPOINT_URL": self.local.endpoint,
+            "DEPLOY_HELPER_AUDIENCE": c.audience,
+            "DEPLOY_HELPER_POLICIES_DIR": str(c.policies_dir),
+            "DEPLOY_HELPER_NONCE_TABLE": c.nonce_table,
+            "DEPLOY_HELPER_EXTERNAL_ID": c.external_id or "",
+        }
+        for name, value in (
+            ("DEPLOY_HELPER_LEDGER_TABLE", c.ledger_table),
+            ("DEPLOY_HELPER_LOCK_TABLE", c.lock_table),
+            ("DEPLOY_HELPER_CHECKPOINT_BUCKET", c.checkpoint_bucket),
+            ("DEPLOY_HELPER_CHECKPOINT_KEY", c.checkpoint_key),
+        ):
+            if value:
+                env[name] = value
+        return env
 
     def snapshot(self) -> dict[str, Any]:
         """Every policy and grant the scenario's grants can touch, for 'nothing changed' checks."""
@@ -352,8 +387,12 @@ def build(local: LocalAws, workdir: Path, *, bootstrap: bool = True, ledger: boo
         account = ACCOUNTS[name]
         api_ids[name] = local.client("apigateway", account).create_rest_api(name=f"{name}-api")["id"]
         deploy_roles[name] = _role(local, account, "deploy")
-    # The broker's own account.
+    # The broker's own account: tables, the checkpoint bucket (Object Lock) and key.
     create_tables(local)
+    local.client("s3", DEFAULT_ACCOUNT).create_bucket(Bucket=CHECKPOINT_BUCKET, ObjectLockEnabledForBucket=True)
+    checkpoint_private, _ = generate_ed25519()
+    (workdir / "checkpoint-key.pem").write_bytes(checkpoint_private)
+    (workdir / "checkpoint-key.pem").chmod(0o600)
     _role(local, DEFAULT_ACCOUNT, "deploy-helper-broker-exec", "lambda.amazonaws.com")
     if bootstrap:
         for name in TARGET_ACCOUNTS:
@@ -375,6 +414,8 @@ def build(local: LocalAws, workdir: Path, *, bootstrap: bool = True, ledger: boo
         nonce_table=TABLES["nonce"],
         ledger_table=TABLES["ledger"] if ledger else None,
         lock_table=TABLES["lock"] if locks else None,
+        checkpoint_bucket=CHECKPOINT_BUCKET if ledger else None,
+        checkpoint_key=f"file:{workdir / 'checkpoint-key.pem'}" if ledger else None,
         external_id=EXTERNAL_ID,
         region=LOCAL_REGION,
     )

@@ -1,0 +1,94 @@
+"""Opening the ledger and its checkpoints from configuration.
+
+The checkpoint key is named by reference: ``kms:<key id or ARN>`` (an
+ECC_NIST_P256 SIGN_VERIFY key; AWS) or ``file:<path to an Ed25519 PEM>`` (the
+local default). Verification needs only the public key: from
+``--public-key PEM`` when an auditor keeps their own copy, else derived from
+the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploy_helper.exceptions import LedgerError
+from deploy_helper.ledger.checkpoints import Checkpoints
+from deploy_helper.ledger.store import DynamoLedger
+from deploy_helper.signing import Algorithm, Ed25519Signer, KmsSigner, Signer, public_pem_from_der
+
+if TYPE_CHECKING:
+    import boto3
+
+
+@dataclass
+class LedgerHandle:
+    """The ledger, its checkpoints (if configured) and the key to verify them."""
+
+    ledger: DynamoLedger
+    checkpoints: Checkpoints | None
+    public_key: tuple[Algorithm, str] | None
+
+
+def signer_from_ref(ref: str, session: boto3.Session, region: str | None = None) -> Signer:
+    scheme, _, value = ref.partition(":")
+    if scheme == "kms" and value:
+        return KmsSigner(key_id=f"kms:{value}", kms_key_id=value, client=session.client("kms", region_name=region))
+    if scheme == "file" and value:
+        return Ed25519Signer.from_file(f"file:{Path(value).name}", Path(value))
+    raise LedgerError(f"checkpoint key {ref!r} must be kms:<key id> or file:<path to an Ed25519 PEM>")
+
+
+def public_key_from_ref(ref: str, session: boto3.Session, region: str | None = None) -> tuple[Algorithm, str]:
+    scheme, _, value = ref.partition(":")
+    if scheme == "kms" and value:
+        der = session.client("kms", region_name=region).get_public_key(KeyId=value)["PublicKey"]
+        return "ecdsa-p256-sha256", public_pem_from_der(der)
+    if scheme == "file" and value:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+        key = serialization.load_pem_private_key(Path(value).read_bytes(), None) if b"PRIVATE" in Path(
+            value
+        ).read_bytes() else serialization.load_pem_public_key(Path(value).read_bytes())
+        public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+        if not isinstance(public, Ed25519PublicKey):
+            raise LedgerError(f"{value} is not an Ed25519 key")
+        pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return "ed25519", pem.decode("ascii")
+    raise LedgerError(f"checkpoint key {ref!r} must be kms:<key id> or file:<path>")
+
+
+def load_public_key(path: Path) -> tuple[Algorithm, str]:
+    """An auditor's own copy of the checkpoint public key (PEM; Ed25519 or P-256)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    text = path.read_text(encoding="ascii")
+    key = serialization.load_pem_public_key(text.encode("ascii"))
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519", text
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ecdsa-p256-sha256", text
+    raise LedgerError(f"{path} is neither an Ed25519 nor a P-256 public key")
+
+
+def open_ledger(
+    session: boto3.Session,
+    *,
+    table: str,
+    bucket: str | None = None,
+    checkpoint_key: str | None = None,
+    region: str | None = None,
+    **kwargs: Any,
+) -> LedgerHandle:
+    ledger = DynamoLedger(session.client("dynamodb", region_name=region), table, **kwargs)
+    checkpoints = None
+    public_key = None
+    if bucket:
+        signer = signer_from_ref(checkpoint_key, session, region) if checkpoint_key else None
+        checkpoints = Checkpoints(session.client("s3", region_name=region), bucket, ledger, signer)
+        if checkpoint_key:
+            public_key = public_key_from_ref(checkpoint_key, session, region)
+    return LedgerHandle(ledger, checkpoints, public_key)
