@@ -20,41 +20,48 @@ _PARTITION = r"(?:aws|aws-cn|aws-us-gov)"
 _REGION = r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}"
 _ACCOUNT = r"\d{12}"
 
-ACCOUNT_RE = re.compile(_ACCOUNT)
-REGION_RE = re.compile(_REGION)
-ORG_ID_RE = re.compile(r"o-[a-z0-9]{10,32}")
-ORG_PATH_RE = re.compile(r"o-[a-z0-9]{10,32}/r-[0-9a-z]{4,32}(?:/ou-[0-9a-z]{4,32}-[0-9a-z]{8,32})*/?")
-SERVICE_PRINCIPAL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}(?:\.[a-z0-9][a-z0-9-]{0,62}){0,3}\.amazonaws\.com(?:\.cn)?")
+# Every pattern is compiled with re.ASCII: in a str pattern \d and \w also match
+# non-ASCII digits and letters (e.g. Arabic-Indic digits), which no AWS identifier has.
+ACCOUNT_RE = re.compile(_ACCOUNT, re.ASCII)
+REGION_RE = re.compile(_REGION, re.ASCII)
+ORG_ID_RE = re.compile(r"o-[a-z0-9]{10,32}", re.ASCII)
+ORG_PATH_RE = re.compile(r"o-[a-z0-9]{10,32}/r-[0-9a-z]{4,32}(?:/ou-[0-9a-z]{4,32}-[0-9a-z]{8,32})*/?", re.ASCII)
+SERVICE_PRINCIPAL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}(?:\.[a-z0-9][a-z0-9-]{0,62}){0,3}\.amazonaws\.com(?:\.cn)?", re.ASCII)
 _IAM_NAME = r"[\w+=,.@-]{1,64}"
 _IAM_PATH = r"(?:/[\w+=,.@-]{1,128})*/"
 ROLE_ARN_RE = re.compile(
-    rf"arn:(?P<partition>{_PARTITION}):iam::(?P<account>{_ACCOUNT}):role(?P<path>{_IAM_PATH})(?P<name>{_IAM_NAME})"
+    rf"arn:(?P<partition>{_PARTITION}):iam::(?P<account>{_ACCOUNT}):role(?P<path>{_IAM_PATH})(?P<name>{_IAM_NAME})",
+    re.ASCII,
 )
-ACCOUNT_ROOT_ARN_RE = re.compile(rf"arn:(?P<partition>{_PARTITION}):iam::(?P<account>{_ACCOUNT}):root")
+ACCOUNT_ROOT_ARN_RE = re.compile(rf"arn:(?P<partition>{_PARTITION}):iam::(?P<account>{_ACCOUNT}):root", re.ASCII)
 LAMBDA_ARN_RE = re.compile(
     rf"arn:(?P<partition>{_PARTITION}):lambda:(?P<region>{_REGION}):(?P<account>{_ACCOUNT})"
-    r":function:(?P<name>[A-Za-z0-9_-]{1,64})(?::(?P<qualifier>[A-Za-z0-9_-]{1,128}))?"
+    r":function:(?P<name>[A-Za-z0-9_-]{1,64})(?::(?P<qualifier>[A-Za-z0-9_-]{1,128}))?",
+    re.ASCII,
 )
 KMS_KEY_ARN_RE = re.compile(
     rf"arn:(?P<partition>{_PARTITION}):kms:(?P<region>{_REGION}):(?P<account>{_ACCOUNT}):key/"
-    r"(?P<key_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+    r"(?P<key_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})",
+    re.ASCII,
 )
 # A source ARN bound to a service principal (API Gateway, S3, SNS, events ...).
 # Account must be explicit; the resource part may contain '*' as ArnLike allows,
 # but no character that could leave a JSON string or a policy value.
 SOURCE_ARN_RE = re.compile(
     rf"arn:(?P<partition>{_PARTITION}):(?P<service>[a-z0-9-]{{2,32}}):(?P<region>{_REGION})?:"
-    rf"(?P<account>{_ACCOUNT})?:(?P<resource>[A-Za-z0-9_./*:+=,@-]{{1,900}})"
+    rf"(?P<account>{_ACCOUNT})?:(?P<resource>[A-Za-z0-9_./*:+=,@-]{{1,900}})",
+    re.ASCII,
 )
 STACK_ARN_RE = re.compile(
     rf"arn:(?P<partition>{_PARTITION}):cloudformation:(?P<region>{_REGION}):(?P<account>{_ACCOUNT})"
-    r":stack/(?P<name>[A-Za-z][A-Za-z0-9-]{0,127})/(?P<uuid>[0-9a-f-]{36})"
+    r":stack/(?P<name>[A-Za-z][A-Za-z0-9-]{0,127})/(?P<uuid>[0-9a-f-]{36})",
+    re.ASCII,
 )
-BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_IPV4_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
-S3_PREFIX_RE = re.compile(r"[A-Za-z0-9_.=-]+(?:/[A-Za-z0-9_.=-]+)*/?")
-LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=#-]{0,199}")
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
+_IPV4_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", re.ASCII)
+S3_PREFIX_RE = re.compile(r"[A-Za-z0-9_.=-]+(?:/[A-Za-z0-9_.=-]+)*/?", re.ASCII)
+LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=#-]{0,199}", re.ASCII)
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
 
 
 def _matcher(pattern: re.Pattern[str], what: str, example: str) -> AfterValidator:
