@@ -36,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import boto3
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import (
@@ -67,6 +66,7 @@ from deploy_helper.identifiers import AccountId, RoleArn  # noqa: TC001
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import boto3
     from botocore.config import Config
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ CAPABILITIES = ["CAPABILITY_NAMED_IAM"]
 Change = Literal["create", "update", "recreate", "none"]
 Outcome = Literal["planned", "succeeded", "unchanged", "failed", "skipped"]
 
-_IAM_NAME = r"^[\w+=,.@-]{1,64}$"
+_IAM_NAME = r"^[A-Za-z0-9_+=,.@-]{1,64}$"
 _FUNCTION_PATTERN = r"^[A-Za-z0-9_*?-]{1,64}$"
 _BUCKET_PATTERN = r"^[a-z0-9.*?-]{1,63}$"
 _ALIAS_PATTERN = r"^alias/[A-Za-z0-9/_*?-]{1,250}$"
@@ -110,7 +110,7 @@ class BootstrapParameters(BaseModel):
     broker_role_name: str = Field(DEFAULT_BROKER_ROLE_NAME, pattern=_IAM_NAME)
     reader_role_name: str = Field(DEFAULT_READER_ROLE_NAME, pattern=_IAM_NAME)
     max_session_duration: int = Field(3600, ge=3600, le=43200)
-    opt_in_tag_value: str = Field("true", pattern=r"^[\w.:/=+@-]{0,256}$")
+    opt_in_tag_value: str = Field("true", pattern=r"^[A-Za-z0-9_.:/=+@-]{0,256}$")
     function_name_patterns: tuple[str, ...] = ()
     bucket_name_patterns: tuple[str, ...] = ()
     key_alias_patterns: tuple[str, ...] = ()
@@ -118,7 +118,7 @@ class BootstrapParameters(BaseModel):
     @field_validator("external_id")
     @classmethod
     def _external_id(cls, value: SecretStr) -> SecretStr:
-        if not re.fullmatch(r"[\w+=,.@:/-]{2,1224}", value.get_secret_value()):
+        if not re.fullmatch(r"[A-Za-z0-9_+=,.@:/-]{2,1224}", value.get_secret_value()):
             raise ValueError(
                 "the ExternalId must be 2-1224 characters of letters, digits and + = , . @ : / - _"
             )
@@ -416,19 +416,59 @@ def _version_state(
 # -- per-account path --------------------------------------------------------------------
 
 
-class AccountSessions(Protocol):
-    """Gives a session acting as administrator of a target account."""
+class ClientFactory(Protocol):
+    """Makes boto3 clients acting in one account (a ``boto3.Session`` is one)."""
 
-    def __call__(self, account: str, role_name: str | None = None) -> boto3.Session:
-        """A session in ``account``; raises :class:`AdminAccessError` when there is none."""
+    def client(
+        self, service_name: str, *, region_name: str | None = None, config: Config | None = None
+    ) -> Any:
+        """A client for ``service_name``."""
         ...
 
 
+class AccountSessions(Protocol):
+    """Gives clients acting as administrator of a target account."""
+
+    def __call__(self, account: str, role_name: str | None = None) -> ClientFactory:
+        """Clients in ``account``; raises :class:`AdminAccessError` when there are none."""
+        ...
+
+
+class _AccountClients:
+    """Clients made from the operator's session with one account's credentials.
+
+    Reusing the operator's session keeps boto3's loaded service models (a new
+    session per account would load them again); client creation is serialized
+    because a session is not thread-safe, the clients themselves are.
+    """
+
+    def __init__(
+        self, base: boto3.Session, credentials: Mapping[str, Any], region: str, lock: threading.Lock
+    ) -> None:
+        self._base = base
+        self._credentials = credentials
+        self._region = region
+        self._lock = lock
+
+    def client(
+        self, service_name: str, *, region_name: str | None = None, config: Config | None = None
+    ) -> Any:
+        with self._lock:
+            return self._base.client(
+                service_name,  # type: ignore[call-overload]
+                region_name=region_name or self._region,
+                aws_access_key_id=self._credentials["AccessKeyId"],
+                aws_secret_access_key=self._credentials["SecretAccessKey"],
+                aws_session_token=self._credentials["SessionToken"],
+                config=config,
+            )
+
+
 class AssumeRoleSessions:
-    """Administrator sessions in target accounts through ``sts:AssumeRole`` of one role name.
+    """Administrator clients in target accounts through ``sts:AssumeRole`` of one role name.
 
     The STS client is made once from ``base`` (so hooks registered on ``base``
-    apply) and shared by the worker threads; each account gets its own session.
+    apply) and shared by the worker threads.
     """
 
     def __init__(
@@ -444,13 +484,15 @@ class AssumeRoleSessions:
         self.region = region or base.region_name or "us-east-1"
         self.session_name = session_name
         self.partition = base.get_partition_for_region(self.region)
+        self._base = base
+        self._lock = threading.Lock()
         self._sts = base.client("sts", region_name=self.region, config=config)
 
     def role_arn(self, account: str, role_name: str | None = None) -> str:
         """The administrator role's ARN in ``account``."""
         return f"arn:{self.partition}:iam::{account}:role/{role_name or self.role_name}"
 
-    def __call__(self, account: str, role_name: str | None = None) -> boto3.Session:
+    def __call__(self, account: str, role_name: str | None = None) -> ClientFactory:
         """Assume the administrator role in ``account``."""
         arn = self.role_arn(account, role_name)
         try:
@@ -463,12 +505,7 @@ class AssumeRoleSessions:
                 f"account {account} and trusts your credentials, or name another one with "
                 "--admin-role or admin_role in the accounts file"
             ) from exc
-        return boto3.Session(
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-            region_name=self.region,
-        )
+        return _AccountClients(self._base, credentials, self.region, self._lock)
 
 
 _BUSY = ("IN_PROGRESS",)
@@ -932,12 +969,10 @@ def bootstrap_organization(
     changes = {account: planned_change(account) for account in expected}
     if plan:
         deployed_version = _instance_version(existing)
-        for account, change in changes.items():
+        for account, change in sorted(changes.items()):
             outcome: Outcome = "planned" if change != "none" else "unchanged"
-            current = instances.get(account, {}).get("Status") == "CURRENT" and change != "update"
-            result = AccountResult(
-                account, change, outcome, deployed_version if current or change == "none" else None
-            )
+            current = instances.get(account, {}).get("Status") == "CURRENT"
+            result = AccountResult(account, change, outcome, deployed_version if current else None)
             report.results.append(result)
             if on_result is not None:
                 on_result(result)

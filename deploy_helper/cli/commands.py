@@ -7,7 +7,14 @@ import importlib
 import click
 
 # module path, attribute: one line per command (group)
-_COMMANDS: tuple[tuple[str, str], ...] = ()
+_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("deploy_helper.cli.demo", "demo"),
+    ("deploy_helper.cli.request", "request_command"),
+    ("deploy_helper.cli.ledger", "ledger"),
+    ("deploy_helper.cli.keys", "keys"),
+    ("deploy_helper.cli.policies", "policies"),
+    ("deploy_helper.cli.bootstrap", "bootstrap"),
+)
 
 
 def all_commands() -> list[click.Command]:
