@@ -1,0 +1,228 @@
+"""``deploy-helper ledger``: the grant ledger, for auditors."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from deploy_helper.cli.output import emit_json, json_option, short, table
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from deploy_helper.ledger.setup import LedgerHandle
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-21 or 2026-11-21T10:00:00Z)") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the ledger is: from options or the broker's own environment variables."""
+
+    @click.option("--table", envvar="DEPLOY_HELPER_LEDGER_TABLE", required=True, help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE).")
+    @click.option("--bucket", envvar="DEPLOY_HELPER_CHECKPOINT_BUCKET", help="Checkpoint bucket (env DEPLOY_HELPER_CHECKPOINT_BUCKET).")
+    @click.option("--checkpoint-key", envvar="DEPLOY_HELPER_CHECKPOINT_KEY", help="kms:<key> or file:<pem> (env DEPLOY_HELPER_CHECKPOINT_KEY).")
+    @functools.wraps(func)
+    def wrapper(table: str, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
+        import boto3
+
+        from deploy_helper.ledger.setup import open_ledger
+
+        handle = open_ledger(boto3.Session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
+        return func(handle, **kwargs)
+
+    return wrapper
+
+
+def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    from deploy_helper.ledger.query import DECISIONS
+
+    for option in reversed(
+        [
+            click.option("--account", help="Target or principal account id."),
+            click.option("--resource", help="Target ARN, or a part of it (a bucket name, a function name)."),
+            click.option("--caller", help="Registered caller name."),
+            click.option("--since", help="Entries at or after this time (ISO 8601)."),
+            click.option("--until", help="Entries at or before this time (ISO 8601)."),
+            click.option("--decision", type=click.Choice(DECISIONS)),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _filter(**kwargs: Any) -> Any:
+    from deploy_helper.ledger.query import Filter
+
+    return Filter(
+        account=kwargs.get("account"),
+        resource=kwargs.get("resource"),
+        caller=kwargs.get("caller"),
+        since=_time(kwargs.get("since")),
+        until=_time(kwargs.get("until")),
+        decision=kwargs.get("decision"),
+    )
+
+
+@click.group("ledger")
+def ledger() -> None:
+    """The grant ledger: who asked for what, what changed, what was refused — and proof it is whole.
+
+    The ledger's location comes from the same variables as the broker's
+    (DEPLOY_HELPER_LEDGER_TABLE, DEPLOY_HELPER_CHECKPOINT_BUCKET,
+    DEPLOY_HELPER_CHECKPOINT_KEY) or from the options of each command.
+    """
+
+
+def _row(e: dict[str, Any]) -> list[Any]:
+    g = e.get("grant") or {}
+    return [e.get("seq"), e.get("time"), e.get("type"), e.get("decision"), e.get("caller"), g.get("kind"),
+            g.get("account"), short(g.get("target")), short(g.get("principal")), e.get("rule_id"), e.get("reason")]
+
+
+COLUMNS = ("id", "time", "type", "decision", "caller", "kind", "account", "target", "principal", "rule", "reason")
+
+
+@ledger.command("list")
+@ledger_options
+@filter_options
+@json_option
+def list_entries(handle: LedgerHandle, as_json: bool, **filters: Any) -> None:
+    """Entries matching the filters, oldest first."""
+    from deploy_helper.ledger.query import select
+
+    found = list(select(handle.ledger.entries(), _filter(**filters)))
+    if as_json:
+        emit_json(found)
+    else:
+        table(f"{len(found)} ledger entries", COLUMNS, [_row(e) for e in found], page=True)
+
+
+@ledger.command("show")
+@click.argument("entry_id", type=int)
+@ledger_options
+def show(handle: LedgerHandle, entry_id: int) -> None:
+    """One entry, whole, with its stored hash."""
+    stored = handle.ledger.get(entry_id)
+    if stored is None:
+        raise click.ClickException(f"there is no entry {entry_id} (the ledger holds {handle.ledger.head()[0]})")
+    emit_json({"hash": stored.hash, "entry": stored.entry})
+
+
+@ledger.command("export")
+@ledger_options
+@filter_options
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
+def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) -> None:
+    """Entries as JSON Lines (exact stored fields) or CSV (one row per entry)."""
+    from deploy_helper.ledger.query import select
+
+    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    count = 0
+    try:
+        writer = csv.writer(out) if fmt == "csv" else None
+        if writer:
+            writer.writerow([*COLUMNS, "request_id", "key_id", "pipeline", "commit", "stack_id", "policy_before", "policy_after", "intent", "prev"])
+        for e in select(handle.ledger.entries(), _filter(**filters)):
+            count += 1
+            if writer is None:
+                out.write(json.dumps(e, sort_keys=True) + "\n")
+            else:
+                ctx = e.get("context") or {}
+                writer.writerow([*_row(e), e.get("request_id"), e.get("key_id"), ctx.get("pipeline"), ctx.get("commit"),
+                                 ctx.get("stack_id"), e.get("policy_before"), e.get("policy_after"), e.get("intent"), e.get("prev")])
+    finally:
+        if output:
+            out.close()
+    if output:
+        click.echo(f"wrote {count} entries to {output}", err=True)
+
+
+@ledger.command("verify", epilog="""
+\b
+Exit status: 0 when the ledger is whole; 1 when an entry or checkpoint is
+broken (the first broken place is named) or an intent has no outcome.
+""")
+@ledger_options
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Your own copy of the checkpoint public key (PEM).")
+@click.option("--checkpoints-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Also verify against checkpoints you kept (JSON files).")
+@json_option
+def verify(handle: LedgerHandle, public_key: Path | None, checkpoints_dir: Path | None, as_json: bool) -> None:
+    """Prove that no entry was removed, altered or reordered, and no checkpoint is missing."""
+    import rfc8785
+
+    from deploy_helper.ledger.checkpoints import Checkpoint
+    from deploy_helper.ledger.setup import load_public_key
+    from deploy_helper.ledger.verify import verify_ledger
+    from deploy_helper.signing import b64url_decode
+
+    key = load_public_key(public_key) if public_key else handle.public_key
+    checkpoints = handle.checkpoints.list() if handle.checkpoints else []
+    report = verify_ledger(handle.ledger, checkpoints, public_key=key)
+    if checkpoints_dir is not None:
+        kept = []
+        for path in sorted(checkpoints_dir.glob("*.json")):
+            raw = json.loads(path.read_text())
+            kept.append(Checkpoint(path.name, rfc8785.dumps(raw["checkpoint"]), b64url_decode(raw["signature"])))
+        own = verify_ledger(handle.ledger, kept, public_key=key)
+        report.problems.extend(p for p in own.problems if p not in report.problems)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        status = "WHOLE" if report.whole else "BROKEN" if report.problems else "INCOMPLETE"
+        click.echo(f"ledger {handle.ledger.table}: {status} — {report.size} entries, head {report.head[:16]}…, "
+                   f"{report.checkpoints} checkpoint(s) verified")
+        for problem in report.problems:
+            click.echo(f"  problem: {problem}")
+        if report.open_intents:
+            click.echo(f"  {len(report.open_intents)} intent(s) without an outcome: entries "
+                       f"{', '.join(map(str, report.open_intents[:20]))} — re-run those requests to settle them")
+    sys.exit(0 if report.whole else 1)
+
+
+@ledger.command("active")
+@ledger_options
+@filter_options
+@json_option
+def active(handle: LedgerHandle, as_json: bool, **filters: Any) -> None:
+    """The grants in force now, derived from the entries."""
+    from deploy_helper.ledger.query import active_grants
+
+    where = _filter(**filters)
+    grants = [g for g in active_grants(handle.ledger.entries())
+              if where.matches({"grant": g, "caller": g["caller"], "time": g["last_confirmed"]})]
+    if as_json:
+        emit_json(grants)
+    else:
+        table(f"{len(grants)} grants in force", ("kind", "account", "target", "principal", "since", "caller", "rule", "entry"),
+              [[g["kind"], g["account"], g["target"], g["principal"], g["since"], g["caller"], g["rule_id"], g["entry"]] for g in grants],
+              page=True)
+
+
+@ledger.command("checkpoint")
+@ledger_options
+@json_option
+def checkpoint(handle: LedgerHandle, as_json: bool) -> None:
+    """Sign the ledger's size and head hash now and store the checkpoint."""
+    if handle.checkpoints is None:
+        raise click.UsageError("give --bucket (or DEPLOY_HELPER_CHECKPOINT_BUCKET) and --checkpoint-key")
+    written = handle.checkpoints.write()
+    if as_json:
+        emit_json({"name": written.name, **written.data})
+    else:
+        click.echo(f"checkpoint {written.name}: {written.data['size']} entries, head {written.data['head'][:16]}…")

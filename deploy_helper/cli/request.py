@@ -1,0 +1,115 @@
+"""``deploy-helper request``: plan, apply or revoke the grants in a file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deploy_helper.cli.output import emit_json, json_option, print_response
+from deploy_helper.exceptions import BrokerError
+
+EPILOG = """
+\b
+Examples:
+  # what would change (nothing is changed):
+  deploy-helper request grants.yaml --plan --function deploy-helper --key-file ci.pem --key-id ci-2026
+  # apply, signing with a KMS key (the private key never leaves KMS):
+  deploy-helper request grants.yaml --apply --kms-key-id alias/ci-signing --key-id ci-kms-2026
+  # remove the same grants again:
+  deploy-helper request grants.yaml --revoke ...
+
+Every option can also come from the environment: DEPLOY_HELPER_FUNCTION,
+DEPLOY_HELPER_CALLER, DEPLOY_HELPER_AUDIENCE, DEPLOY_HELPER_KEY_ID,
+DEPLOY_HELPER_KEY_FILE, DEPLOY_HELPER_KMS_KEY_ID.
+
+Exit status: 0 when every grant ended applied/unchanged/revoked/absent (or
+would, for --plan); 1 when any grant was denied or failed, or the request was
+refused; 2 on a usage error.
+"""
+
+
+@click.command("request", epilog=EPILOG)
+@click.argument("grants_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--plan", "dry_run", is_flag=True, help="Only show what would change (with diffs).")
+@click.option("--apply", "mode", flag_value="apply", default=True, help="Add the grants (the default).")
+@click.option("--revoke", "mode", flag_value="revoke", help="Remove the grants.")
+@click.option("--caller", envvar="DEPLOY_HELPER_CALLER", help="Registered caller name (or `caller:` in the file).")
+@click.option("--audience", envvar="DEPLOY_HELPER_AUDIENCE", help="The broker's audience, e.g. deploy-helper:prod.")
+@click.option("--key-id", envvar="DEPLOY_HELPER_KEY_ID", required=True, help="The registered id of the signing key.")
+@click.option("--key-file", envvar="DEPLOY_HELPER_KEY_FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Ed25519 private key (PEM).")
+@click.option("--kms-key-id", envvar="DEPLOY_HELPER_KMS_KEY_ID", help="KMS key (ECC_NIST_P256) to sign with instead of a file.")
+@click.option("--function", envvar="DEPLOY_HELPER_FUNCTION", help="The broker function name or ARN to invoke.")
+@click.option("--in-process", is_flag=True, help="Run the broker in this process (configured by DEPLOY_HELPER_* variables).")
+@json_option
+def request_command(
+    grants_file: Path,
+    dry_run: bool,
+    mode: str,
+    caller: str | None,
+    audience: str | None,
+    key_id: str,
+    key_file: Path | None,
+    kms_key_id: str | None,
+    function: str | None,
+    in_process: bool,
+    as_json: bool,
+) -> None:
+    """Plan, apply or revoke the grants in GRANTS_FILE through the broker.
+
+    The file lists grants (see examples/grants.yaml); string values may use
+    ${env:NAME} and ${stack:STACK.OUTPUT} placeholders, resolved before signing.
+    """
+    import boto3
+
+    from pipeline_hooks.client import BrokerClient, InProcessTransport, LambdaTransport, Transport
+    from pipeline_hooks.grants_file import default_resolvers, load_grants_file
+
+    session = boto3.Session()
+    try:
+        spec = load_grants_file(grants_file, default_resolvers(session))
+    except BrokerError as exc:
+        raise click.ClickException(exc.message) from exc
+    caller = caller or spec.caller
+    audience = audience or spec.audience
+    if not caller or not audience:
+        raise click.UsageError("give --caller and --audience (or caller:/audience: in the grants file)")
+    signer = _signer(key_id, key_file, kms_key_id, session)
+    transport: Transport
+    if in_process:
+        from deploy_helper.broker import Broker
+        from deploy_helper.config import BrokerConfig
+
+        try:
+            transport = InProcessTransport(Broker.from_config(BrokerConfig.from_env(), session=session))
+        except BrokerError as exc:
+            raise click.ClickException(exc.message) from exc
+    elif function:
+        transport = LambdaTransport(function, session.client("lambda"))
+    else:
+        raise click.UsageError("give --function (the broker to invoke) or --in-process")
+    client = BrokerClient(caller=caller, audience=audience, signer=signer, transport=transport)
+    try:
+        response = client.request(spec.grants, action=mode, dry_run=dry_run, context=spec.context)
+    except BrokerError as exc:
+        raise click.ClickException(exc.message) from exc
+    if as_json:
+        emit_json(response.model_dump(mode="json", exclude_none=True))
+    else:
+        print_response(response, show_diff=dry_run)
+    sys.exit(1 if response.failed else 0)
+
+
+def _signer(key_id: str, key_file: Path | None, kms_key_id: str | None, session: Any) -> Any:
+    from deploy_helper.signing import Ed25519Signer, KmsSigner
+
+    if bool(key_file) == bool(kms_key_id):
+        raise click.UsageError("give exactly one of --key-file and --kms-key-id")
+    if key_file:
+        try:
+            return Ed25519Signer.from_file(key_id, key_file)
+        except BrokerError as exc:
+            raise click.ClickException(exc.message) from exc
+    return KmsSigner(key_id=key_id, kms_key_id=str(kms_key_id), client=session.client("kms"))
