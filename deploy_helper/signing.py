@@ -222,7 +222,12 @@ def check_nesting(text: str, limit: int = MAX_NESTING) -> None:
 
 def parse_signed_text(text: str) -> tuple[bytes, dict[str, Any]]:
     """The exact signed bytes and the parsed body; refuses non-canonical text."""
-    raw = text.encode("utf-8", errors="strict")
+    try:
+        raw = text.encode("utf-8", errors="strict")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            "the signed request is not valid UTF-8 text (it has an unpaired surrogate)"
+        ) from exc
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise RequestError(f"the request is larger than {MAX_ENVELOPE_BYTES} bytes")
     check_nesting(text)
