@@ -297,9 +297,10 @@ def test_nesting_bound() -> None:
 
 
 def test_nesting_scan_ignores_brackets_inside_strings() -> None:
-    check_nesting('{"a":"' + "[{" * 100 + '\\"' + "[{" * 100 + '"}')
+    check_nesting('{"a":"' + "[{" * 100 + '\\"' + "[{" * 100 + '"}')  # escaped quote stays inside
+    # An escaped backslash ends the string: the brackets after it count.
     with pytest.raises(RequestError):
-        check_nesting('{"a":"\\\\"' + ",[" * 0 + "}" + "[" * (MAX_NESTING + 1))
+        check_nesting('{"a":"\\\\"}' + "[" * (MAX_NESTING + 1))
 
 
 # -- properties ------------------------------------------------------------------
