@@ -131,7 +131,7 @@ class BootstrapParameters(BaseModel):
             "function_name_patterns": (_FUNCTION_PATTERN, "authorizer-*"),
             "bucket_name_patterns": (_BUCKET_PATTERN, "artifacts-*"),
             "key_alias_patterns": (_ALIAS_PATTERN, "alias/artifacts-*"),
-        }[info.field_name]
+        }[str(info.field_name)]
         for pattern in value:
             if not re.fullmatch(grammar, pattern):
                 raise ValueError(f"{pattern!r} is not a valid pattern (expected e.g. {example!r})")
@@ -225,20 +225,32 @@ class AccountsFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    accounts: list[AccountEntry | AccountId] = Field(min_length=1)
+    accounts: list[AccountEntry] = Field(min_length=1)
 
-    def entries(self) -> list[AccountEntry]:
-        """The accounts as entries, in file order; duplicates are an error."""
-        out = [
-            item if isinstance(item, AccountEntry) else AccountEntry(id=item)
-            for item in self.accounts
-        ]
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _ids_to_entries(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        items = []
+        for item in value:
+            if isinstance(item, int):
+                raise ValueError(
+                    f"account id {item} must be quoted ('{item:012d}'): unquoted, YAML reads "
+                    "it as a number and drops leading zeros"
+                )
+            items.append({"id": item} if isinstance(item, str) else item)
+        return items
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique(cls, value: list[AccountEntry]) -> list[AccountEntry]:
         seen: set[str] = set()
-        for entry in out:
+        for entry in value:
             if entry.id in seen:
                 raise ValueError(f"account {entry.id} is listed twice")
             seen.add(entry.id)
-        return out
+        return value
 
 
 def load_accounts_file(path: Path) -> list[AccountEntry]:
@@ -258,15 +270,14 @@ def load_accounts_file(path: Path) -> list[AccountEntry]:
             f"{path}: expected a mapping with an 'accounts' list, for example:\n{example}"
         )
     try:
-        return AccountsFile.model_validate(raw).entries()
+        return AccountsFile.model_validate(raw).accounts
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: {error['msg']}"
+            f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: "
+            f"{error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors()
         )
         raise BootstrapError(f"{path}: {problems}. Expected for example:\n{example}") from exc
-    except ValueError as exc:
-        raise BootstrapError(f"{path}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -679,6 +690,7 @@ def bootstrap_accounts(
     lock = threading.Lock()
 
     def one(entry: AccountEntry) -> AccountResult:
+        nonlocal failures
         with lock:
             if failures > tolerance:
                 return AccountResult(
@@ -707,6 +719,8 @@ def bootstrap_accounts(
         except (AdminAccessError, ClientError, BotoCoreError, RuntimeError, TimeoutError) as exc:
             message = _existing_role_hint(_error_text(exc), parameters)
             log.warning("bootstrap of account %s failed: %s", entry.id, message)
+            with lock:
+                failures += 1
             return AccountResult(entry.id, change, "failed", message=message, name=entry.name)
 
     report = RolloutReport("accounts", plan, BOOTSTRAP_VERSION)
@@ -715,9 +729,6 @@ def bootstrap_accounts(
         futures = [pool.submit(one, entry) for entry in entries]
         for future in as_completed(futures):
             result = future.result()
-            if result.outcome == "failed":
-                with lock:
-                    failures += 1
             by_account[result.account] = result
             if on_result is not None:
                 on_result(result)

@@ -85,7 +85,7 @@ def _session(ctx: click.Context, region: str | None) -> boto3.Session:
     """The operator's session: injected through ``ctx.obj['boto3_session']`` or boto3's defaults."""
     injected = ctx.obj.get("boto3_session") if isinstance(ctx.obj, dict) else None
     if injected is not None:
-        return injected  # type: ignore[no-any-return]
+        return injected
     import boto3
 
     return boto3.Session(region_name=region) if region else boto3.Session()
