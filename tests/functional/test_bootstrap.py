@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
@@ -23,7 +24,9 @@ from account_bootstrap.rollout import (
     bootstrap_accounts,
 )
 from deploy_helper.cli import main
-from deploy_helper.local.server import ADMIN_ROLE, DEFAULT_ACCOUNT, LocalAws
+from deploy_helper.local import scenario as seed
+from deploy_helper.local import strict_aws
+from deploy_helper.local.server import ADMIN_ROLE, DEFAULT_ACCOUNT, LOCAL_REGION, LocalAws
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -329,3 +332,54 @@ def test_status_names_accounts_that_are_not_bootstrapped(local: Accounts) -> Non
     (state,) = json.loads(result.stdout)["accounts"]
     assert state["state"] == "not-bootstrapped" and "deploy-helper bootstrap" in state["message"]
     assert f"not current: {ACCOUNTS[0]} (not-bootstrapped)" in result.output
+
+
+# -- the broker, before and after bootstrap -----------------------------------------------
+
+
+def broker_session(local: LocalAws) -> boto3.Session:
+    """The broker's execution-role session, with STS's trust-policy checks added (strict_aws)."""
+    sts = local.base_session().client("sts")
+    creds = sts.assume_role(RoleArn=seed.BROKER_EXEC_ROLE, RoleSessionName="deploy-helper-broker")
+    session = boto3.Session(
+        aws_access_key_id=creds["Credentials"]["AccessKeyId"],
+        aws_secret_access_key=creds["Credentials"]["SecretAccessKey"],
+        aws_session_token=creds["Credentials"]["SessionToken"],
+        region_name=LOCAL_REGION,
+    )
+    strict_aws.install(session, local)
+    return session
+
+
+def test_the_broker_makes_every_kind_of_grant_only_once_its_targets_are_bootstrapped(
+    local: Accounts, tmp_path: Path
+) -> None:
+    scenario = seed.build(local.local, tmp_path, bootstrap=False)
+    client = scenario.client(scenario.broker(broker_session(local.local)))
+    grants = [
+        scenario.authorizer_grant("service-a"),
+        scenario.bucket_grant("service-a"),
+        scenario.key_grant("service-a"),
+    ]
+
+    before = client.request(grants)
+    assert [r.decision for r in before.results] == ["failed"] * 3
+    for result in before.results:
+        assert "not bootstrapped" in result.reason and "deploy-helper bootstrap" in result.reason
+
+    targets = [seed.ACCOUNTS[name] for name in seed.TARGET_ACCOUNTS]
+    env = {
+        "DEPLOY_HELPER_BROKER_ROLE_ARN": seed.BROKER_EXEC_ROLE,
+        "DEPLOY_HELPER_EXTERNAL_ID": seed.EXTERNAL_ID,
+    }
+    args = ["bootstrap", *(f"--account={account}" for account in targets), "--json"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert {a["outcome"] for a in json.loads(result.stdout)["accounts"]} == {"succeeded"}
+
+    after = client.request(grants)
+    assert [(r.kind, r.decision) for r in after.results] == [
+        ("lambda-invoke", "applied"),
+        ("bucket-access", "applied"),
+        ("kms-grant", "applied"),
+    ]
