@@ -909,6 +909,194 @@ def _operation_preferences(failure_tolerance: Count, max_concurrency: Count) -> 
     return preferences
 
 
+class _OrganizationRollout:
+    """One run of the StackSets path: assess, then create/update the stack set and its instances."""
+
+    def __init__(
+        self,
+        stack_set: _StackSet,
+        parameters: BootstrapParameters,
+        report: RolloutReport,
+        *,
+        ous: Sequence[str],
+        auto_deployment: dict[str, bool],
+        preferences: dict[str, Any],
+        on_result: ResultCallback | None,
+    ) -> None:
+        self.stack_set = stack_set
+        self.parameters = parameters
+        self.report = report
+        self.ous = list(ous)
+        self.auto_deployment = auto_deployment
+        self.extra = {
+            "auto_deployment": auto_deployment["Enabled"],
+            "retain_stacks": auto_deployment["RetainStacksOnAccountRemoval"],
+        }
+        self.preferences = preferences
+        self.on_result = on_result
+        self.existing: dict[str, Any] | None = None
+        self.instances: dict[str, dict[str, Any]] = {}
+        self.changes: dict[str, Change] = {}
+        self.accounts_known = True
+        self.operations: list[str] = []
+        self.reported: set[str] = set()
+
+    def emit(self, result: AccountResult) -> None:
+        self.reported.add(result.account)
+        self.report.results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def assess(self, org: Any) -> None:
+        """Compare the stack set and its instances with what is wanted, per account."""
+        self.existing = self.stack_set.describe()
+        if self.existing is None:
+            self.report.stack_set_change = "create"
+        elif self.existing.get("PermissionModel") != "SERVICE_MANAGED":
+            raise BootstrapError(
+                f"stack set {self.stack_set.name} exists with "
+                f"{self.existing.get('PermissionModel')} permissions; "
+                "delete it or pass --stack-set-name to use another one"
+            )
+        else:
+            tag = _tag(self.existing.get("Tags"), CONFIG_TAG)
+            same = config_matches(tag, self.parameters, self.extra)
+            self.report.stack_set_change = "none" if same else "update"
+        targets = accounts_in_ous(org, self.ous)
+        self.instances = self.stack_set.instances() if self.existing is not None else {}
+        if targets is None:
+            self.accounts_known = False
+            self.report.notes.append(
+                "Organizations could not be read: accounts without a stack instance "
+                "are found after deployment"
+            )
+        for account in targets if targets is not None else self.instances:
+            instance = self.instances.get(account)
+            if instance is None:
+                self.changes[account] = "create"
+            elif self.report.stack_set_change == "update" or instance.get("Status") != "CURRENT":
+                self.changes[account] = "update"
+            else:
+                self.changes[account] = "none"
+
+    def plan(self) -> None:
+        """Report the assessed changes without making them."""
+        deployed = _instance_version(self.existing)
+        for account, change in sorted(self.changes.items()):
+            current = self.instances.get(account, {}).get("Status") == "CURRENT"
+            outcome: Outcome = "planned" if change != "none" else "unchanged"
+            self.emit(AccountResult(account, change, outcome, deployed if current else None))
+
+    def _report_current(self) -> None:
+        for account, instance in self.stack_set.instances().items():
+            change = self.changes.get(account, "none")
+            if (
+                change != "none"
+                and account not in self.reported
+                and instance.get("Status") == "CURRENT"
+            ):
+                self.emit(AccountResult(account, change, "succeeded", BOOTSTRAP_VERSION))
+
+    def _run(self, operation_id: str) -> None:
+        self.operations.append(operation_id)
+        self.stack_set.wait(operation_id, self._report_current)
+
+    def apply(self) -> None:
+        """Create or update the stack set, add missing instances, bring stale ones current.
+
+        A refused call or an operation that does not finish in time ends the run:
+        accounts without a current instance are then reported failed with the cause.
+        """
+        error = ""
+        try:
+            self._apply()
+        except (ClientError, BotoCoreError, TimeoutError) as exc:
+            error = _error_text(exc)
+            log.warning("stack set %s: %s", self.stack_set.name, error)
+        self._finish(error)
+
+    def _apply(self) -> None:
+        cfn, name, call_as = self.stack_set.cfn, self.stack_set.name, self.stack_set.call_as
+        common = {
+            "StackSetName": name,
+            "TemplateBody": template_body(),
+            "Parameters": self.parameters.cfn_parameters(),
+            "Capabilities": CAPABILITIES,
+            "AutoDeployment": self.auto_deployment,
+            "CallAs": call_as,
+            "Tags": [{"Key": CONFIG_TAG, "Value": config_digest(self.parameters, self.extra)}],
+        }
+        targets = {"Regions": [self.stack_set.region], "OperationPreferences": self.preferences}
+        if self.report.stack_set_change == "create":
+            cfn.create_stack_set(
+                **common,
+                Description=f"deploy-helper bootstrap v{BOOTSTRAP_VERSION}: the broker's roles",
+                PermissionModel="SERVICE_MANAGED",
+                ManagedExecution={"Active": True},
+            )
+        elif self.report.stack_set_change == "update":
+            # Without DeploymentTargets and Regions, StackSets update every instance.
+            self._run(
+                cfn.update_stack_set(**common, OperationPreferences=self.preferences)["OperationId"]
+            )
+        if not self.accounts_known or "create" in self.changes.values():
+            self._run(
+                cfn.create_stack_instances(
+                    StackSetName=name,
+                    DeploymentTargets={"OrganizationalUnitIds": self.ous},
+                    CallAs=call_as,
+                    **targets,
+                )["OperationId"]
+            )
+        stale = sorted(
+            account
+            for account, instance in self.instances.items()
+            if account in self.changes and instance.get("Status") != "CURRENT"
+        )
+        if stale and self.report.stack_set_change != "update":
+            self._run(
+                cfn.update_stack_instances(
+                    StackSetName=name,
+                    DeploymentTargets={
+                        "OrganizationalUnitIds": self.ous,
+                        "Accounts": stale,
+                        "AccountFilterType": "INTERSECTION",
+                    },
+                    CallAs=call_as,
+                    **targets,
+                )["OperationId"]
+            )
+
+    def _finish(self, error: str) -> None:
+        reasons: dict[str, str] = {}
+        for operation_id in self.operations:
+            reasons.update(self.stack_set.operation_reasons(operation_id))
+        try:
+            final = self.stack_set.instances()
+        except (ClientError, BotoCoreError) as exc:
+            final, error = {}, error or _error_text(exc)
+        if not self.accounts_known:
+            self.changes.update(
+                {account: "create" for account in final if account not in self.changes}
+            )
+        for account, change in self.changes.items():
+            if account in self.reported:
+                continue
+            instance = final.get(account)
+            if instance is not None and instance.get("Status") == "CURRENT":
+                outcome: Outcome = "unchanged" if change == "none" else "succeeded"
+                self.emit(AccountResult(account, change, outcome, BOOTSTRAP_VERSION))
+                continue
+            why = reasons.get(account) or (instance or {}).get("StatusReason") or error
+            if not why:
+                why = (
+                    f"stack instance is {instance.get('Status')}"
+                    if instance
+                    else "no stack instance was created"
+                )
+            self.emit(AccountResult(account, change, "failed", message=str(why)))
+
+
 def bootstrap_organization(
     parameters: BootstrapParameters,
     session: boto3.Session,
@@ -922,6 +1110,7 @@ def bootstrap_organization(
     plan: bool = False,
     failure_tolerance: Count = Count(10, percent=True),
     max_concurrency: Count = Count(25, percent=True),
+    on_start: Callable[[int], None] | None = None,
     on_result: ResultCallback | None = None,
     client_config: Config | None = None,
     sleep: Callable[[float], None] = time.sleep,
@@ -935,6 +1124,7 @@ def bootstrap_organization(
     of the OUs that have none, and outdated ones are brought current. With
     auto-deployment, accounts joining the OUs later get the roles without a
     re-run. IAM roles are global, so the stack set deploys to one ``region``.
+    ``on_start`` receives the number of accounts once they are known.
     """
     if not ous:
         raise BootstrapError(
@@ -943,181 +1133,26 @@ def bootstrap_organization(
     cfn = session.client("cloudformation", region_name=region, config=client_config)
     org = session.client("organizations", region_name=region, config=client_config)
     waiter = _Waiter(sleep=sleep, poll_interval=poll_interval, timeout=timeout)
-    stack_set = _StackSet(cfn, stack_set_name, call_as, region, waiter)
-    extra = {"auto_deployment": auto_deployment, "retain_stacks": retain_stacks_on_account_removal}
     report = RolloutReport("organization", plan, BOOTSTRAP_VERSION)
-
-    existing = stack_set.describe()
-    if existing is None:
-        report.stack_set_change = "create"
-    elif existing.get("PermissionModel") != "SERVICE_MANAGED":
-        raise BootstrapError(
-            f"stack set {stack_set_name} exists with "
-            f"{existing.get('PermissionModel')} permissions; "
-            "delete it or pass --stack-set-name to use another one"
-        )
-    else:
-        same = config_matches(_tag(existing.get("Tags"), CONFIG_TAG), parameters, extra)
-        report.stack_set_change = "none" if same else "update"
-
-    targets = accounts_in_ous(org, ous)
-    if targets is None:
-        report.notes.append(
-            "Organizations could not be read: accounts without a stack instance "
-            "are found after deployment"
-        )
-    instances = stack_set.instances() if existing is not None else {}
-    expected = dict(targets) if targets is not None else {account: "" for account in instances}
-
-    def planned_change(account: str) -> Change:
-        instance = instances.get(account)
-        if instance is None:
-            return "create"
-        if report.stack_set_change == "update" or instance.get("Status") != "CURRENT":
-            return "update"
-        return "none"
-
-    changes = {account: planned_change(account) for account in expected}
-    if plan:
-        deployed_version = _instance_version(existing)
-        for account, change in sorted(changes.items()):
-            outcome: Outcome = "planned" if change != "none" else "unchanged"
-            current = instances.get(account, {}).get("Status") == "CURRENT"
-            result = AccountResult(account, change, outcome, deployed_version if current else None)
-            report.results.append(result)
-            if on_result is not None:
-                on_result(result)
-        return report
-
-    reported: set[str] = set()
-    operations: list[str] = []
-
-    def report_current() -> None:
-        for account, instance in stack_set.instances().items():
-            if (
-                account in changes
-                and account not in reported
-                and instance.get("Status") == "CURRENT"
-            ):
-                if changes[account] == "none":
-                    continue
-                reported.add(account)
-                result = AccountResult(account, changes[account], "succeeded", BOOTSTRAP_VERSION)
-                report.results.append(result)
-                if on_result is not None:
-                    on_result(result)
-
-    preferences = _operation_preferences(failure_tolerance, max_concurrency)
-    body = template_body()
-    tags = [{"Key": CONFIG_TAG, "Value": config_digest(parameters, extra)}]
-    if report.stack_set_change == "create":
-        cfn.create_stack_set(
-            StackSetName=stack_set_name,
-            Description=(
-                f"deploy-helper bootstrap v{BOOTSTRAP_VERSION}: "
-                "the broker's roles in every target account"
-            ),
-            TemplateBody=body,
-            Parameters=parameters.cfn_parameters(),
-            Capabilities=CAPABILITIES,
-            PermissionModel="SERVICE_MANAGED",
-            AutoDeployment={
-                "Enabled": auto_deployment,
-                "RetainStacksOnAccountRemoval": retain_stacks_on_account_removal,
-            },
-            ManagedExecution={"Active": True},
-            CallAs=call_as,
-            Tags=tags,
-        )
-    elif report.stack_set_change == "update":
-        ou_targets = sorted(
-            {
-                *ous,
-                *(
-                    i["OrganizationalUnitId"]
-                    for i in instances.values()
-                    if i.get("OrganizationalUnitId")
-                ),
-            }
-        )
-        operation_id = cfn.update_stack_set(
-            StackSetName=stack_set_name,
-            TemplateBody=body,
-            Parameters=parameters.cfn_parameters(),
-            Capabilities=CAPABILITIES,
-            AutoDeployment={
-                "Enabled": auto_deployment,
-                "RetainStacksOnAccountRemoval": retain_stacks_on_account_removal,
-            },
-            DeploymentTargets={"OrganizationalUnitIds": ou_targets},
-            Regions=[region],
-            OperationPreferences=preferences,
-            CallAs=call_as,
-            Tags=tags,
-        )["OperationId"]
-        operations.append(operation_id)
-        stack_set.wait(operation_id, report_current)
-
-    if targets is None or any(change == "create" for change in changes.values()):
-        operation_id = cfn.create_stack_instances(
-            StackSetName=stack_set_name,
-            DeploymentTargets={"OrganizationalUnitIds": list(ous)},
-            Regions=[region],
-            OperationPreferences=preferences,
-            CallAs=call_as,
-        )["OperationId"]
-        operations.append(operation_id)
-        stack_set.wait(operation_id, report_current)
-
-    stale = sorted(
-        account
-        for account, instance in stack_set.instances().items()
-        if account in changes
-        and instance.get("Status") != "CURRENT"
-        and report.stack_set_change != "update"
+    rollout = _OrganizationRollout(
+        _StackSet(cfn, stack_set_name, call_as, region, waiter),
+        parameters,
+        report,
+        ous=ous,
+        auto_deployment={
+            "Enabled": auto_deployment,
+            "RetainStacksOnAccountRemoval": retain_stacks_on_account_removal,
+        },
+        preferences=_operation_preferences(failure_tolerance, max_concurrency),
+        on_result=on_result,
     )
-    if stale:
-        operation_id = cfn.update_stack_instances(
-            StackSetName=stack_set_name,
-            DeploymentTargets={
-                "OrganizationalUnitIds": list(ous),
-                "Accounts": stale,
-                "AccountFilterType": "INTERSECTION",
-            },
-            Regions=[region],
-            OperationPreferences=preferences,
-            CallAs=call_as,
-        )["OperationId"]
-        operations.append(operation_id)
-        stack_set.wait(operation_id, report_current)
-
-    reasons: dict[str, str] = {}
-    for operation_id in operations:
-        reasons.update(stack_set.operation_reasons(operation_id))
-    final = stack_set.instances()
-    if targets is None:
-        changes.update({account: "create" for account in final if account not in changes})
-    for account, change in changes.items():
-        if account in reported:
-            continue
-        instance = final.get(account)
-        if instance is not None and instance.get("Status") == "CURRENT":
-            outcome = "unchanged" if change == "none" else "succeeded"
-            result = AccountResult(account, change, outcome, BOOTSTRAP_VERSION)
-        else:
-            why = (
-                reasons.get(account)
-                or (instance or {}).get("StatusReason")
-                or (
-                    f"stack instance is {instance.get('Status')}"
-                    if instance
-                    else "no stack instance was created"
-                )
-            )
-            result = AccountResult(account, change, "failed", message=str(why))
-        report.results.append(result)
-        if on_result is not None:
-            on_result(result)
+    rollout.assess(org)
+    if on_start is not None:
+        on_start(len(rollout.changes))
+    if plan:
+        rollout.plan()
+    else:
+        rollout.apply()
     report.results.sort(key=lambda result: result.account)
     return report
 

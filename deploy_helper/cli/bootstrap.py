@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -170,6 +171,12 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+
+    def start(self, total: int) -> None:
+        """Set the number of accounts once it is known."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.update(self.task, total=total or None)
 
     def __call__(self, result: AccountResult) -> None:
         self.done += 1
@@ -456,6 +463,7 @@ def bootstrap(ctx: click.Context, **options: Any) -> None:
                     else "SELF",
                     auto_deployment=options["auto_deployment"],
                     retain_stacks_on_account_removal=options["retain_stacks_on_account_removal"],
+                    on_start=progress.start,
                     on_result=progress,
                     **common,
                 )
@@ -475,6 +483,8 @@ def bootstrap(ctx: click.Context, **options: Any) -> None:
                 )
     except BootstrapError as exc:
         raise click.ClickException(str(exc)) from exc
+    except (ClientError, BotoCoreError) as exc:
+        raise click.ClickException(f"AWS refused to start the rollout: {exc}") from exc
     _emit_report(report, options["as_json"], out, err)
 
 
@@ -539,24 +549,29 @@ def status(ctx: click.Context, **options: Any) -> None:
     session = _session(ctx, options["region"])
     region = _region(session, options["region"])
     config = _client_config()
-    if entries is None:
-        statuses = status_organization(
-            session,
-            region=region,
-            stack_set_name=options["stack_set_name"],
-            ous=options["ous"],
-            call_as="DELEGATED_ADMIN" if options["call_as"] == "delegated-admin" else "SELF",
-            client_config=config,
-        )
-    else:
-        sessions = AssumeRoleSessions(session, options["admin_role"], region=region, config=config)
-        statuses = status_accounts(
-            entries,
-            sessions,
-            broker_role_name=options["role_name"],
-            reader_role_name=options["reader_role_name"],
-            client_config=config,
-        )
+    try:
+        if entries is None:
+            statuses = status_organization(
+                session,
+                region=region,
+                stack_set_name=options["stack_set_name"],
+                ous=options["ous"],
+                call_as="DELEGATED_ADMIN" if options["call_as"] == "delegated-admin" else "SELF",
+                client_config=config,
+            )
+        else:
+            sessions = AssumeRoleSessions(
+                session, options["admin_role"], region=region, config=config
+            )
+            statuses = status_accounts(
+                entries,
+                sessions,
+                broker_role_name=options["role_name"],
+                reader_role_name=options["reader_role_name"],
+                client_config=config,
+            )
+    except (ClientError, BotoCoreError) as exc:
+        raise click.ClickException(f"AWS refused the status query: {exc}") from exc
     behind = [s for s in statuses if s.state != "current"]
     if options["as_json"]:
         click.echo(

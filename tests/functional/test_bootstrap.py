@@ -324,6 +324,34 @@ def test_stack_set_rollout_to_20_accounts_then_only_new_accounts_change(local: A
     }
 
 
+def test_an_account_whose_stack_instance_fails_is_named_with_the_reason(local: Accounts) -> None:
+    _, _, ou, accounts = organization(local, 3)
+    broken = accounts[1]
+    reason = (
+        "ResourceLogicalId:BrokerRole, ResourceStatusReason:deploy-helper-broker already exists."
+    )
+    session = local.local.base_session()
+
+    # moto deploys every stack instance it is asked for; in AWS one account can fail inside an
+    # operation, and ListStackInstances then shows it OUTDATED with a StatusReason. This hook
+    # makes the listing say exactly that for one account.
+    def one_instance_failed(parsed: dict[str, Any], **_: Any) -> None:
+        for summary in parsed.get("Summaries", []):
+            if summary["Account"] == broken:
+                summary.update(Status="OUTDATED", StatusReason=reason)
+
+    session.events.register("after-call.cloudformation.ListStackInstances", one_instance_failed)
+    code, report, output = run("--ou", ou, obj={"boto3_session": session})
+
+    assert code == 1
+    results = outcomes(report)
+    assert results.pop(broken) == "failed"
+    assert set(results.values()) == {"succeeded"}
+    failed = next(a for a in report["accounts"] if a["account"] == broken)
+    assert failed["message"] == reason
+    assert f"{broken}: failed: {reason}" in " ".join(output.split())
+
+
 def test_status_names_accounts_that_are_not_bootstrapped(local: Accounts) -> None:
     result = CliRunner().invoke(
         main, ["bootstrap", "status", "--account", ACCOUNTS[0], "--json"], env=ENV
