@@ -21,6 +21,7 @@ from pydantic import model_validator
 from deploy_helper.exceptions import PolicySizeError
 from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan
 from deploy_helper.identifiers import (
+    ACCOUNT_RE,
     LAMBDA_ARN_RE,
     AccountId,
     LambdaFunctionArn,
@@ -162,7 +163,7 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
                     plans.append(ItemPlan(spec, operation, "unchanged", "permission already present"))
                     continue
                 candidate = [s for s in after["Statement"] if s.get("Sid") != sid] + [self.statement(spec)]
-                size = compact_size({**after, "Statement": candidate})
+                size = compact_size({**after, "Statement": [_as_lambda_stores(s) for s in candidate]})
                 if size > LAMBDA_POLICY_LIMIT:
                     plans.append(
                         ItemPlan(spec, operation, "failed", PolicySizeError(
@@ -222,6 +223,22 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         return normalize_principal(current.get("Principal")) == normalize_principal(
             desired["Principal"]
         ) and _conditions(current) == _conditions(desired)
+
+
+def _as_lambda_stores(statement: dict[str, Any]) -> dict[str, Any]:
+    """The statement's size-relevant shape in Lambda: an account principal is ``{"AWS": "arn:…:root"}``.
+
+    A policy read back with bare account ids (as moto returns them) would otherwise be
+    counted shorter than Lambda counts it, and a change AWS refuses would be sent.
+    """
+    principal = statement.get("Principal")
+    if isinstance(principal, str) and principal != "*":
+        principal = {"AWS": principal}
+    if not isinstance(principal, dict) or "AWS" not in principal:
+        return statement
+    values = principal["AWS"] if isinstance(principal["AWS"], list) else [principal["AWS"]]
+    values = [f"arn:aws:iam::{v}:root" if isinstance(v, str) and ACCOUNT_RE.fullmatch(v) else v for v in values]
+    return {**statement, "Principal": {**principal, "AWS": values[0] if len(values) == 1 else values}}
 
 
 def _conditions(statement: dict[str, Any]) -> dict[str, dict[str, str]]:
