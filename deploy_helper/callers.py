@@ -19,6 +19,20 @@ Example::
 
 Old keys stay registered (with ``not_after`` in the past or ``revoked_at``)
 so that history can be re-verified; they just no longer authenticate.
+
+Service accounts whose CloudFormation stacks may use the
+``Custom::DeployHelperGrant`` resource are registered in the optional
+``stacks:`` section. Such a caller has no key: the broker confirms each of its
+events against the real stack (see ``deploy_helper.stack_verify``), and only
+stacks deployed with one of its ``deploy_roles`` are accepted. Rules in
+``rules.yaml`` name it like any other caller::
+
+    stacks:
+      stacks-service-a:
+        account: "333333333333"
+        description: service-a's stacks (deployed by its pipeline)
+        deploy_roles:
+          - arn:aws:iam::333333333333:role/cfn-deploy
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from deploy_helper.identifiers import AccountId, Name
+from deploy_helper.identifiers import ROLE_ARN_RE, AccountId, Name, RoleArn
 from deploy_helper.models import KeyId
 from deploy_helper.policyfiles import parse_file
 
@@ -96,11 +110,36 @@ class Caller(_Strict):
     keys: Annotated[list[RegisteredKey], Field(min_length=1)]
 
 
+class StackCaller(_Strict):
+    """A service account whose stacks may use ``Custom::DeployHelperGrant``.
+
+    ``deploy_roles`` are the CloudFormation service roles (``RoleARN`` of the
+    stack) that may deploy such stacks; a stack deployed with any other role,
+    or with none, is refused.
+    """
+
+    account: AccountId
+    description: str = ""
+    deploy_roles: Annotated[list[RoleArn], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _roles_in_account(self) -> StackCaller:
+        for role in self.deploy_roles:
+            match = ROLE_ARN_RE.fullmatch(role)
+            if match is None or match.group("account") != self.account:
+                raise ValueError(
+                    f"deploy role {role} is not in account {self.account}: a stack can only be "
+                    "deployed with a role of its own account"
+                )
+        return self
+
+
 class CallerRegistry(_Strict):
     """The whole ``callers.yaml``."""
 
     version: Literal[1]
     callers: dict[Name, Caller]
+    stacks: dict[Name, StackCaller] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_key_ids(self) -> CallerRegistry:
@@ -111,6 +150,30 @@ class CallerRegistry(_Strict):
                     raise ValueError(f"key id {key.id!r} is registered to both {seen[key.id]} and {name}")
                 seen[key.id] = name
         return self
+
+    @model_validator(mode="after")
+    def _stack_callers_distinct(self) -> CallerRegistry:
+        accounts: dict[str, str] = {}
+        for name, stacks in self.stacks.items():
+            if name in self.callers:
+                raise ValueError(
+                    f"{name!r} is both a caller and a stacks caller; give them different names"
+                )
+            if stacks.account in accounts:
+                raise ValueError(
+                    f"account {stacks.account} is registered for stacks twice "
+                    f"({accounts[stacks.account]} and {name}); list all its deploy roles under "
+                    "one name"
+                )
+            accounts[stacks.account] = name
+        return self
+
+    def stack_caller(self, account: str) -> tuple[str, StackCaller] | None:
+        """The stacks caller registered for ``account``, if any."""
+        for name, stacks in self.stacks.items():
+            if stacks.account == account:
+                return name, stacks
+        return None
 
     def find_key(self, key_id: str) -> tuple[str, Caller, RegisteredKey] | None:
         for name, caller in self.callers.items():

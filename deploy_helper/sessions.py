@@ -8,6 +8,10 @@ accepts versions it implements, so a broker that needs a newer bootstrap is
 refused by AWS itself, at no extra call. When AssumeRole is refused the broker
 asks once more with the oldest version to tell the operator *why*: not
 bootstrapped / ExternalId differs, or bootstrap too old.
+
+``reader_for`` assumes the bootstrap's read-only ``deploy-helper-reader`` role
+(same path, trust, ExternalId and session tags) to confirm custom-resource
+events against the stack they claim to come from.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
     from deploy_helper.config import BrokerConfig
 
 BOOTSTRAP_TAG = "DeployHelperMinBootstrap"
+#: The read-only role of the bootstrap (``account_bootstrap/broker-role.yaml``).
+READER_ROLE_NAME = "deploy-helper-reader"
 _SESSION_CHARS = re.compile(r"[^\w+=,.@-]")
 
 
@@ -82,8 +88,10 @@ class TargetSessions:
         client_config: Config | None = None,
         clock: Callable[[], float] = time.time,
         refresh_margin: int = 300,
+        reader_role_name: str = READER_ROLE_NAME,
     ) -> None:
         self._session = session
+        self._reader_role_name = reader_role_name
         self._config = config
         self._client_config = client_config
         self._clock = clock
@@ -96,17 +104,27 @@ class TargetSessions:
     def role_arn(self, account: str) -> str:
         return f"arn:aws:iam::{account}:role{self._config.target_role_path}{self._config.target_role_name}"
 
+    def reader_role_arn(self, account: str) -> str:
+        return f"arn:aws:iam::{account}:role{self._config.target_role_path}{self._reader_role_name}"
+
     def for_account(self, account: str, request_id: str) -> TargetClients:
+        return self._clients(account, request_id, self.role_arn(account))
+
+    def reader_for(self, account: str, request_id: str) -> TargetClients:
+        """Clients acting as the read-only reader role in ``account`` (CloudFormation reads only)."""
+        return self._clients(account, request_id, self.reader_role_arn(account))
+
+    def _clients(self, account: str, request_id: str, role_arn: str) -> TargetClients:
         with self._guard:
-            lock = self._locks.setdefault(account, threading.Lock())
+            lock = self._locks.setdefault(role_arn, threading.Lock())
         with lock:
-            cached = self._cache.get(account)
+            cached = self._cache.get(role_arn)
             if cached is None or cached.expires_at - self._margin <= self._clock():
-                credentials = self._assume(account, request_id)
+                credentials = self._assume(account, request_id, role_arn=role_arn)
                 expiry = credentials["Expiration"]
                 expires_at = expiry.timestamp() if hasattr(expiry, "timestamp") else self._clock() + 900
                 cached = _Cached(credentials, expires_at)
-                self._cache[account] = cached
+                self._cache[role_arn] = cached
         return TargetClients(self._session, account, cached.credentials, self._client_config)
 
     def _sts_client(self) -> Any:
@@ -115,10 +133,13 @@ class TargetSessions:
                 self._sts = self._session.client("sts", region_name=self._config.region, config=self._client_config)
             return self._sts
 
-    def _assume(self, account: str, request_id: str, bootstrap: int | None = None) -> dict[str, Any]:
+    def _assume(
+        self, account: str, request_id: str, bootstrap: int | None = None, *, role_arn: str | None = None
+    ) -> dict[str, Any]:
+        role_arn = role_arn or self.role_arn(account)
         name = session_name(request_id)
         kwargs: dict[str, Any] = {
-            "RoleArn": self.role_arn(account),
+            "RoleArn": role_arn,
             "RoleSessionName": name,
             "SourceIdentity": name,
             "DurationSeconds": self._config.session_duration,
@@ -132,11 +153,11 @@ class TargetSessions:
             code = exc.response["Error"]["Code"]
             if code not in ("AccessDenied", "AccessDeniedException"):
                 raise TargetAccessError(
-                    f"cannot assume {self.role_arn(account)}: {code}: {exc.response['Error'].get('Message', '')}"
+                    f"cannot assume {role_arn}: {code}: {exc.response['Error'].get('Message', '')}"
                 ) from exc
             if bootstrap is None and self._config.min_bootstrap_version > 1:
                 try:
-                    self._assume(account, request_id, bootstrap=1)
+                    self._assume(account, request_id, bootstrap=1, role_arn=role_arn)
                 except TargetAccessError:
                     pass
                 else:
@@ -147,7 +168,7 @@ class TargetSessions:
                         code="bootstrap-outdated",
                     ) from exc
             raise TargetAccessError(
-                f"cannot assume {self.role_arn(account)}: account {account} is not bootstrapped, or its "
+                f"cannot assume {role_arn}: account {account} is not bootstrapped, or its "
                 "ExternalId differs from the broker's. Run `deploy-helper bootstrap --account "
                 f"{account}` (with the broker's ExternalId)",
                 code="not-bootstrapped",

@@ -1,0 +1,309 @@
+"""Confirming a custom-resource event against the real CloudFormation stack.
+
+Lambda ``Invoke`` says nothing trustworthy about who sent an event: any
+principal allowed to invoke the broker can write one that claims to come
+from any stack. So the broker believes an event only when the stack it names
+says the same thing, read through the bootstrap's read-only
+``deploy-helper-reader`` role in the stack's own account (which the event's
+sender cannot change):
+
+1. the stack id parses, and the stack is in the broker's region (a
+   ServiceToken only works from its own region);
+2. the stack's account is registered under ``stacks:`` in ``callers.yaml``;
+   that entry's name is the caller the rules see;
+3. the stack exists under exactly that id, and CloudFormation is working on
+   it in a way that sends this request type (``CREATE_IN_PROGRESS`` for a
+   Create, ...) — an event replayed after the operation finished is refused;
+4. the stack was deployed with one of the caller's registered deploy roles
+   (its ``RoleARN``), so only the service's pipeline can deploy grants;
+5. the logical resource is a ``Custom::DeployHelperGrant`` in the stack's
+   template, and its properties — resolved with the stack's own parameters
+   and resource ids (``deploy_helper.stack_template``) — equal the event's.
+
+A forger would need the power to deploy a stack with a registered deploy role
+in a registered account — the very thing the rules already trust — so a
+forged event achieves nothing more than a real one.
+
+Deletes are confirmed with (1) to (4) and the resource type; the properties are
+compared too when the stack is being deleted or rolled back as a whole. In
+the clean-up phases of an update, CloudFormation deletes *old* physical ids
+whose properties are no longer in the template, so there only the type is
+checked: a Delete can only remove access, and the rules still apply to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from deploy_helper.exceptions import AuthenticationError, BrokerError
+from deploy_helper.identifiers import STACK_ARN_RE
+from deploy_helper.stack_template import StackFacts, Unresolvable, load_template, normalize, resolve
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from deploy_helper.broker import Broker
+    from deploy_helper.callers import CallerRegistry
+    from deploy_helper.sessions import TargetClients
+
+logger = logging.getLogger(__name__)
+
+RESOURCE_TYPE = "Custom::DeployHelperGrant"
+RequestType = Literal["Create", "Update", "Delete"]
+
+#: Stack statuses during which CloudFormation sends each request type.
+CLEANUP_STATUSES = frozenset(
+    {
+        "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS",
+        "UPDATE_ROLLBACK_IN_PROGRESS",
+        "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+    }
+)
+IN_PROGRESS: dict[str, frozenset[str]] = {
+    "Create": frozenset({"CREATE_IN_PROGRESS", "UPDATE_IN_PROGRESS"}),
+    "Update": frozenset({"UPDATE_IN_PROGRESS", "UPDATE_ROLLBACK_IN_PROGRESS"}),
+    "Delete": frozenset({"DELETE_IN_PROGRESS", "ROLLBACK_IN_PROGRESS"}) | CLEANUP_STATUSES,
+}
+#: Properties that choose the provider, not the grant; never compared.
+PROVIDER_PROPERTIES = ("ServiceToken", "ServiceTimeout")
+
+
+class StackNotConfirmed(AuthenticationError):
+    """The event could not be confirmed against its stack; ``check`` says which step failed."""
+
+    code = "stack-not-confirmed"
+
+    def __init__(self, message: str, *, check: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.check = check
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StackClaim:
+    """What a custom-resource event says about where it comes from."""
+
+    request_type: RequestType
+    stack_id: str
+    logical_resource_id: str
+    resource_type: str
+    properties: dict[str, Any]
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ConfirmedStack:
+    """A stack that confirmed the event; ``caller`` is the registered stacks caller."""
+
+    caller: str
+    account: str
+    region: str
+    stack_id: str
+    status: str
+    role_arn: str
+    properties_compared: bool
+
+
+class StackVerifier:
+    """Confirms custom-resource events through the reader role in the stack's account."""
+
+    def __init__(
+        self,
+        registry: CallerRegistry,
+        reader: Callable[[str, str], TargetClients],
+        *,
+        region: str | None,
+    ) -> None:
+        self._registry = registry
+        self._reader = reader
+        self._region = region
+
+    @classmethod
+    def for_broker(cls, broker: Broker) -> StackVerifier:
+        """The verifier of a broker: its callers, its sessions' reader role, its region."""
+        return cls(
+            broker.authenticator.callers, broker.sessions.reader_for, region=broker.config.region
+        )
+
+    def confirm(self, claim: StackClaim) -> ConfirmedStack:
+        """The confirmed stack; raises ``StackNotConfirmed`` naming the check that failed."""
+        match = STACK_ARN_RE.fullmatch(claim.stack_id)
+        if match is None:
+            raise StackNotConfirmed(f"{claim.stack_id[:120]!r} is not a stack id", check="stack-id")
+        account, region = match.group("account"), match.group("region")
+        if self._region and region != self._region:
+            raise StackNotConfirmed(
+                f"the stack is in {region} but this broker serves {self._region}; use the "
+                "ServiceToken of the broker deployed in the stack's region",
+                check="region",
+            )
+        found = self._registry.stack_caller(account)
+        if found is None:
+            raise StackNotConfirmed(
+                f"account {account} is not registered for stacks; add it under `stacks:` in "
+                "policies/callers.yaml with the roles that deploy its stacks",
+                check="account-not-registered",
+            )
+        caller, registered = found
+        if claim.resource_type != RESOURCE_TYPE:
+            raise StackNotConfirmed(
+                f"resource type {claim.resource_type[:60]!r} is not {RESOURCE_TYPE}",
+                check="resource-type",
+            )
+        cfn = self._cloudformation(account, region, claim.request_id)
+        stack = self._describe(cfn, claim.stack_id)
+        status = str(stack.get("StackStatus", ""))
+        if status not in IN_PROGRESS[claim.request_type]:
+            raise StackNotConfirmed(
+                f"stack {_name(claim.stack_id)} is {status}, and CloudFormation sends "
+                f"{claim.request_type} only while the stack is "
+                f"{' / '.join(sorted(IN_PROGRESS[claim.request_type]))}: the event is replayed "
+                "or forged",
+                check="not-in-progress",
+                status=status,
+            )
+        role = str(stack.get("RoleARN") or "")
+        if role not in registered.deploy_roles:
+            shown = role or "no service role (the deployer's own credentials)"
+            raise StackNotConfirmed(
+                f"stack {_name(claim.stack_id)} was deployed with {shown}; deploy it with one of "
+                f"the roles registered for {caller} ({', '.join(registered.deploy_roles)})",
+                check="deploy-role",
+                status=status,
+            )
+        compared = self._check_template(cfn, claim, stack, status)
+        return ConfirmedStack(caller, account, region, claim.stack_id, status, role, compared)
+
+    # -- AWS reads ------------------------------------------------------------
+    def _cloudformation(self, account: str, region: str, request_id: str) -> Any:
+        try:
+            return self._reader(account, request_id).client("cloudformation", region)
+        except BrokerError as exc:
+            raise StackNotConfirmed(
+                f"cannot read stacks of account {account}: {exc.message}", check="reader-role"
+            ) from exc
+
+    def _describe(self, cfn: Any, stack_id: str) -> dict[str, Any]:
+        try:
+            stacks = cfn.describe_stacks(StackName=stack_id).get("Stacks") or []
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") == "ValidationError" and "does not exist" in str(
+                error.get("Message", "")
+            ):
+                raise StackNotConfirmed(
+                    f"stack {stack_id} does not exist", check="stack-not-found"
+                ) from exc
+            raise StackNotConfirmed(
+                f"cannot read stack {_name(stack_id)}: "
+                f"{error.get('Code', 'Error')}: {error.get('Message', '')}",
+                check="stack-unreadable",
+            ) from exc
+        except BotoCoreError as exc:
+            raise StackNotConfirmed(
+                f"cannot reach CloudFormation: {exc}", check="stack-unreadable"
+            ) from exc
+        exact = [s for s in stacks if s.get("StackId") == stack_id]
+        if not exact:
+            raise StackNotConfirmed(f"stack {stack_id} does not exist", check="stack-not-found")
+        return dict(exact[0])
+
+    def _check_template(
+        self, cfn: Any, claim: StackClaim, stack: dict[str, Any], status: str
+    ) -> bool:
+        try:
+            body = cfn.get_template(StackName=claim.stack_id, TemplateStage="Processed")[
+                "TemplateBody"
+            ]
+            template = load_template(body)
+        except (ClientError, BotoCoreError) as exc:
+            raise StackNotConfirmed(
+                f"cannot read the template of stack {_name(claim.stack_id)}: {exc}",
+                check="stack-unreadable",
+            ) from exc
+        except Unresolvable as exc:
+            raise StackNotConfirmed(str(exc), check="template-unreadable") from exc
+        resource = (template.get("Resources") or {}).get(claim.logical_resource_id)
+        cleanup = claim.request_type == "Delete" and status in CLEANUP_STATUSES
+        if resource is None:
+            if cleanup:  # removed from the template by the update being cleaned up
+                return False
+            raise StackNotConfirmed(
+                f"stack {_name(claim.stack_id)} has no resource {claim.logical_resource_id} "
+                "in its template",
+                check="resource-not-in-template",
+                status=status,
+            )
+        if not isinstance(resource, dict) or resource.get("Type") != RESOURCE_TYPE:
+            raise StackNotConfirmed(
+                f"{claim.logical_resource_id} in stack {_name(claim.stack_id)} "
+                f"is not a {RESOURCE_TYPE}",
+                check="resource-type",
+                status=status,
+            )
+        if cleanup:
+            return False
+        facts = StackFacts(
+            template=template,
+            stack_id=claim.stack_id,
+            parameters={
+                p["ParameterKey"]: p.get("ParameterValue", "")
+                for p in stack.get("Parameters") or []
+            },
+            resources=lambda: _physical_ids(cfn, claim.stack_id),
+        )
+        self._compare(claim, facts, resource.get("Properties") or {}, status)
+        return True
+
+    def _compare(self, claim: StackClaim, facts: StackFacts, written: Any, status: str) -> None:
+        if not isinstance(written, dict):
+            raise StackNotConfirmed(
+                "the resource's Properties are not a mapping", check="properties", status=status
+            )
+        expected: dict[str, Any] = {}
+        for key, value in written.items():
+            if key in PROVIDER_PROPERTIES:
+                continue
+            try:
+                expected[key] = normalize(resolve(value, facts))
+            except Unresolvable as exc:
+                raise StackNotConfirmed(
+                    f"property {key} of {claim.logical_resource_id} cannot be checked "
+                    f"against the stack: {exc}",
+                    check="properties-unresolvable",
+                    status=status,
+                ) from exc
+        actual = {
+            k: normalize(v) for k, v in claim.properties.items() if k not in PROVIDER_PROPERTIES
+        }
+        if expected != actual:
+            differ = sorted(
+                k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k)
+            )
+            raise StackNotConfirmed(
+                f"the event's properties differ from {claim.logical_resource_id} in the stack's "
+                f"template ({', '.join(differ)}): the event is forged or stale",
+                check="properties-differ",
+                status=status,
+            )
+
+
+def _physical_ids(cfn: Any, stack_id: str) -> dict[str, str]:
+    try:
+        resources = cfn.describe_stack_resources(StackName=stack_id).get("StackResources") or []
+    except (ClientError, BotoCoreError) as exc:
+        raise Unresolvable(f"cannot list the stack's resources: {exc}") from exc
+    return {
+        str(r["LogicalResourceId"]): str(r["PhysicalResourceId"])
+        for r in resources
+        if r.get("LogicalResourceId") and r.get("PhysicalResourceId")
+    }
+
+
+def _name(stack_id: str) -> str:
+    parts = stack_id.split("/")
+    return parts[1] if len(parts) > 2 else stack_id[:120]
