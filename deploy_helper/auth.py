@@ -142,7 +142,11 @@ class Authenticator:
             raise AuthenticationError(
                 f"the request is valid for more than {self.max_ttl} s; use a shorter expiry", code="stale"
             )
-        self.nonces.claim(header.caller, header.nonce, header.expires_at + self.max_skew)
+        try:
+            self.nonces.claim(header.caller, header.nonce, header.expires_at + self.max_skew)
+        except AuthenticationError as exc:
+            exc.signature_verified = True  # a genuine request, refused as a replay
+            raise
         return Authenticated(
             caller=header.caller,
             account=caller.account,

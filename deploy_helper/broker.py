@@ -154,6 +154,8 @@ class Broker:
             assert auth.header is not None
             payload = parse_payload(auth.header.payload)
         except BrokerError as exc:
+            if getattr(exc, "signature_verified", False):
+                claimed["authenticated"] = True
             return self._refuse(exc, claimed)
         except Exception as exc:  # a bug must still produce an answer, not a crash
             logger.exception("unexpected error while authenticating a request")

@@ -32,6 +32,8 @@ class AuthenticationError(BrokerError):
     """The request's signature, key, time window, nonce or audience is not acceptable."""
 
     code = "authentication-failed"
+    #: True when the signature was valid but a later check (the nonce) refused the request.
+    signature_verified = False
 
 
 class DeniedError(BrokerError):

@@ -34,6 +34,43 @@ _LOCAL_ENV = {
 LOCAL_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
 
+def _serialized_server() -> Any:
+    """A moto server that handles one request at a time.
+
+    moto's backends are not thread-safe (a DynamoDB transaction deep-copies a
+    table while another request thread changes it). AWS makes each API call
+    atomic; serializing requests gives the same guarantee locally, while
+    clients stay concurrent, so races between callers (conditional writes,
+    read-modify-write of a policy) still happen exactly as they would in AWS.
+    """
+    import threading
+
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class SerializedMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            lock = threading.Lock()
+
+            def serialized(environ: Any, start_response: Any) -> Any:
+                with lock:
+                    return list(app(environ, start_response))
+
+            self._server = make_server(
+                self._ip_address, self._port, serialized, True, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return SerializedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+
+
 @dataclass
 class LocalAws(AbstractContextManager["LocalAws"]):
     """A moto server on loopback plus helpers to act in its accounts.
@@ -49,13 +86,11 @@ class LocalAws(AbstractContextManager["LocalAws"]):
     _admin_sessions: dict[str, boto3.Session] = field(default_factory=dict)
 
     def start(self) -> LocalAws:
-        from moto.server import ThreadedMotoServer
-
         import logging
 
         os.environ.pop("MOTO_ACCOUNT_ID", None)  # would override account routing
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = _serialized_server()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
