@@ -102,33 +102,43 @@ class KmsGrant(GrantKind[KmsGrantSpec]):
     def plan(
         self, state: list[dict[str, Any]], resource: str, items: Sequence[tuple[KmsGrantSpec, Operation]]
     ) -> ResourcePlan:
-        managed = {g["Name"]: g for g in state if g.get("Name", "").startswith("DeployHelper")}
-        before = _summary(managed.values())
+        # A name may be carried by more than one grant (KMS does not make names unique):
+        # every copy that is not exactly the designed grant is revoked with it.
+        managed: dict[str, list[dict[str, Any]]] = {}
+        for g in state:
+            if g.get("Name", "").startswith("DeployHelper"):
+                managed.setdefault(g["Name"], []).append(g)
+        before = _summary(g for copies in managed.values() for g in copies)
         plans: list[ItemPlan] = []
         writes: list[tuple[str, Any]] = []
         for spec, operation in items:
             name = self.grant_id(spec)
-            current = managed.get(name)
+            copies = managed.get(name, [])
+            stale = [g for g in copies if not self._same(g, spec)]
             if operation == "apply":
-                if current is not None and self._same(current, spec):
+                if copies and not stale:
                     plans.append(ItemPlan(spec, operation, "unchanged", "grant already present"))
                     continue
-                writes.append(("create", spec))
-                managed[name] = {
-                    "Name": name,
-                    "GranteePrincipal": self.grantee_principal(spec),
-                    "Operations": list(spec.operations),
-                }
+                if len(stale) == len(copies):
+                    writes.append(("create", spec))
+                writes.extend(("revoke", g["GrantId"]) for g in stale if g.get("GrantId"))
+                managed[name] = [
+                    {
+                        "Name": name,
+                        "GranteePrincipal": self.grantee_principal(spec),
+                        "Operations": list(spec.operations),
+                    }
+                ]
                 plans.append(ItemPlan(spec, operation, "applied"))
             else:
-                if current is None:
+                if not copies:
                     plans.append(ItemPlan(spec, operation, "absent", "grant not present"))
                     continue
-                if current.get("GrantId"):
-                    writes.append(("revoke", current["GrantId"]))
+                writes.extend(("revoke", g["GrantId"]) for g in copies if g.get("GrantId"))
                 managed.pop(name)
                 plans.append(ItemPlan(spec, operation, "revoked"))
-        return ResourcePlan(resource, before, _summary(managed.values()), plans, writes, state)
+        after = _summary(g for copies in managed.values() for g in copies)
+        return ResourcePlan(resource, before, after, plans, writes, state)
 
     def write(self, client: Any, plan: ResourcePlan) -> None:
         for op, value in plan.writes:
@@ -163,7 +173,7 @@ def _summary(grants: Any) -> list[dict[str, Any]]:
             {"Name": g["Name"], "GranteePrincipal": g.get("GranteePrincipal"), "Operations": sorted(g.get("Operations", []))}
             for g in grants
         ),
-        key=lambda g: g["Name"],
+        key=lambda g: (g["Name"], g["GranteePrincipal"] or "", g["Operations"]),
     )
 
 
