@@ -160,7 +160,7 @@ class Checkpoints:
     def maybe(self) -> Checkpoint | None:
         """Write a checkpoint if N entries or T seconds have passed since the last one."""
         with self._lock:
-            size, _ = self.ledger.head()
+            size, _ = self.ledger.known_head()
             now = self._clock()
             if self._last is None:
                 existing = self.list()

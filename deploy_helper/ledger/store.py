@@ -157,6 +157,10 @@ class DynamoLedger:
         }
 
     # -- reading ------------------------------------------------------------
+    def known_head(self) -> tuple[int, str]:
+        """The head as this writer last saw it (no read); exact right after its own append."""
+        return self._head if self._head is not None else self.head()
+
     def head(self) -> tuple[int, str]:
         """The last entry's sequence number and hash ((0, GENESIS) when empty)."""
         try:
