@@ -16,7 +16,10 @@ Example::
 
 Placeholders in string values are resolved before signing:
 ``${env:NAME}`` from the environment (an unset variable is an error, never an
-empty string). Anything else that looks like ``${...}`` is refused.
+empty string) and ``${stack:STACK.OUTPUT}`` from the output ``OUTPUT`` of the
+CloudFormation stack ``STACK`` (a name, or a stack id for another region),
+read with the caller's own credentials. Anything else that looks like
+``${...}`` is refused.
 """
 
 from __future__ import annotations
@@ -84,9 +87,70 @@ def substitute(value: Any, resolvers: Mapping[str, Resolver]) -> Any:
     return value
 
 
+_STACK_REF = re.compile(
+    r"(?P<stack>[A-Za-z][A-Za-z0-9-]{0,127}|arn:[a-z-]+:cloudformation:[a-z0-9-]+:\d{12}:stack/"
+    r"[A-Za-z][A-Za-z0-9-]{0,127}/[0-9a-f-]{36})\.(?P<output>[A-Za-z0-9]{1,255})",
+    re.ASCII,
+)
+
+
+def stack_output_resolver(session: Any = None) -> Resolver:
+    """``${stack:STACK.OUTPUT}``: an output of a stack, read once per stack (``DescribeStacks``).
+
+    ``session`` is a boto3 Session (a default one when None); no AWS call is
+    made until a placeholder needs it. A stack id (ARN) is read in its region.
+    """
+    outputs: dict[str, dict[str, str]] = {}
+    clients: dict[str | None, Any] = {}
+
+    def client(stack: str) -> Any:
+        region = stack.split(":")[3] if stack.startswith("arn:") else None
+        if region not in clients:
+            import boto3
+
+            clients[region] = (session or boto3.Session()).client(
+                "cloudformation", region_name=region
+            )
+        return clients[region]
+
+    def describe(stack: str) -> dict[str, str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        where = f"${{stack:{stack}...}}"
+        try:
+            stacks = client(stack).describe_stacks(StackName=stack).get("Stacks") or []
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if "does not exist" in str(error.get("Message", "")):
+                raise RequestError(f"{where}: stack {stack} does not exist here") from exc
+            raise RequestError(
+                f"{where}: cannot read the stack: {error.get('Code')}: {error.get('Message', '')}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise RequestError(f"{where}: cannot reach CloudFormation: {exc}") from exc
+        if not stacks:
+            raise RequestError(f"{where}: stack {stack} does not exist here")
+        found = stacks[0].get("Outputs") or []
+        return {str(o["OutputKey"]): str(o.get("OutputValue", "")) for o in found}
+
+    def resolve(name: str) -> str:
+        match = _STACK_REF.fullmatch(name)
+        if match is None:
+            raise RequestError(f"${{stack:{name}}} must name a stack and an output: STACK.OUTPUT")
+        stack, output = match.group("stack"), match.group("output")
+        if stack not in outputs:
+            outputs[stack] = describe(stack)
+        if output not in outputs[stack]:
+            known = ", ".join(sorted(outputs[stack])) or "none"
+            raise RequestError(f"stack {stack} has no output {output!r} (its outputs: {known})")
+        return outputs[stack][output]
+
+    return resolve
+
+
 def default_resolvers(session: Any = None) -> dict[str, Resolver]:
-    """The placeholder sources available to a grants file."""
-    return {"env": env_resolver()}
+    """The placeholder sources available to a grants file: ``env`` and ``stack``."""
+    return {"env": env_resolver(), "stack": stack_output_resolver(session)}
 
 
 def load_grants_file(path: Path, resolvers: Mapping[str, Resolver] | None = None) -> GrantsFile:

@@ -1,0 +1,401 @@
+"""A CodePipeline Lambda action that sends a pipeline's grants to the broker.
+
+Add an ``Invoke`` action after the deploy stage::
+
+    - Name: Grants
+      ActionTypeId: {Category: Invoke, Owner: AWS, Provider: Lambda, Version: "1"}
+      InputArtifacts: [{Name: BuildOutput}]
+      Configuration:
+        FunctionName: deploy-helper-pipeline-step
+        UserParameters: >-
+          {"grants_file": "deploy/grants.yaml", "action": "apply",
+           "context": {"pipeline": "service-a",
+                       "execution_id": "#{codepipeline.PipelineExecutionId}"}}
+
+``UserParameters`` (JSON): ``grants_file`` (a path inside the input
+artifact; ``artifact`` names the input artifact when there are several) or
+``grants`` (the list itself); ``action`` ``apply`` (default) or ``revoke``;
+``plan: true`` to only plan; ``context`` added to the grants file's context
+(CodePipeline resolves ``#{...}`` variables before the function runs).
+Placeholders in the grants file (``${env:NAME}``, ``${stack:STACK.OUTPUT}``)
+are resolved with the action function's own credentials.
+
+The action function is configured like the ``deploy-helper request`` command:
+``DEPLOY_HELPER_FUNCTION`` (the broker), ``DEPLOY_HELPER_CALLER``,
+``DEPLOY_HELPER_AUDIENCE``, ``DEPLOY_HELPER_KEY_ID`` and either
+``DEPLOY_HELPER_KMS_KEY_ID`` (an ECC_NIST_P256 key; the private key never
+leaves KMS) or ``DEPLOY_HELPER_KEY_FILE``.
+
+The job always ends with ``PutJobSuccessResult`` or ``PutJobFailureResult``
+and a message a person can act on: which grants were denied or failed and
+why, or what is wrong with the action's configuration.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deploy_helper.auth import short_errors
+from deploy_helper.exceptions import BrokerError, RequestError
+from pipeline_hooks.client import BrokerClient, LambdaTransport
+from pipeline_hooks.grants_file import default_resolvers, load_grants_file
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import boto3
+
+    from deploy_helper.models import BrokerResponse
+    from deploy_helper.signing import Signer
+    from pipeline_hooks.client import Transport
+    from pipeline_hooks.grants_file import GrantsFile
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.environ.get("DEPLOY_HELPER_LOG_LEVEL", "INFO"))
+
+MAX_ARTIFACT_BYTES = 50 * 1024 * 1024
+MAX_GRANTS_FILE_BYTES = 1024 * 1024
+#: CodePipeline's limits for the result texts.
+MAX_FAILURE_MESSAGE = 5000
+MAX_SUMMARY = 2048
+FailureType = Literal["JobFailed", "ConfigurationError", "PermissionError", "SystemUnavailable"]
+
+
+class StepError(BrokerError):
+    """The action cannot run as configured; ``failure_type`` is what CodePipeline is told."""
+
+    def __init__(self, message: str, failure_type: FailureType = "ConfigurationError") -> None:
+        super().__init__(message, code="pipeline-step")
+        self.failure_type: FailureType = failure_type
+
+
+# -- the job event (written by CodePipeline; only the fields used here are read) -------
+
+
+class _Aws(BaseModel):
+    # CodePipeline adds fields to job events over time; unknown ones are ignored, the
+    # ones read here are validated.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _S3Location(_Aws):
+    bucketName: str
+    objectKey: str
+
+
+class _Location(_Aws):
+    type: str
+    s3Location: _S3Location | None = None
+
+
+class _Artifact(_Aws):
+    name: str
+    location: _Location
+
+
+class _Credentials(_Aws):
+    accessKeyId: str
+    secretAccessKey: str
+    sessionToken: str
+
+
+class _Configuration(_Aws):
+    UserParameters: str = ""
+
+
+class _ActionConfiguration(_Aws):
+    configuration: _Configuration = _Configuration()
+
+
+class _JobData(_Aws):
+    actionConfiguration: _ActionConfiguration = _ActionConfiguration()
+    inputArtifacts: list[_Artifact] = []
+    artifactCredentials: _Credentials | None = None
+
+
+class _Job(_Aws):
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    data: _JobData = _JobData()
+
+
+class ActionParameters(BaseModel):
+    """The action's ``UserParameters``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grants_file: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    artifact: str | None = None
+    grants: list[dict[str, Any]] | None = None
+    action: Literal["apply", "revoke"] = "apply"
+    plan: bool = False
+    context: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ActionParameters:
+        if (self.grants_file is None) == (self.grants is None):
+            raise ValueError(
+                "give exactly one of grants_file (a path in the input artifact) and grants"
+            )
+        if self.grants_file is not None:
+            path = PurePosixPath(self.grants_file)
+            if path.is_absolute() or ".." in path.parts:
+                raise ValueError("grants_file must be a relative path inside the input artifact")
+        return self
+
+
+# -- the step ----------------------------------------------------------------------
+
+
+@dataclass
+class PipelineStep:
+    """Runs one CodePipeline job: read the grants, sign, send, report."""
+
+    session: boto3.Session
+    transport: Transport
+    signer: Signer
+    caller: str | None
+    audience: str | None
+    codepipeline: Any
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        session: boto3.Session | None = None,
+        transport: Transport | None = None,
+    ) -> PipelineStep:
+        """The step as the action function's environment configures it."""
+        import boto3
+
+        from deploy_helper.signing import Ed25519Signer, KmsSigner
+
+        env = os.environ if environ is None else environ
+        session = session or boto3.Session()
+        key_id = env.get("DEPLOY_HELPER_KEY_ID")
+        kms_key, key_file = env.get("DEPLOY_HELPER_KMS_KEY_ID"), env.get("DEPLOY_HELPER_KEY_FILE")
+        if not key_id or bool(kms_key) == bool(key_file):
+            raise StepError(
+                "set DEPLOY_HELPER_KEY_ID and exactly one of DEPLOY_HELPER_KMS_KEY_ID and "
+                "DEPLOY_HELPER_KEY_FILE in the action function's environment"
+            )
+        signer: Signer
+        if kms_key:
+            signer = KmsSigner(key_id=key_id, kms_key_id=kms_key, client=session.client("kms"))
+        else:
+            signer = Ed25519Signer.from_file(key_id, Path(str(key_file)))
+        if transport is None:
+            function = env.get("DEPLOY_HELPER_FUNCTION")
+            if not function:
+                raise StepError("set DEPLOY_HELPER_FUNCTION to the broker function's name or ARN")
+            transport = LambdaTransport(function, session.client("lambda"))
+        return cls(
+            session=session,
+            transport=transport,
+            signer=signer,
+            caller=env.get("DEPLOY_HELPER_CALLER") or None,
+            audience=env.get("DEPLOY_HELPER_AUDIENCE") or None,
+            codepipeline=session.client("codepipeline"),
+        )
+
+    def run(self, event: Any) -> dict[str, Any]:
+        """Process the job in ``event`` and report its result to CodePipeline."""
+        job_id = _job_id(event)
+        try:
+            response, request_id = self._send(event)
+        except StepError as exc:
+            return self._fail(job_id, exc.failure_type, exc.message)
+        except BrokerError as exc:
+            return self._fail(job_id, "ConfigurationError", exc.message)
+        except (ClientError, BotoCoreError) as exc:
+            kind: FailureType = "JobFailed"
+            if isinstance(exc, ClientError) and "AccessDenied" in str(
+                exc.response["Error"].get("Code")
+            ):
+                kind = "PermissionError"
+            return self._fail(job_id, kind, f"an AWS call failed: {exc}")
+        except Exception as exc:  # the job must still end, or the pipeline waits for its timeout
+            logger.exception("unexpected error in the pipeline step")
+            return self._fail(
+                job_id, "JobFailed", f"internal error in the pipeline step ({type(exc).__name__})"
+            )
+        message = summarize(response)
+        if response.failed:
+            return self._fail(job_id, "JobFailed", message, request_id)
+        self.codepipeline.put_job_success_result(
+            jobId=job_id,
+            executionDetails={
+                "summary": _fit(message, MAX_SUMMARY),
+                "externalExecutionId": request_id,
+                "percentComplete": 100,
+            },
+        )
+        logger.info("job %s succeeded: %s", job_id, message)
+        return {"job_id": job_id, "ok": True, "message": message, "request_id": request_id}
+
+    def _send(self, event: dict[str, Any]) -> tuple[BrokerResponse, str]:
+        try:
+            job = _Job.model_validate(event["CodePipeline.job"])
+        except ValidationError as exc:
+            raise StepError(f"not a CodePipeline job event: {short_errors(exc)}") from exc
+        params = _parameters(job.data.actionConfiguration.configuration.UserParameters)
+        grants_file = self._grants(job, params)
+        caller = self.caller or grants_file.caller
+        audience = self.audience or grants_file.audience
+        if not caller or not audience:
+            raise StepError(
+                "set DEPLOY_HELPER_CALLER and DEPLOY_HELPER_AUDIENCE "
+                "(or caller: and audience: in the grants file)"
+            )
+        client = BrokerClient(
+            caller=caller, audience=audience, signer=self.signer, transport=self.transport
+        )
+        payload = client.payload(
+            grants_file.grants,
+            action=params.action,
+            dry_run=params.plan,
+            context={**grants_file.context, **params.context},
+        )
+        return client.send_envelope(client.envelope(payload)), str(payload["request_id"])
+
+    def _grants(self, job: _Job, params: ActionParameters) -> GrantsFile:
+        resolvers = default_resolvers(self.session)
+        with tempfile.TemporaryDirectory(prefix="deploy-helper-") as tmp:
+            path = Path(tmp) / "grants.yaml"
+            if params.grants is not None:
+                path.write_text(json.dumps({"grants": params.grants}), encoding="utf-8")
+            else:
+                assert params.grants_file is not None
+                path.write_bytes(self._artifact_member(job, params.artifact, params.grants_file))
+            return load_grants_file(path, resolvers)
+
+    def _artifact_member(self, job: _Job, name: str | None, member: str) -> bytes:
+        artifacts = job.data.inputArtifacts
+        chosen = [a for a in artifacts if name is None or a.name == name]
+        if not chosen:
+            names = ", ".join(a.name for a in artifacts) or "none"
+            raise StepError(
+                f"no input artifact {name or ''} to read {member} from (inputs: {names})"
+            )
+        if len(chosen) > 1:
+            raise StepError('several input artifacts: name the one to read with "artifact"')
+        artifact = chosen[0]
+        location = artifact.location.s3Location
+        if artifact.location.type != "S3" or location is None:
+            raise StepError(f"input artifact {artifact.name} is not stored in S3")
+        credentials = job.data.artifactCredentials
+        if credentials is None:
+            raise StepError("the job carries no artifact credentials")
+        s3 = self.session.client(
+            "s3",
+            aws_access_key_id=credentials.accessKeyId,
+            aws_secret_access_key=credentials.secretAccessKey,
+            aws_session_token=credentials.sessionToken,
+        )
+        head = s3.head_object(Bucket=location.bucketName, Key=location.objectKey)
+        if int(head.get("ContentLength", 0)) > MAX_ARTIFACT_BYTES:
+            raise StepError(
+                f"input artifact {artifact.name} is larger than {MAX_ARTIFACT_BYTES} bytes"
+            )
+        blob = s3.get_object(Bucket=location.bucketName, Key=location.objectKey)["Body"].read()
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(blob))
+        except zipfile.BadZipFile as exc:
+            raise StepError(f"input artifact {artifact.name} is not a zip archive") from exc
+        with archive:
+            wanted = str(PurePosixPath(member))
+            info = next((i for i in archive.infolist() if i.filename == wanted), None)
+            if info is None:
+                raise StepError(f"{member} is not in input artifact {artifact.name}")
+            if info.file_size > MAX_GRANTS_FILE_BYTES:
+                raise StepError(f"{member} is larger than {MAX_GRANTS_FILE_BYTES} bytes")
+            return archive.read(info)
+
+    def _fail(
+        self, job_id: str, failure_type: FailureType, message: str, request_id: str | None = None
+    ) -> dict[str, Any]:
+        details: dict[str, Any] = {
+            "type": failure_type,
+            "message": _fit(message, MAX_FAILURE_MESSAGE),
+        }
+        if request_id:
+            details["externalExecutionId"] = request_id
+        self.codepipeline.put_job_failure_result(jobId=job_id, failureDetails=details)
+        logger.warning("job %s failed (%s): %s", job_id, failure_type, message)
+        return {"job_id": job_id, "ok": False, "message": message, "request_id": request_id}
+
+
+def _job_id(event: Any) -> str:
+    job = event.get("CodePipeline.job") if isinstance(event, dict) else None
+    job_id = job.get("id") if isinstance(job, dict) else None
+    if not isinstance(job_id, str) or not job_id:
+        # Without a job id there is nobody to report to: fail the invocation loudly.
+        raise RequestError("not a CodePipeline job event (no CodePipeline.job.id)")
+    return job_id
+
+
+def _parameters(text: str) -> ActionParameters:
+    if not text.strip():
+        raise StepError('set UserParameters, e.g. {"grants_file": "grants.yaml"}')
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise StepError(f"UserParameters is not JSON: {exc}") from exc
+    try:
+        return ActionParameters.model_validate(data)
+    except ValidationError as exc:
+        raise StepError(f"UserParameters: {short_errors(exc)}") from exc
+
+
+def summarize(response: BrokerResponse) -> str:
+    """One readable paragraph: counts per decision, then every denied/failed grant and why."""
+    if not response.ok:
+        error = response.error
+        return (
+            f"the broker refused the request: {error.code}: {error.message}" if error else "refused"
+        )
+    counts = Counter(r.decision for r in response.results)
+    head = ", ".join(f"{n} {d}" for d, n in sorted(counts.items()))
+    problems = [
+        f"{r.decision}: {r.kind} on {r.target} for {r.principal}: {r.reason}"
+        for r in response.results
+        if r.decision in ("denied", "failed")
+    ]
+    text = f"{len(response.results)} grant(s): {head}"
+    return text + ("\n" + "\n".join(problems) if problems else "")
+
+
+def _fit(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The CodePipeline action's Lambda entry point: ``pipeline_hooks.codepipeline.handler``."""
+    job_id = _job_id(event)
+    try:
+        step = PipelineStep.from_env()
+    except BrokerError as exc:  # misconfigured: still end the job, with what to fix
+        import boto3
+
+        boto3.client("codepipeline").put_job_failure_result(
+            jobId=job_id,
+            failureDetails={
+                "type": "ConfigurationError",
+                "message": _fit(exc.message, MAX_FAILURE_MESSAGE),
+            },
+        )
+        logger.error("the pipeline step is misconfigured: %s", exc.message)
+        return {"job_id": job_id, "ok": False, "message": exc.message, "request_id": None}
+    return step.run(event)
