@@ -49,9 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Target-account calls: adaptive client-side rate limiting and jittered exponential backoff.
-TARGET_CLIENT_CONFIG = Config(
-    retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20
-)
+TARGET_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
 
 
 class Broker:
@@ -159,15 +157,21 @@ class Broker:
             return self._refuse(exc, claimed)
         except Exception as exc:  # a bug must still produce an answer, not a crash
             logger.exception("unexpected error while authenticating a request")
-            return self._refuse(RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed)
+            return self._refuse(
+                RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed
+            )
         try:
             response = self.execute(auth, payload)
             self._maybe_checkpoint()
             return response
         except LedgerError as exc:
             return BrokerResponse(
-                ok=False, request_id=payload.request_id, caller=auth.caller, action=payload.action,
-                dry_run=payload.dry_run, error=ErrorBody(code=exc.code, message=exc.message),
+                ok=False,
+                request_id=payload.request_id,
+                caller=auth.caller,
+                action=payload.action,
+                dry_run=payload.dry_run,
+                error=ErrorBody(code=exc.code, message=exc.message),
             )
 
     def _maybe_checkpoint(self) -> None:
@@ -185,7 +189,9 @@ class Broker:
             self.ledger.append_many([entries.refusal(self.clock(), code=exc.code, reason=exc.message, claimed=claimed)])
         except LedgerError:
             logger.exception("could not record a refusal in the ledger")
-        return BrokerResponse(ok=False, request_id=claimed.get("request_id"), error=ErrorBody(code=exc.code, message=exc.message))
+        return BrokerResponse(
+            ok=False, request_id=claimed.get("request_id"), error=ErrorBody(code=exc.code, message=exc.message)
+        )
 
     # -- execution ----------------------------------------------------------
     def execute(self, auth: Identity, payload: RequestPayload) -> BrokerResponse:
@@ -203,8 +209,18 @@ class Broker:
             except DeniedError as exc:
                 results[index] = self._result(index, spec, "denied", exc.message, exc.rule_id)
                 denied_entries.append(
-                    (index, entries.grant_entry(self.clock(), "decision", request, spec, decision="denied",
-                                                reason=exc.message, rule_id=exc.rule_id))
+                    (
+                        index,
+                        entries.grant_entry(
+                            self.clock(),
+                            "decision",
+                            request,
+                            spec,
+                            decision="denied",
+                            reason=exc.message,
+                            rule_id=exc.rule_id,
+                        ),
+                    )
                 )
                 continue
             key = (spec.kind, kind.resource(spec), kind.region(spec))
@@ -252,7 +268,7 @@ class Broker:
             items = [item for group in resources.values() for item in group]
             return self._fail_all(request, items, exc.message)
         out: list[GrantResult] = []
-        for (kind_name, resource, region), items in resources.items():
+        for (_kind, resource, region), items in resources.items():
             try:
                 out.extend(self._run_resource(payload, request, clients, resource, region, items))
             except LedgerError:
@@ -261,7 +277,9 @@ class Broker:
                 out.extend(self._fail_all(request, items, _describe(exc)))
             except Exception as exc:
                 logger.exception("unexpected error on %s", resource)
-                out.extend(self._fail_all(request, items, f"internal error ({type(exc).__name__}); see the broker's log"))
+                out.extend(
+                    self._fail_all(request, items, f"internal error ({type(exc).__name__}); see the broker's log")
+                )
         return out
 
     def _run_resource(
@@ -288,23 +306,45 @@ class Broker:
             settled = [p for p in plan.items if p.outcome not in ("applied", "revoked")]
             results: list[GrantResult] = []
             settled_entries = [
-                entries.grant_entry(self.clock(), "decision", request, p.spec, decision=p.outcome, reason=p.reason,
-                                    rule_id=rule_of[id(p.spec)], before=before, after=before)
+                entries.grant_entry(
+                    self.clock(),
+                    "decision",
+                    request,
+                    p.spec,
+                    decision=p.outcome,
+                    reason=p.reason,
+                    rule_id=rule_of[id(p.spec)],
+                    before=before,
+                    after=before,
+                )
                 for p in settled
             ]
             intent_entries = [
-                entries.grant_entry(self.clock(), "intent", request, p.spec, decision=p.outcome, reason="about to change",
-                                    rule_id=rule_of[id(p.spec)], before=before, after=after)
+                entries.grant_entry(
+                    self.clock(),
+                    "intent",
+                    request,
+                    p.spec,
+                    decision=p.outcome,
+                    reason="about to change",
+                    rule_id=rule_of[id(p.spec)],
+                    before=before,
+                    after=after,
+                )
                 for p in changing
             ]
             try:
                 ids = self.ledger.append_many(settled_entries + intent_entries)
             except LedgerError as exc:
                 msg = f"{exc.message}; no change was made"
-                return [self._result(index_of[id(p.spec)], p.spec, "failed", msg, rule_of[id(p.spec)]) for p in plan.items]
-            settled_ids, intent_ids = ids[: len(settled)], ids[len(settled):]
+                return [
+                    self._result(index_of[id(p.spec)], p.spec, "failed", msg, rule_of[id(p.spec)]) for p in plan.items
+                ]
+            settled_ids, intent_ids = ids[: len(settled)], ids[len(settled) :]
             for p, entry_id in zip(settled, settled_ids, strict=True):
-                results.append(self._result(index_of[id(p.spec)], p.spec, p.outcome, p.reason, rule_of[id(p.spec)], entry_id))
+                results.append(
+                    self._result(index_of[id(p.spec)], p.spec, p.outcome, p.reason, rule_of[id(p.spec)], entry_id)
+                )
             if not changing:
                 return results
             error: str | None = None
@@ -316,9 +356,18 @@ class Broker:
             for p, intent_id in zip(changing, intent_ids, strict=True):
                 decision = "failed" if error else p.outcome
                 outcome_entries.append(
-                    entries.grant_entry(self.clock(), "outcome", request, p.spec, decision=decision,
-                                        reason=error or "", rule_id=rule_of[id(p.spec)], before=before,
-                                        after=before if error else after, intent=intent_id)
+                    entries.grant_entry(
+                        self.clock(),
+                        "outcome",
+                        request,
+                        p.spec,
+                        decision=decision,
+                        reason=error or "",
+                        rule_id=rule_of[id(p.spec)],
+                        before=before,
+                        after=before if error else after,
+                        intent=intent_id,
+                    )
                 )
             try:
                 outcome_ids = self.ledger.append_many(outcome_entries)
@@ -329,7 +378,9 @@ class Broker:
                 outcome_ids = intent_ids
             for p, entry_id in zip(changing, outcome_ids, strict=True):
                 decision = "failed" if error else p.outcome
-                results.append(self._result(index_of[id(p.spec)], p.spec, decision, error or "", rule_of[id(p.spec)], entry_id))  # type: ignore[arg-type]
+                results.append(
+                    self._result(index_of[id(p.spec)], p.spec, decision, error or "", rule_of[id(p.spec)], entry_id)
+                )  # type: ignore[arg-type]
             return results
 
     def _planned(
@@ -348,8 +399,17 @@ class Broker:
         for p in plan.items:
             decision = planned.get(p.outcome, p.outcome)
             plan_entries.append(
-                entries.grant_entry(self.clock(), "decision", request, p.spec, decision=decision, reason=p.reason,
-                                    rule_id=rule_of[id(p.spec)], before=before, after=after)
+                entries.grant_entry(
+                    self.clock(),
+                    "decision",
+                    request,
+                    p.spec,
+                    decision=decision,
+                    reason=p.reason,
+                    rule_id=rule_of[id(p.spec)],
+                    before=before,
+                    after=after,
+                )
             )
             result = self._result(index_of[id(p.spec)], p.spec, decision, p.reason, rule_of[id(p.spec)])  # type: ignore[arg-type]
             result.diff = diff or None

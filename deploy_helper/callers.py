@@ -156,9 +156,7 @@ class CallerRegistry(_Strict):
         accounts: dict[str, str] = {}
         for name, stacks in self.stacks.items():
             if name in self.callers:
-                raise ValueError(
-                    f"{name!r} is both a caller and a stacks caller; give them different names"
-                )
+                raise ValueError(f"{name!r} is both a caller and a stacks caller; give them different names")
             if stacks.account in accounts:
                 raise ValueError(
                     f"account {stacks.account} is registered for stacks twice "

@@ -49,7 +49,9 @@ def is_custom_resource(event: Any) -> bool:
 
 
 def is_function_url(event: Any) -> bool:
-    return isinstance(event, dict) and isinstance(event.get("requestContext"), dict) and "http" in event["requestContext"]
+    return (
+        isinstance(event, dict) and isinstance(event.get("requestContext"), dict) and "http" in event["requestContext"]
+    )
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:

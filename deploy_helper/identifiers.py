@@ -26,7 +26,9 @@ ACCOUNT_RE = re.compile(_ACCOUNT, re.ASCII)
 REGION_RE = re.compile(_REGION, re.ASCII)
 ORG_ID_RE = re.compile(r"o-[a-z0-9]{10,32}", re.ASCII)
 ORG_PATH_RE = re.compile(r"o-[a-z0-9]{10,32}/r-[0-9a-z]{4,32}(?:/ou-[0-9a-z]{4,32}-[0-9a-z]{8,32})*/?", re.ASCII)
-SERVICE_PRINCIPAL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}(?:\.[a-z0-9][a-z0-9-]{0,62}){0,3}\.amazonaws\.com(?:\.cn)?", re.ASCII)
+SERVICE_PRINCIPAL_RE = re.compile(
+    r"[a-z0-9][a-z0-9-]{0,62}(?:\.[a-z0-9][a-z0-9-]{0,62}){0,3}\.amazonaws\.com(?:\.cn)?", re.ASCII
+)
 _IAM_NAME = r"[\w+=,.@-]{1,64}"
 _IAM_PATH = r"(?:/[\w+=,.@-]{1,128})*/"
 ROLE_ARN_RE = re.compile(
@@ -123,11 +125,14 @@ LambdaFunctionArn = Annotated[
 ]
 KmsKeyArn = Annotated[
     _Str,
-    _matcher(KMS_KEY_ARN_RE, "KMS key ARN", "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+    _matcher(
+        KMS_KEY_ARN_RE, "KMS key ARN", "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    ),
 ]
 SourceArn = Annotated[_Str, AfterValidator(_source_arn)]
 StackArn = Annotated[
-    _Str, _matcher(STACK_ARN_RE, "CloudFormation stack id", "arn:aws:cloudformation:eu-west-1:123456789012:stack/name/uuid")
+    _Str,
+    _matcher(STACK_ARN_RE, "CloudFormation stack id", "arn:aws:cloudformation:eu-west-1:123456789012:stack/name/uuid"),
 ]
 BucketName = Annotated[_Str, AfterValidator(_bucket)]
 S3Prefix = Annotated[_Str, _matcher(S3_PREFIX_RE, "S3 key prefix", "builds/service-a/ (no '*', no leading '/')")]

@@ -40,7 +40,10 @@ class PipelineContext(StrictModel):
     logical_resource_id: Label | None = None
     commit: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{7,64}$")] | None = None
     repository: Label | None = None
-    run_url: Annotated[str, StringConstraints(strict=True, pattern=r"^https://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]{1,500}$")] | None = None
+    run_url: (
+        Annotated[str, StringConstraints(strict=True, pattern=r"^https://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]{1,500}$")]
+        | None
+    ) = None
 
 
 class SignedHeader(StrictModel):
@@ -67,9 +70,7 @@ class Envelope(StrictModel):
     signature: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9_-]{40,200}={0,2}$")]
 
 
-Decision = Literal[
-    "applied", "unchanged", "revoked", "absent", "denied", "failed", "would-apply", "would-revoke"
-]
+Decision = Literal["applied", "unchanged", "revoked", "absent", "denied", "failed", "would-apply", "would-revoke"]
 
 
 class GrantResult(BaseModel):

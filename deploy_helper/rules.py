@@ -81,9 +81,7 @@ def arn_matches(pattern: str, arn: str) -> bool:
     """Match part by part: a wildcard never crosses a ``:`` between ARN parts."""
     p_parts = pattern.split(":", 5)
     a_parts = arn.split(":", 5)
-    return len(p_parts) == len(a_parts) == 6 and all(
-        fnmatchcase(a, p) for p, a in zip(p_parts, a_parts, strict=True)
-    )
+    return len(p_parts) == len(a_parts) == 6 and all(fnmatchcase(a, p) for p, a in zip(p_parts, a_parts, strict=True))
 
 
 class _Strict(BaseModel):
@@ -260,8 +258,7 @@ class RuleSet(_Strict):
         for acct in (bound, source_account):
             if acct is not None and acct not in registered:
                 raise DeniedError(
-                    f"guardrail: service principal {principal} is bound to account {acct}, "
-                    "which is not registered",
+                    f"guardrail: service principal {principal} is bound to account {acct}, which is not registered",
                     check="guardrail-foreign-source",
                 )
         if bound is None and source_account is None:
@@ -341,6 +338,4 @@ class Allowed:
 
 def describe(rules: RuleSet) -> list[dict[str, Any]]:
     """A short summary of the rules, for people."""
-    return [
-        {"id": r.id, "kind": r.kind, "callers": r.callers, "targets": r.targets} for r in rules.rules
-    ]
+    return [{"id": r.id, "kind": r.kind, "callers": r.callers, "targets": r.targets} for r in rules.rules]

@@ -113,9 +113,7 @@ def generate_ed25519() -> tuple[bytes, bytes]:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private, public
 
 
@@ -124,9 +122,7 @@ def public_pem_from_der(der: bytes) -> str:
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_der_public_key(der)
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode("ascii")
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 
 def seal(
@@ -225,9 +221,7 @@ def parse_signed_text(text: str) -> tuple[bytes, dict[str, Any]]:
     try:
         raw = text.encode("utf-8", errors="strict")
     except UnicodeEncodeError as exc:
-        raise RequestError(
-            "the signed request is not valid UTF-8 text (it has an unpaired surrogate)"
-        ) from exc
+        raise RequestError("the signed request is not valid UTF-8 text (it has an unpaired surrogate)") from exc
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise RequestError(f"the request is larger than {MAX_ENVELOPE_BYTES} bytes")
     check_nesting(text)

@@ -10,13 +10,18 @@ import click
 from deploy_helper.cli.output import console, emit_json, json_option, short, table
 
 
-@click.command("demo", epilog="""
+@click.command(
+    "demo",
+    epilog="""
 \b
 Nothing here touches a real AWS account: a moto server is started on
 127.0.0.1 for the run and stopped afterwards. Exit status 0 when every step
 did what it should (checked by reading the policies back), 1 otherwise.
-""")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Keep the generated keys and policies here.")
+""",
+)
+@click.option(
+    "--workdir", type=click.Path(file_okay=False, path_type=Path), help="Keep the generated keys and policies here."
+)
 @json_option
 def demo(workdir: Path | None, as_json: bool) -> None:
     """Run the broker end to end on a local, multi-account AWS.
@@ -39,16 +44,30 @@ def demo(workdir: Path | None, as_json: bool) -> None:
     if as_json:
         emit_json(report)
     else:
-        table("grants applied", ("kind", "decision", "target", "principal", "rule", "entry"),
-              [[r["kind"], r["decision"], short(r["target"]), short(r["principal"]), r["rule"], r["ledger_entry"]]
-               for r in report["applied"]])
-        table("attacks", ("attack", "refused", "code", "message"),
-              [[a["attack"], "yes" if a["refused"] else "NO", a["code"], a["message"]] for a in report["attacks"]])
-        table("read back from AWS", ("check", "holds"), [[k, "yes" if v else "NO"] for k, v in report["verified"].items()])
+        table(
+            "grants applied",
+            ("kind", "decision", "target", "principal", "rule", "entry"),
+            [
+                [r["kind"], r["decision"], short(r["target"]), short(r["principal"]), r["rule"], r["ledger_entry"]]
+                for r in report["applied"]
+            ],
+        )
+        table(
+            "attacks",
+            ("attack", "refused", "code", "message"),
+            [[a["attack"], "yes" if a["refused"] else "NO", a["code"], a["message"]] for a in report["attacks"]],
+        )
+        table(
+            "read back from AWS", ("check", "holds"), [[k, "yes" if v else "NO"] for k, v in report["verified"].items()]
+        )
         trail = report["audit_trail"]
-        table(f"audit trail ({len(trail)} ledger entries; ledger whole: {report['ledger']['whole']})",
-              ("id", "type", "decision", "caller", "kind", "target", "principal"),
-              [[e["id"], e["type"], e["decision"], e["caller"], e["kind"], short(e["target"]), short(e["principal"])]
-               for e in trail])
+        table(
+            f"audit trail ({len(trail)} ledger entries; ledger whole: {report['ledger']['whole']})",
+            ("id", "type", "decision", "caller", "kind", "target", "principal"),
+            [
+                [e["id"], e["type"], e["decision"], e["caller"], e["kind"], short(e["target"]), short(e["principal"])]
+                for e in trail
+            ],
+        )
         click.echo("demo OK" if report["ok"] else "demo FAILED: see the tables above")
     sys.exit(0 if report["ok"] else 1)

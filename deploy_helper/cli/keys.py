@@ -17,7 +17,9 @@ def keys() -> None:
     """Signing keys for CI/CD callers."""
 
 
-@keys.command("generate", epilog="""
+@keys.command(
+    "generate",
+    epilog="""
 \b
 Examples:
   deploy-helper keys generate --caller ci-tooling --key-id ci-tooling-2026-11
@@ -26,11 +28,12 @@ Examples:
 Keep the private key in your CI system's secret store; paste the printed YAML
 under `callers:` in policies/callers.yaml and have it reviewed. Keep old keys
 registered (set not_after or revoked_at) so history can be re-verified.
-""")
+""",
+)
 @click.option("--caller", required=True, help="The caller the key belongs to, e.g. ci-tooling.")
 @click.option("--key-id", required=True, help="A unique id for the key, e.g. ci-tooling-2026-11.")
 @click.option("--account", default="", help="The caller's AWS account id (for the printed YAML).")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(), show_default=True)
 @click.option("--valid-days", type=click.IntRange(1, 3650), default=365, show_default=True)
 @click.option("--kms-key-id", help="Register an existing KMS ECC_NIST_P256 key instead of writing a key file.")
 @json_option
@@ -47,7 +50,9 @@ def generate(
 
         response = boto3.Session().client("kms").get_public_key(KeyId=kms_key_id)
         if response.get("KeySpec", "ECC_NIST_P256") != "ECC_NIST_P256":
-            raise click.ClickException(f"{kms_key_id} is {response.get('KeySpec')}; create an ECC_NIST_P256 SIGN_VERIFY key")
+            raise click.ClickException(
+                f"{kms_key_id} is {response.get('KeySpec')}; create an ECC_NIST_P256 SIGN_VERIFY key"
+            )
         public = public_pem_from_der(response["PublicKey"])
         algorithm = "ecdsa-p256-sha256"
     else:

@@ -26,16 +26,31 @@ def _time(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-21 or 2026-11-21T10:00:00Z)") from exc
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time (e.g. 2026-11-21 or 2026-11-21T10:00:00Z)"
+        ) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Where the ledger is: from options or the broker's own environment variables."""
 
-    @click.option("--table", envvar="DEPLOY_HELPER_LEDGER_TABLE", required=True, help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE).")
-    @click.option("--bucket", envvar="DEPLOY_HELPER_CHECKPOINT_BUCKET", help="Checkpoint bucket (env DEPLOY_HELPER_CHECKPOINT_BUCKET).")
-    @click.option("--checkpoint-key", envvar="DEPLOY_HELPER_CHECKPOINT_KEY", help="kms:<key> or file:<pem> (env DEPLOY_HELPER_CHECKPOINT_KEY).")
+    @click.option(
+        "--table",
+        envvar="DEPLOY_HELPER_LEDGER_TABLE",
+        required=True,
+        help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE).",
+    )
+    @click.option(
+        "--bucket",
+        envvar="DEPLOY_HELPER_CHECKPOINT_BUCKET",
+        help="Checkpoint bucket (env DEPLOY_HELPER_CHECKPOINT_BUCKET).",
+    )
+    @click.option(
+        "--checkpoint-key",
+        envvar="DEPLOY_HELPER_CHECKPOINT_KEY",
+        help="kms:<key> or file:<pem> (env DEPLOY_HELPER_CHECKPOINT_KEY).",
+    )
     @functools.wraps(func)
     def wrapper(table: str, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
         import boto3
@@ -90,8 +105,19 @@ def ledger() -> None:
 
 def _row(e: dict[str, Any]) -> list[Any]:
     g = e.get("grant") or {}
-    return [e.get("seq"), e.get("time"), e.get("type"), e.get("decision"), e.get("caller"), g.get("kind"),
-            g.get("account"), short(g.get("target")), short(g.get("principal")), e.get("rule_id"), e.get("reason")]
+    return [
+        e.get("seq"),
+        e.get("time"),
+        e.get("type"),
+        e.get("decision"),
+        e.get("caller"),
+        g.get("kind"),
+        g.get("account"),
+        short(g.get("target")),
+        short(g.get("principal")),
+        e.get("rule_id"),
+        e.get("reason"),
+    ]
 
 
 COLUMNS = ("id", "time", "type", "decision", "caller", "kind", "account", "target", "principal", "rule", "reason")
@@ -127,7 +153,9 @@ def show(handle: LedgerHandle, entry_id: int) -> None:
 @ledger_options
 @filter_options
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout)."
+)
 def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) -> None:
     """Entries as JSON Lines (exact stored fields) or CSV (one row per entry)."""
     from deploy_helper.ledger.query import select
@@ -137,15 +165,40 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
     try:
         writer = csv.writer(out) if fmt == "csv" else None
         if writer:
-            writer.writerow([*COLUMNS, "request_id", "key_id", "pipeline", "commit", "stack_id", "policy_before", "policy_after", "intent", "prev"])
+            writer.writerow(
+                [
+                    *COLUMNS,
+                    "request_id",
+                    "key_id",
+                    "pipeline",
+                    "commit",
+                    "stack_id",
+                    "policy_before",
+                    "policy_after",
+                    "intent",
+                    "prev",
+                ]
+            )
         for e in select(handle.ledger.entries(), _filter(**filters)):
             count += 1
             if writer is None:
                 out.write(json.dumps(e, sort_keys=True) + "\n")
             else:
                 ctx = e.get("context") or {}
-                writer.writerow([*_row(e), e.get("request_id"), e.get("key_id"), ctx.get("pipeline"), ctx.get("commit"),
-                                 ctx.get("stack_id"), e.get("policy_before"), e.get("policy_after"), e.get("intent"), e.get("prev")])
+                writer.writerow(
+                    [
+                        *_row(e),
+                        e.get("request_id"),
+                        e.get("key_id"),
+                        ctx.get("pipeline"),
+                        ctx.get("commit"),
+                        ctx.get("stack_id"),
+                        e.get("policy_before"),
+                        e.get("policy_after"),
+                        e.get("intent"),
+                        e.get("prev"),
+                    ]
+                )
     finally:
         if output:
             out.close()
@@ -153,14 +206,25 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
         click.echo(f"wrote {count} entries to {output}", err=True)
 
 
-@ledger.command("verify", epilog="""
+@ledger.command(
+    "verify",
+    epilog="""
 \b
 Exit status: 0 when the ledger is whole; 1 when an entry or checkpoint is
 broken (the first broken place is named) or an intent has no outcome.
-""")
+""",
+)
 @ledger_options
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Your own copy of the checkpoint public key (PEM).")
-@click.option("--checkpoints-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Also verify against checkpoints you kept (JSON files).")
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your own copy of the checkpoint public key (PEM).",
+)
+@click.option(
+    "--checkpoints-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also verify against checkpoints you kept (JSON files).",
+)
 @json_option
 def verify(handle: LedgerHandle, public_key: Path | None, checkpoints_dir: Path | None, as_json: bool) -> None:
     """Prove that no entry was removed, altered or reordered, and no checkpoint is missing."""
@@ -185,13 +249,17 @@ def verify(handle: LedgerHandle, public_key: Path | None, checkpoints_dir: Path 
         emit_json(report.as_dict())
     else:
         status = "WHOLE" if report.whole else "BROKEN" if report.problems else "INCOMPLETE"
-        click.echo(f"ledger {handle.ledger.table}: {status} — {report.size} entries, head {report.head[:16]}…, "
-                   f"{report.checkpoints} checkpoint(s) verified")
+        click.echo(
+            f"ledger {handle.ledger.table}: {status} — {report.size} entries, head {report.head[:16]}…, "
+            f"{report.checkpoints} checkpoint(s) verified"
+        )
         for problem in report.problems:
             click.echo(f"  problem: {problem}")
         if report.open_intents:
-            click.echo(f"  {len(report.open_intents)} intent(s) without an outcome: entries "
-                       f"{', '.join(map(str, report.open_intents[:20]))} — re-run those requests to settle them")
+            click.echo(
+                f"  {len(report.open_intents)} intent(s) without an outcome: entries "
+                f"{', '.join(map(str, report.open_intents[:20]))} — re-run those requests to settle them"
+            )
     sys.exit(0 if report.whole else 1)
 
 
@@ -204,14 +272,32 @@ def active(handle: LedgerHandle, as_json: bool, **filters: Any) -> None:
     from deploy_helper.ledger.query import active_grants
 
     where = _filter(**filters)
-    grants = [g for g in active_grants(handle.ledger.entries())
-              if where.matches({"grant": g, "caller": g["caller"], "time": g["last_confirmed"]})]
+    grants = [
+        g
+        for g in active_grants(handle.ledger.entries())
+        if where.matches({"grant": g, "caller": g["caller"], "time": g["last_confirmed"]})
+    ]
     if as_json:
         emit_json(grants)
     else:
-        table(f"{len(grants)} grants in force", ("kind", "account", "target", "principal", "since", "caller", "rule", "entry"),
-              [[g["kind"], g["account"], g["target"], g["principal"], g["since"], g["caller"], g["rule_id"], g["entry"]] for g in grants],
-              page=True)
+        table(
+            f"{len(grants)} grants in force",
+            ("kind", "account", "target", "principal", "since", "caller", "rule", "entry"),
+            [
+                [
+                    g["kind"],
+                    g["account"],
+                    g["target"],
+                    g["principal"],
+                    g["since"],
+                    g["caller"],
+                    g["rule_id"],
+                    g["entry"],
+                ]
+                for g in grants
+            ],
+            page=True,
+        )
 
 
 @ledger.command("checkpoint")

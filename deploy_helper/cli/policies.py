@@ -15,14 +15,17 @@ def policies() -> None:
     """The reviewed files under policies/: registered callers and grant rules."""
 
 
-@policies.command("check", epilog="""
+@policies.command(
+    "check",
+    epilog="""
 \b
 Checks: YAML syntax and duplicate keys; every field against its schema (unknown
 fields refused); keys parse and match their algorithm; key ids unique; rule ids
 unique; every account a rule names is registered; every caller a rule names is
 registered in callers.yaml. Errors are printed as FILE:LINE: PATH: MESSAGE.
 Suitable for a pre-commit hook and CI. Exit 1 when anything is wrong.
-""")
+""",
+)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("policies"))
 @json_option
 def check(directory: Path, as_json: bool) -> None:
@@ -78,7 +81,10 @@ def check_directory(directory: Path) -> tuple[list[str], dict[str, int]]:
             for j, caller in enumerate(rule.callers):
                 if callers is not None and caller not in known:
                     line = rules_file.line_of(("rules", i, "callers", j))
-                    errors.append(f"{rules_file.path}:{line}: rules.{i}.callers.{j}: caller {caller!r} is not registered in callers.yaml")
+                    errors.append(
+                        f"{rules_file.path}:{line}: rules.{i}.callers.{j}: "
+                        f"caller {caller!r} is not registered in callers.yaml"
+                    )
         if callers is not None:
             for name, caller_def in callers.callers.items():
                 if caller_def.account not in rules.registered:

@@ -39,10 +39,19 @@ refused; 2 on a usage error.
 @click.option("--caller", envvar="DEPLOY_HELPER_CALLER", help="Registered caller name (or `caller:` in the file).")
 @click.option("--audience", envvar="DEPLOY_HELPER_AUDIENCE", help="The broker's audience, e.g. deploy-helper:prod.")
 @click.option("--key-id", envvar="DEPLOY_HELPER_KEY_ID", required=True, help="The registered id of the signing key.")
-@click.option("--key-file", envvar="DEPLOY_HELPER_KEY_FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Ed25519 private key (PEM).")
-@click.option("--kms-key-id", envvar="DEPLOY_HELPER_KMS_KEY_ID", help="KMS key (ECC_NIST_P256) to sign with instead of a file.")
+@click.option(
+    "--key-file",
+    envvar="DEPLOY_HELPER_KEY_FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Ed25519 private key (PEM).",
+)
+@click.option(
+    "--kms-key-id", envvar="DEPLOY_HELPER_KMS_KEY_ID", help="KMS key (ECC_NIST_P256) to sign with instead of a file."
+)
 @click.option("--function", envvar="DEPLOY_HELPER_FUNCTION", help="The broker function name or ARN to invoke.")
-@click.option("--in-process", is_flag=True, help="Run the broker in this process (configured by DEPLOY_HELPER_* variables).")
+@click.option(
+    "--in-process", is_flag=True, help="Run the broker in this process (configured by DEPLOY_HELPER_* variables)."
+)
 @json_option
 def request_command(
     grants_file: Path,

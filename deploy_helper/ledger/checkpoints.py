@@ -121,9 +121,7 @@ class Checkpoints:
         out = []
         for name in sorted(names):
             raw = json.loads(self._s3.get_object(Bucket=self.bucket, Key=name)["Body"].read())
-            out.append(
-                Checkpoint(name, rfc8785.dumps(raw["checkpoint"]), b64url_decode(str(raw.get("signature", ""))))
-            )
+            out.append(Checkpoint(name, rfc8785.dumps(raw["checkpoint"]), b64url_decode(str(raw.get("signature", "")))))
         return out
 
     def write(self) -> Checkpoint:
@@ -150,7 +148,10 @@ class Checkpoints:
         document = {"checkpoint": json.loads(body), "signature": b64url(signature)}
         try:
             self._s3.put_object(
-                Bucket=self.bucket, Key=name, Body=json.dumps(document, indent=2).encode(), ContentType="application/json"
+                Bucket=self.bucket,
+                Key=name,
+                Body=json.dumps(document, indent=2).encode(),
+                ContentType="application/json",
             )
         except (ClientError, BotoCoreError) as exc:
             raise LedgerError(f"cannot write checkpoint to s3://{self.bucket}/{name}: {exc}") from exc

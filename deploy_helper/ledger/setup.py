@@ -49,9 +49,11 @@ def public_key_from_ref(ref: str, session: boto3.Session, region: str | None = N
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-        key = serialization.load_pem_private_key(Path(value).read_bytes(), None) if b"PRIVATE" in Path(
-            value
-        ).read_bytes() else serialization.load_pem_public_key(Path(value).read_bytes())
+        key = (
+            serialization.load_pem_private_key(Path(value).read_bytes(), None)
+            if b"PRIVATE" in Path(value).read_bytes()
+            else serialization.load_pem_public_key(Path(value).read_bytes())
+        )
         public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
         if not isinstance(public, Ed25519PublicKey):
             raise LedgerError(f"{value} is not an Ed25519 key")

@@ -6,7 +6,7 @@ RFC 8785 canonical bytes of the entry (which include its ``seq`` and the
 ``prev`` hash), and ``hash`` = SHA-256 of ``body``.
 
 Appending entry *n* is one ``TransactWriteItems``: a ``ConditionCheck`` that
-entry *n−1* exists with the hash we chained to, and a ``Put`` of *n* (and of
+entry *n-1* exists with the hash we chained to, and a ``Put`` of *n* (and of
 up to 98 more entries) with ``attribute_not_exists(seq)``. So two writers can
 never both write *n* (no fork), nobody can write *n+1* before *n* (no gap),
 and no entry is ever overwritten. The broker needs only ``PutItem``,

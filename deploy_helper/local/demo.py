@@ -76,12 +76,14 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
     foreign = dict(sc.bucket_grant("service-a"))
     foreign["principal"] = "arn:aws:iam::999999999999:role/deploy"
     denied = client.request([foreign], context=context)
-    attacks.append({
-        "attack": "grant to a role outside the organization",
-        "refused": denied.results[0].decision == "denied",
-        "code": "denied",
-        "message": denied.results[0].reason,
-    })
+    attacks.append(
+        {
+            "attack": "grant to a role outside the organization",
+            "refused": denied.results[0].decision == "denied",
+            "code": "denied",
+            "message": denied.results[0].reason,
+        }
+    )
     unchanged = sc.snapshot() == before_attacks
     report["attacks"] = attacks
     report["attacks_changed_nothing"] = unchanged

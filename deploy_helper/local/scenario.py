@@ -88,7 +88,9 @@ class Scenario:
 
         return Broker.from_config(self.config, session=session or self.local.base_session(), **kwargs)
 
-    def client(self, broker: Broker | None = None, *, caller: str = CALLER, signer: Ed25519Signer | None = None) -> BrokerClient:
+    def client(
+        self, broker: Broker | None = None, *, caller: str = CALLER, signer: Ed25519Signer | None = None
+    ) -> BrokerClient:
         from pipeline_hooks.client import BrokerClient, InProcessTransport
 
         return BrokerClient(
@@ -256,16 +258,20 @@ def _write_policies(directory: Path, signer_pub: bytes, other_pub: bytes) -> Non
             CALLER: {
                 "account": ACCOUNTS["tooling"],
                 "description": "CI/CD pipelines in the tooling account",
-                "keys": [{"id": "ci-tooling-local", "algorithm": "ed25519", "public_key": signer_pub.decode(), **window}],
+                "keys": [
+                    {"id": "ci-tooling-local", "algorithm": "ed25519", "public_key": signer_pub.decode(), **window}
+                ],
             },
             OTHER_CALLER: {
                 "account": ACCOUNTS["service-b"],
                 "description": "service-b's own pipeline (may request nothing in this scenario)",
-                "keys": [{"id": "ci-service-b-local", "algorithm": "ed25519", "public_key": other_pub.decode(), **window}],
+                "keys": [
+                    {"id": "ci-service-b-local", "algorithm": "ed25519", "public_key": other_pub.decode(), **window}
+                ],
             },
         },
     }
-    deploy_roles = [f"arn:aws:iam::*:role/deploy"]
+    deploy_roles = ["arn:aws:iam::*:role/deploy"]
     rules = {
         "version": 1,
         "organization": {"id": ORG_ID, "accounts": {k: v for k, v in ACCOUNTS.items()}},
@@ -336,9 +342,14 @@ def create_tables(local: LocalAws) -> None:
     )
 
 
-def build(local: LocalAws, workdir: Path, *, bootstrap: bool = True, ledger: bool = True, locks: bool = True) -> Scenario:
+def build(
+    local: LocalAws, workdir: Path, *, bootstrap: bool = True, ledger: bool = True, locks: bool = True
+) -> Scenario:
     """Create the seed scenario on ``local`` (which must be freshly reset)."""
-    tooling, token, = ACCOUNTS["tooling"], ACCOUNTS["token-service"]
+    (
+        tooling,
+        token,
+    ) = ACCOUNTS["tooling"], ACCOUNTS["token-service"]
     # CI/CD tooling: artifact bucket with a foreign statement, and its key.
     bucket = f"dh-artifacts-{tooling}"
     s3 = local.client("s3", tooling)

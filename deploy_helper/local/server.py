@@ -137,8 +137,8 @@ class LocalAws(AbstractContextManager["LocalAws"]):
         """A session with the local dummy credentials (account 123456789012)."""
         return boto3.Session(
             aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            aws_session_token="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
+            aws_session_token="testing",  # noqa: S106 - moto's dummy credentials
             region_name=LOCAL_REGION,
         )
 
@@ -150,9 +150,9 @@ class LocalAws(AbstractContextManager["LocalAws"]):
         if cached is not None:
             return cached
         sts = self.base_session().client("sts", endpoint_url=self.endpoint, config=LOCAL_CONFIG)
-        creds = sts.assume_role(
-            RoleArn=f"arn:aws:iam::{account}:role/{ADMIN_ROLE}", RoleSessionName="local-admin"
-        )["Credentials"]
+        creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/{ADMIN_ROLE}", RoleSessionName="local-admin")[
+            "Credentials"
+        ]
         session = boto3.Session(
             aws_access_key_id=creds["AccessKeyId"],
             aws_secret_access_key=creds["SecretAccessKey"],

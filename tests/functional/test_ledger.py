@@ -96,9 +96,7 @@ def test_refusals_are_recorded_without_secrets(scenario: Scenario) -> None:
     assert [r["reason"].split(":")[0] for r in refusals] == ["replayed", "bad-signature"]
     assert all(r["decision"] == "denied" for r in refusals)
     assert refusals[0]["caller"] == "ci-tooling"
-    assert (
-        refusals[0]["authenticated"] is True
-    )  # replay: the signature was valid, the nonce was not
+    assert refusals[0]["authenticated"] is True  # replay: the signature was valid, the nonce was not
     assert refusals[1]["authenticated"] is False
     raw = "".join(e.body.decode() for e in scenario.ledger().ledger.entries())
     assert envelope["signature"] not in raw
@@ -319,7 +317,7 @@ def test_twenty_concurrent_writers_make_one_chain(scenario: Scenario) -> None:
             barrier.wait()
             for i in range(50):
                 ledger.append({"type": "decision", "writer": n, "i": i})
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(20)]
@@ -339,9 +337,7 @@ def test_twenty_concurrent_writers_make_one_chain(scenario: Scenario) -> None:
 
 
 def test_list_show_export_active(populated: Scenario, tmp_path: Any) -> None:
-    result = run_cli(
-        populated, "ledger", "list", "--json", "--account", "444444444444", "--decision", "revoked"
-    )
+    result = run_cli(populated, "ledger", "list", "--json", "--account", "444444444444", "--decision", "revoked")
     assert result.exit_code == 0
     rows = json.loads(result.output)
     assert rows and all(r["decision"] == "revoked" for r in rows)
@@ -363,17 +359,12 @@ def test_list_show_export_active(populated: Scenario, tmp_path: Any) -> None:
     assert exported.exit_code == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith("id,time,type,decision") and len(lines) > 5
-    jsonl = run_cli(
-        populated, "ledger", "export", "--format", "jsonl", "--resource", "token-authorizer"
-    )
-    assert all(
-        json.loads(line)["grant"]["kind"] == "lambda-invoke" for line in jsonl.output.splitlines()
-    )
+    jsonl = run_cli(populated, "ledger", "export", "--format", "jsonl", "--resource", "token-authorizer")
+    assert all(json.loads(line)["grant"]["kind"] == "lambda-invoke" for line in jsonl.output.splitlines())
     active = json.loads(run_cli(populated, "ledger", "active", "--json").output)
     assert len(active) == 5  # six applied, service-b's bucket read revoked
     assert not any(
-        g["kind"] == "bucket-access" and g["principal"].startswith("arn:aws:iam::444444444444")
-        for g in active
+        g["kind"] == "bucket-access" and g["principal"].startswith("arn:aws:iam::444444444444") for g in active
     )
     human = run_cli(populated, "ledger", "list", "--since", "2000-01-01")
     assert human.exit_code == 0 and "ledger entries" in human.output
