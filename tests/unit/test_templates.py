@@ -1,0 +1,230 @@
+"""The SAM template and the examples: cfn-lint clean, least privilege, and usable as shipped."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.api import ManualArgs, lint_file
+from pydantic import TypeAdapter
+
+from deploy_helper import custom_resource
+from deploy_helper.grants import AnyGrant
+from deploy_helper.rules import RuleSet
+from deploy_helper.stack_template import StackFacts, load_template, resolve
+from pipeline_hooks.grants_file import load_grants_file
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+SERVICE_STACK = ROOT / "examples" / "service-stack.yaml"
+GRANTS = ROOT / "examples" / "grants.yaml"
+
+
+def lint(path: Path) -> list[str]:
+    matches = lint_file(path, config=ManualArgs(regions=["us-east-1", "eu-west-1"]))
+    return [str(m) for m in matches]
+
+
+@pytest.mark.parametrize("path", [TEMPLATE, SERVICE_STACK], ids=lambda p: p.name)
+def test_cfn_lint_reports_no_error_and_no_warning(path: Path) -> None:
+    assert lint(path) == []
+
+
+def test_cfn_lint_does_look_inside_the_transformed_template(tmp_path: Path) -> None:
+    broken = TEMPLATE.read_text().replace(
+        "          Action: lambda:InvokeFunction\n          Principal: !Ref AccountId",
+        "          Action: lambda:InvokeFunction\n          Principal: !Ref AccountId\n          Bogus: 1",
+    )
+    (tmp_path / "template.yaml").write_text(broken)
+    assert any("'Bogus' was unexpected" in m for m in lint(tmp_path / "template.yaml"))
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template(TEMPLATE.read_text())
+
+
+def resources_of(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if isinstance(v, dict) and v.get("Type") == kind}
+
+
+def _names(value: Any) -> str:
+    """A resource reference (``!GetAtt X.Arn``, ``!Sub ${X.Arn}/*``, ``!Ref X``) as X."""
+    if isinstance(value, dict):
+        ((fn, arg),) = value.items()
+        if fn == "Fn::GetAtt":
+            return str(arg[0])
+        if fn == "Ref":
+            return str(arg)
+        if fn == "Fn::Sub" and str(arg).startswith("${"):
+            return str(arg).split("}")[0].removeprefix("${").split(".")[0]
+        if fn == "Fn::Sub":
+            return str(arg)
+    return str(value)
+
+
+def broker_permissions(template: dict[str, Any]) -> dict[str, set[str]]:
+    """Actions the broker's role is allowed, per resource it names."""
+    role = template["Resources"]["BrokerExecutionRole"]["Properties"]
+    allowed: dict[str, set[str]] = {}
+    for policy in role["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            for resource in resources:
+                allowed.setdefault(_names(resource), set()).update(actions)
+    return allowed
+
+
+def test_the_broker_role_may_do_only_what_the_broker_does(template: dict[str, Any]) -> None:
+    allowed = broker_permissions(template)
+    assert allowed["NonceTable"] == {"dynamodb:PutItem"}
+    assert allowed["LockTable"] == {
+        "dynamodb:PutItem",
+        "dynamodb:GetItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
+    }
+    # Append-only: the ledger can be added to and read, never changed or emptied.
+    assert allowed["LedgerTable"] == {
+        "dynamodb:PutItem",
+        "dynamodb:ConditionCheckItem",
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+    }
+    assert allowed["CheckpointBucket"] == {"s3:PutObject", "s3:GetObject", "s3:ListBucket"}
+    assert allowed["CheckpointKey"] == {"kms:Sign", "kms:GetPublicKey"}
+    assert allowed["BrokerLogGroup"] == {"logs:CreateLogStream", "logs:PutLogEvents"}
+    roles = [r for r, actions in allowed.items() if "sts:AssumeRole" in actions]
+    assert sorted(roles) == [
+        "arn:${AWS::Partition}:iam::*:role${TargetRolePath}${BrokerRoleName}",
+        "arn:${AWS::Partition}:iam::*:role${TargetRolePath}deploy-helper-reader",
+    ]
+    assert allowed[roles[0]] == {"sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"}
+    everything = {a for actions in allowed.values() for a in actions}
+    assert not any(a.endswith("*") for a in everything)
+    assert "*" not in allowed
+
+
+def test_the_function_is_small_capped_and_configured(template: dict[str, Any]) -> None:
+    function = template["Resources"]["BrokerFunction"]["Properties"]
+    assert function["Runtime"] == "python3.12"
+    assert function["Architectures"] == ["arm64"]
+    assert template["Parameters"]["MemorySize"]["Default"] <= 512
+    assert function["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
+    module, _, name = function["Handler"].rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+    assert function["CodeUri"] == "."
+    assert (ROOT / "policies" / "rules.yaml").exists()  # shipped with the code
+    variables = function["Environment"]["Variables"]
+    assert {
+        "DEPLOY_HELPER_AUDIENCE",
+        "DEPLOY_HELPER_NONCE_TABLE",
+        "DEPLOY_HELPER_LEDGER_TABLE",
+        "DEPLOY_HELPER_LOCK_TABLE",
+        "DEPLOY_HELPER_EXTERNAL_ID",
+        "DEPLOY_HELPER_CHECKPOINT_BUCKET",
+        "DEPLOY_HELPER_CHECKPOINT_KEY",
+    } <= set(variables)
+    assert variables["DEPLOY_HELPER_EXTERNAL_ID"] == {"Ref": "ExternalId"}
+    assert template["Parameters"]["ExternalId"]["NoEcho"] is True
+    assert variables["DEPLOY_HELPER_CHECKPOINT_KEY"] == {"Fn::Sub": "kms:${CheckpointKey.Arn}"}
+
+
+def test_state_is_kept_as_the_ledger_needs(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    for name in ("NonceTable", "LockTable"):
+        table = resources[name]["Properties"]
+        assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+        assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    ledger = resources["LedgerTable"]
+    assert ledger["DeletionPolicy"] == ledger["UpdateReplacePolicy"] == "Retain"
+    props = ledger["Properties"]
+    assert props["KeySchema"] == [
+        {"AttributeName": "ledger", "KeyType": "HASH"},
+        {"AttributeName": "seq", "KeyType": "RANGE"},
+    ]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["DeletionProtectionEnabled"] is True
+    bucket = resources["CheckpointBucket"]["Properties"]
+    assert bucket["ObjectLockEnabled"] is True
+    assert bucket["ObjectLockConfiguration"]["Rule"]["DefaultRetention"]["Mode"] == "COMPLIANCE"
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    key = resources["CheckpointKey"]["Properties"]
+    assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+
+
+def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[str, Any]) -> None:
+    for_each = template["Resources"]["Fn::ForEach::InvokerAccounts"]
+    assert for_each[:2] == ["AccountId", {"Ref": "InvokerAccountIds"}]
+    permissions = list(for_each[2].values()) + list(resources_of(template, "AWS::Lambda::Permission").values())
+    assert len(permissions) == 4
+    for permission in permissions:
+        props = permission["Properties"]
+        if props["Principal"] == "*":
+            assert props["PrincipalOrgID"] == {"Ref": "InvokerOrganizationId"}
+            assert permission["Condition"] in ("HasOrganization", "FunctionUrlForOrganization")
+        else:
+            assert props["Principal"] == {"Ref": "AccountId"}
+        if props["Action"] == "lambda:InvokeFunctionUrl":
+            assert props["FunctionUrlAuthType"] == "AWS_IAM"
+    url = resources_of(template, "AWS::Lambda::Url")["BrokerFunctionUrl"]
+    assert url["Properties"]["AuthType"] == "AWS_IAM"
+    assert url["Condition"] == "FunctionUrlEnabled"
+
+
+def test_alarms_watch_errors_and_denials(template: dict[str, Any]) -> None:
+    alarms = {a["Properties"]["MetricName"] for a in resources_of(template, "AWS::CloudWatch::Alarm").values()}
+    assert {"Errors", "Denials", "LoggedErrors"} <= alarms
+    filters = [f["Properties"]["FilterPattern"] for f in resources_of(template, "AWS::Logs::MetricFilter").values()]
+    assert any('$.decision = "denied"' in f for f in filters)
+    assert template["Outputs"]["ServiceToken"]["Value"] == {"Fn::GetAtt": ["BrokerFunction", "Arn"]}
+    assert "Export" in template["Outputs"]["ServiceToken"]
+
+
+def test_the_example_stack_grant_is_one_the_broker_can_confirm() -> None:
+    stack = load_template(SERVICE_STACK.read_text())
+    resource = stack["Resources"]["AuthorizerPermission"]
+    assert resource["Type"] == custom_resource.RESOURCE_TYPE
+    facts = StackFacts(
+        template=stack,
+        stack_id="arn:aws:cloudformation:us-east-1:333333333333:stack/service-a/"
+        + "0" * 8
+        + "-0000-0000-0000-"
+        + "0" * 12,
+        parameters={
+            "DeployHelperServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:deploy-helper-prod",
+            "AuthorizerFunctionArn": "arn:aws:lambda:us-east-1:222222222222:function:token-authorizer",
+        },
+        resources=lambda: {"Api": "a1b2c3d4e5"},
+    )
+    properties = resolve(resource["Properties"], facts)  # raises if the broker could not confirm it
+    spec, plan = custom_resource.grant_from_properties(properties)
+    assert plan is False
+    assert spec.model_dump(exclude_none=True) == {
+        "kind": "lambda-invoke",
+        "function": "arn:aws:lambda:us-east-1:222222222222:function:token-authorizer",
+        "principal": "apigateway.amazonaws.com",
+        "source_arn": "arn:aws:execute-api:us-east-1:333333333333:a1b2c3d4e5/authorizers/*",
+        "source_account": "333333333333",
+    }
+    outputs = stack["Outputs"]
+    assert outputs["AuthorizerStatementId"]["Value"] == {"Fn::GetAtt": ["AuthorizerPermission", "StatementId"]}
+
+
+def test_the_example_grants_are_valid_and_allowed_by_the_shipped_rules() -> None:
+    outputs = {
+        "artifact-store.BucketName": "tooling-artifacts-111111111111",
+        "artifact-store.KeyArn": "arn:aws:kms:eu-west-1:111111111111:key/0b7b5c2e-4a1f-4c3e-9d55-2f7f0c1d9e11",
+    }
+    environment = {"PIPELINE_NAME": "service-a", "GIT_COMMIT": "0a1b2c3d"}
+    grants_file = load_grants_file(GRANTS, {"stack": outputs.__getitem__, "env": environment.__getitem__})
+    assert grants_file.caller == "ci-tooling"
+    rules = RuleSet.load(ROOT / "policies" / "rules.yaml")
+    adapter: TypeAdapter[Any] = TypeAdapter(AnyGrant)
+    allowed = [rules.authorize(grants_file.caller, adapter.validate_python(g)).rule_id for g in grants_file.grants]
+    assert allowed == ["artifact-read", "artifact-read", "artifact-decrypt", "artifact-decrypt"]
