@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 
 if TYPE_CHECKING:
@@ -30,6 +31,22 @@ _LOCAL_ENV = {
     "AWS_DEFAULT_REGION": LOCAL_REGION,
     "AWS_REGION": LOCAL_REGION,
 }
+_SHARED: dict[str, Any] = {}
+
+
+def shared_session(**kwargs: Any) -> boto3.Session:
+    """A ``boto3.Session(**kwargs)`` whose botocore data loader is shared process-wide.
+
+    Each new botocore session otherwise parses the endpoint and service-model JSON
+    again (about a third of a second per session); the harness makes one session per
+    account after every reset, so the parsed data is loaded once and reused.
+    """
+    core = botocore.session.Session()
+    loader = _SHARED.setdefault("data_loader", core.get_component("data_loader"))
+    core.register_component("data_loader", loader)
+    return boto3.Session(botocore_session=core, **kwargs)
+
+
 #: Fail fast and do not retry behind the tests' back; callers add their own retry policy.
 LOCAL_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
@@ -135,7 +152,7 @@ class LocalAws(AbstractContextManager["LocalAws"]):
     # -- sessions -----------------------------------------------------------
     def base_session(self) -> boto3.Session:
         """A session with the local dummy credentials (account 123456789012)."""
-        return boto3.Session(
+        return shared_session(
             aws_access_key_id="testing",
             aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
             aws_session_token="testing",  # noqa: S106 - moto's dummy credentials
@@ -153,7 +170,7 @@ class LocalAws(AbstractContextManager["LocalAws"]):
         creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/{ADMIN_ROLE}", RoleSessionName="local-admin")[
             "Credentials"
         ]
-        session = boto3.Session(
+        session = shared_session(
             aws_access_key_id=creds["AccessKeyId"],
             aws_secret_access_key=creds["SecretAccessKey"],
             aws_session_token=creds["SessionToken"],
