@@ -23,27 +23,21 @@ itself) and AWS makes the change; the response is then thrown away and the fault
 returned instead -- a response lost after the change happened. Use it to prove that
 re-running a batch is idempotent.
 
-Errors, per service (code, HTTP status):
+Errors (code and HTTP status as each service returns them):
 
-=============  ======================================  ===================  ========================
-kind           Lambda / S3                             KMS / STS            DynamoDB / others
-=============  ======================================  ===================  ========================
-throttling     TooManyRequestsException 429 /          ThrottlingException  ProvisionedThroughput-
-               SlowDown 503                            400 / Throttling     ExceededException 400
-                                                       400                  (item operations),
-                                                                            ThrottlingException 400
-                                                                            (others; ``Throttling``
-                                                                            for query services)
-access-denied  AccessDeniedException 403 /             AccessDenied-        AccessDeniedException
-               AccessDenied 403                        Exception 400 /      400 / 403 (query:
-                                                       AccessDenied 403     AccessDenied 403)
-server-error   ServiceException 500 /                  KMSInternalException InternalServerError 500
-               InternalError 500                       500 / InternalFailure / InternalFailure 500
-                                                       500
-unavailable    ServiceUnavailable 503 (every service)
-timeout        ConnectTimeoutError (``after=True``: ReadTimeoutError)
-=============  ======================================  ===================  ========================
-
+* ``throttling``: Lambda ``TooManyRequestsException`` 429 (with ``Retry-After``); S3
+  ``SlowDown`` 503; KMS ``ThrottlingException`` 400; STS and other query services
+  ``Throttling`` 400; DynamoDB item operations
+  ``ProvisionedThroughputExceededException`` 400, other DynamoDB and JSON services
+  ``ThrottlingException`` 400.
+* ``access-denied``: S3 ``AccessDenied`` 403; STS and other query services
+  ``AccessDenied`` 403; KMS and DynamoDB ``AccessDeniedException`` 400; Lambda and
+  other services ``AccessDeniedException`` 403.
+* ``server-error``: Lambda ``ServiceException`` 500; S3 ``InternalError`` 500; KMS
+  ``KMSInternalException`` 500; DynamoDB ``InternalServerError`` 500; others
+  ``InternalFailure`` 500.
+* ``unavailable``: ``ServiceUnavailable`` 503.
+* ``timeout``: ``ConnectTimeoutError`` (with ``after=True``: ``ReadTimeoutError``);
 ``connect-timeout`` and ``read-timeout`` choose the exception explicitly.
 
 Rules are tried in the order they were added; each rule that matches the operation
@@ -73,6 +67,7 @@ from xml.sax.saxutils import escape
 
 import boto3
 from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
 from botocore.config import Config
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 from botocore.httpsession import URLLib3Session
@@ -191,10 +186,20 @@ class FaultInjector:
 
     # -- public API ----------------------------------------------------------
     def install(self, session: boto3.Session) -> FaultInjector:
-        """Hook ``session``; clients created from it afterwards are subject to faults."""
-        session.events.register("before-call", self._before_call, unique_id=f"{_HOOK_ID}-call")
-        session.events.register("before-send", self._before_send, unique_id=f"{_HOOK_ID}-send")
+        """Hook ``session``; clients created from it afterwards are subject to faults.
+
+        Installing the same injector twice has no further effect. Several injectors
+        may be installed on one session; each counts every attempt, and the fault of
+        the first one installed wins when more than one fires.
+        """
+        for event, handler in self._hooks():
+            session.events.register(event, handler, unique_id=self._hook_id(event))
         return self
+
+    def uninstall(self, session: boto3.Session) -> None:
+        """Unhook ``session``; clients created from it afterwards see no faults."""
+        for event, handler in self._hooks():
+            session.events.unregister(event, handler, unique_id=self._hook_id(event))
 
     def fail(
         self,
@@ -219,6 +224,8 @@ class FaultInjector:
             raise ValueError(f"rate must be between 0 and 1, not {rate}")
         if times is not None and times < 0:
             raise ValueError(f"times must be None or >= 0, not {times}")
+        if after and error == "connect-timeout":
+            raise ValueError("a request that was sent cannot end in a connect timeout")
         rule = FaultRule(
             operation=operation,
             error=error,
@@ -251,6 +258,12 @@ class FaultInjector:
             return {op: dict(c.by_kind) for op, c in sorted(self._counters.items()) if c.by_kind}
 
     # -- hooks ---------------------------------------------------------------
+    def _hooks(self) -> list[tuple[str, Callable[..., Any]]]:
+        return [("before-call", self._before_call), ("before-send", self._before_send)]
+
+    def _hook_id(self, event: str) -> str:
+        return f"{_HOOK_ID}-{id(self)}-{event}"
+
     def _before_call(
         self,
         model: OperationModel,
@@ -424,7 +437,9 @@ def error_response(
             f"</Error></Errors><RequestID>{request_id}</RequestID></Response>"
         ).encode()
     elif protocol == "rest-json":
-        headers["x-amzn-ErrorType"] = f"{code}:http://internal.amazon.com/coral/com.amazonaws.{prefix}/"
+        headers["x-amzn-ErrorType"] = (
+            f"{code}:http://internal.amazon.com/coral/com.amazonaws.{prefix}/"
+        )
         headers["Content-Type"] = "application/json"
         kind = "Service" if status >= 500 else "User"
         body = json.dumps({"Type": kind, "message": message}).encode()
@@ -441,7 +456,7 @@ def error_response(
     if service_model.service_id.hyphenize() == "dynamodb":
         headers["x-amz-crc32"] = str(zlib.crc32(body) & 0xFFFFFFFF)
     headers["Content-Length"] = str(len(body))
-    return AWSResponse(url, status, headers, _RawBody(body))
+    return AWSResponse(url, status, HTTPHeaders.from_dict(headers), _RawBody(body))
 
 
 def _operation_name(model: OperationModel) -> str:

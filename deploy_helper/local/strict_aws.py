@@ -14,9 +14,10 @@ request context; a ``before-call`` hook runs the check. A refusal uses botocore'
 ``before-call`` short-circuit: a handler that returns ``(http_response, parsed)``
 replaces the HTTP exchange, and botocore then raises ``client.exceptions.<Code>``
 (the modeled class where the service models the code) exactly as for a real response.
-The checks read state through separate plain clients (``LocalAws.admin_session`` of
-the right account), and find the caller's account with ``sts:GetCallerIdentity`` on a
-plain client with the caller's credentials (cached by access key id), so they never
+The checks read state through separate plain clients acting as the harness's
+administrator (``OrganizationAccountAccessRole``, as ``LocalAws.admin_session`` does)
+of the right account, and find the caller's account with ``sts:GetCallerIdentity`` on
+a plain client with the caller's credentials (cached by access key id), so they never
 pass through these hooks themselves.
 
 Checks and the AWS behaviour each reproduces:
@@ -34,8 +35,10 @@ Lambda ``AddPermission``
   * the policy after the change (current statements, account principals normalised to
     ``{"AWS": "arn:aws:iam::ACCOUNT:root"}`` as Lambda stores them, plus the new
     statement in Lambda's stored shape, serialised compactly) longer than 20,480 bytes
-    -> ``PolicyLengthExceededException`` 400 (Lambda quotas: function resource-based
-    policy 20 KB, not adjustable).
+    -> ``PolicyLengthExceededException`` 400, "The final policy size (N) is bigger than
+    the limit (20480)." (Lambda quotas: function resource-based policy 20 KB, not
+    adjustable). Lambda's own count is of its internal form and can come out somewhat
+    larger than this compact JSON, so code near the limit must still handle the error.
 
 Lambda ``RemovePermission``: the same model-pattern validation.
 
@@ -108,10 +111,12 @@ import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
 from deploy_helper.local.server import ADMIN_ROLE, DEFAULT_ACCOUNT, LOCAL_CONFIG
@@ -212,8 +217,16 @@ class _StrictAws:
 
     def __init__(self, local: LocalAws) -> None:
         self._local = local
-        self._lock = threading.Lock()
-        self._clients: dict[tuple[str, str, str], tuple[boto3.Session, Any]] = {}
+        self._lock = threading.RLock()
+        # One plain session for every client the checks use: it carries no hooks, and
+        # its loader reads each service model once.
+        self._plain: Any = boto3.Session(region_name="us-east-1")
+        base = local.base_session().get_credentials()
+        if base is None:
+            raise ValueError("LocalAws.base_session() has no credentials")
+        self._base_credentials: ReadOnlyCredentials = base.get_frozen_credentials()
+        self._clients: dict[tuple[str, str, str | None], Any] = {}
+        self._admin_credentials: dict[str, ReadOnlyCredentials] = {}
         self._callers: dict[str, Caller] = {}
         self._busy = threading.local()
 
@@ -235,10 +248,11 @@ class _StrictAws:
                 _remember_params,
                 unique_id=f"{_HOOK_ID}-params-{operation}",
             )
+            # A before-call handler may return a response (botocore's short-circuit);
+            # the stubs type every handler as returning None.
+            handler = cast("Callable[..., None]", self._hook(check))
             session.events.register(
-                f"before-call.{operation}",
-                self._hook(check),
-                unique_id=f"{_HOOK_ID}-check-{operation}",
+                f"before-call.{operation}", handler, unique_id=f"{_HOOK_ID}-check-{operation}"
             )
 
     def _hook(
@@ -272,21 +286,55 @@ class _StrictAws:
         return before_call
 
     # -- plain clients and identities ----------------------------------------
-    def _admin(self, service: str, account: str, region: str) -> Any:
-        """A plain (unhooked) client acting as administrator of ``account``."""
-        with self._lock:
-            session = self._local.admin_session(account)
-            key = (service, account, region)
-            cached = self._clients.get(key)
-            # LocalAws forgets its sessions on reset; follow it, except for the static
-            # default-account credentials it rebuilds on every call.
-            if cached is not None and (account == DEFAULT_ACCOUNT or cached[0] is session):
-                return cached[1]
-            client = session.client(
-                service, endpoint_url=self._local.endpoint, region_name=region, config=LOCAL_CONFIG
-            )
-            self._clients[key] = (session, client)
+    def _client(self, service: str, region: str, credentials: ReadOnlyCredentials) -> Any:
+        """A plain (unhooked) client with ``credentials``, cached by access key."""
+        key = (service, region, credentials.access_key)
+        with self._lock:  # a boto3 Session is not safe for concurrent client creation
+            client = self._clients.get(key)
+            if client is None:
+                client = self._plain.client(
+                    service,
+                    endpoint_url=self._local.endpoint,
+                    region_name=region,
+                    config=LOCAL_CONFIG,
+                    aws_access_key_id=credentials.access_key,
+                    aws_secret_access_key=credentials.secret_key,
+                    aws_session_token=credentials.token,
+                )
+                self._clients[key] = client
             return client
+
+    def _admin(self, service: str, account: str, region: str) -> Any:
+        """A plain client acting as administrator of ``account``."""
+        return self._client(service, region, self._admin_of(account))
+
+    def _admin_of(self, account: str) -> ReadOnlyCredentials:
+        """Credentials of the harness's administrator role in ``account``.
+
+        Kept across calls, but checked each time: after ``LocalAws.reset`` moto has
+        forgotten the key and would silently route it to its default account.
+        """
+        if account == DEFAULT_ACCOUNT:
+            return self._base_credentials
+        with self._lock:
+            cached = self._admin_credentials.get(account)
+        if cached is not None:
+            identity = self._client("sts", "us-east-1", cached).get_caller_identity()
+            if identity["Account"] == account:
+                return cached
+            with self._lock:
+                for key in [k for k in self._clients if k[2] == cached.access_key]:
+                    del self._clients[key]
+        sts = self._client("sts", "us-east-1", self._base_credentials)
+        issued = sts.assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/{ADMIN_ROLE}", RoleSessionName="strict-aws"
+        )["Credentials"]
+        fresh = ReadOnlyCredentials(
+            issued["AccessKeyId"], issued["SecretAccessKey"], issued["SessionToken"]
+        )
+        with self._lock:
+            self._admin_credentials[account] = fresh
+        return fresh
 
     def _identify(self, request_signer: Any) -> Caller | None:
         auth = request_signer.get_auth_instance(
@@ -299,13 +347,8 @@ class _StrictAws:
             cached = self._callers.get(credentials.access_key)
         if cached is not None:
             return cached
-        plain = boto3.Session(
-            aws_access_key_id=credentials.access_key,
-            aws_secret_access_key=credentials.secret_key,
-            aws_session_token=credentials.token,
-            region_name=request_signer.region_name,
-        ).client("sts", endpoint_url=self._local.endpoint, config=LOCAL_CONFIG)
-        identity = plain.get_caller_identity()
+        sts = self._client("sts", request_signer.region_name, credentials)
+        identity = sts.get_caller_identity()
         caller = Caller(account=identity["Account"], arn=identity["Arn"])
         with self._lock:
             self._callers[credentials.access_key] = caller
@@ -729,7 +772,8 @@ def _grant_identity(grant: dict[str, Any]) -> tuple[Any, ...]:
 def _validate_patterns(model: OperationModel, params: dict[str, Any], *, code: str) -> None:
     """Refuse string parameters that do not match their pattern in the API model."""
     problems = []
-    for name, shape in model.input_shape.members.items():
+    members = model.input_shape.members if model.input_shape is not None else {}
+    for name, shape in members.items():
         value = params.get(name)
         pattern = shape.metadata.get("pattern")
         if not isinstance(value, str) or not pattern:
@@ -782,7 +826,8 @@ def _response(
         "HTTPHeaders": dict(headers),
         "RetryAttempts": 0,
     }
-    return AWSResponse(call.url, status, headers, _RawBody(content)), parsed
+    response = AWSResponse(call.url, status, HTTPHeaders.from_dict(headers), _RawBody(content))
+    return response, parsed
 
 
 # -- small helpers ------------------------------------------------------------
