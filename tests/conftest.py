@@ -18,7 +18,7 @@ import pytest
 from deploy_helper import handler
 from deploy_helper.local import scenario as seed
 from deploy_helper.local import strict_aws
-from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION, LocalAws
+from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION, LocalAws, shared_session
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -83,7 +83,7 @@ class AwsCallLog:
         with self._lock:
             known = self._accounts.get(credentials.access_key)
         if known is None:
-            sts = boto3.Session(
+            sts = shared_session(
                 aws_access_key_id=credentials.access_key,
                 aws_secret_access_key=credentials.secret_key,
                 aws_session_token=credentials.token,
@@ -132,7 +132,7 @@ def broker_exec_session(local: LocalAws) -> boto3.Session:
     """A session acting as the broker's execution role (what Lambda gives the function)."""
     sts = local.base_session().client("sts", endpoint_url=local.endpoint, config=LOCAL_CONFIG)
     creds = sts.assume_role(RoleArn=seed.BROKER_EXEC_ROLE, RoleSessionName="deploy-helper-broker")["Credentials"]
-    return boto3.Session(
+    return shared_session(
         aws_access_key_id=creds["AccessKeyId"],
         aws_secret_access_key=creds["SecretAccessKey"],
         aws_session_token=creds["SessionToken"],

@@ -22,10 +22,7 @@ ROLE = f"arn:aws:iam::{ACCOUNT}:role/deploy"
 FUNCTION = "arn:aws:lambda:us-east-1:222222222222:function:token-authorizer"
 KEY = "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 SOURCE = f"arn:aws:execute-api:us-east-1:{ACCOUNT}:a1b2c3d4e5/authorizers/*"
-STACK = (
-    "arn:aws:cloudformation:eu-west-1:123456789012:stack/service-a/"
-    "51af3dc0-da77-11e4-872e-1234567db123"
-)
+STACK = "arn:aws:cloudformation:eu-west-1:123456789012:stack/service-a/51af3dc0-da77-11e4-872e-1234567db123"
 
 #: Characters that could end a JSON string, open a structure, start a new line or
 #: widen a match, plus lookalikes outside ASCII.

@@ -253,9 +253,7 @@ def test_no_rules_at_all_denies_everything() -> None:
         ),
     ],
 )
-def test_refusal_names_rule_and_check(
-    rules: RuleSet, grant: Any, rule: str, check: str, detail: str
-) -> None:
+def test_refusal_names_rule_and_check(rules: RuleSet, grant: Any, rule: str, check: str, detail: str) -> None:
     error = denied(rules, grant())
     assert (error.rule_id, error.check) == (rule, check)
     assert error.message.startswith(f"rule {rule!r} refused the grant: {check}: ")
@@ -288,9 +286,7 @@ def test_organization_principal_needs_a_rule_that_allows_it(rules: RuleSet) -> N
         (lambda: key(OUTSIDE), "guardrail-foreign-principal"),
         (lambda: authorizer(OUTSIDE), "guardrail-foreign-source"),
         (
-            lambda: authorizer(
-                SVC_A, source_arn=f"arn:aws:execute-api:us-east-1:{OUTSIDE}:abc123/authorizers/*"
-            ),
+            lambda: authorizer(SVC_A, source_arn=f"arn:aws:execute-api:us-east-1:{OUTSIDE}:abc123/authorizers/*"),
             "guardrail-foreign-source",
         ),
         (lambda: bucket(account=OUTSIDE), "guardrail-target-account"),
@@ -374,9 +370,7 @@ def test_unbound_service_principal_guardrail_backs_up_the_model(rules: RuleSet) 
     role=st.from_regex(r"\A[A-Za-z0-9+=,.@_-]{1,20}\Z"),
     which=st.sampled_from(["bucket-role", "bucket-account", "key-role", "key-account", "source"]),
 )
-def test_a_principal_is_allowed_exactly_when_its_account_is_registered(
-    account: str, role: str, which: str
-) -> None:
+def test_a_principal_is_allowed_exactly_when_its_account_is_registered(account: str, role: str, which: str) -> None:
     """Even with rules that allow every principal, the registered accounts are the fence."""
     wide = copy.deepcopy(RULES)
     for rule in wide["rules"]:
@@ -388,9 +382,7 @@ def test_a_principal_is_allowed_exactly_when_its_account_is_registered(
             }
             if rule["kind"] != "lambda-invoke"
             else {
-                "services": [
-                    {"service": "apigateway.amazonaws.com", "source_accounts": ["organization"]}
-                ],
+                "services": [{"service": "apigateway.amazonaws.com", "source_accounts": ["organization"]}],
                 "accounts": ["organization"],
             }
         )
@@ -453,29 +445,23 @@ def _invalid(change: Any) -> str:
 
 def test_rule_file_checks() -> None:
     assert "unique" in _invalid(lambda d: d["rules"].append(copy.deepcopy(d["rules"][0])))
-    assert "unknown account name" in _invalid(
-        lambda d: d["rules"][2]["principals"].update(role_accounts=["nobody"])
-    )
+    assert "unknown account name" in _invalid(lambda d: d["rules"][2]["principals"].update(role_accounts=["nobody"]))
     assert "not registered" in _invalid(lambda d: d["rules"][2].update(target_accounts=[OUTSIDE]))
     assert "unknown kind" in _invalid(lambda d: d["rules"][0].update(kind="ecr-pull"))
-    assert "not a lambda ARN pattern" in _invalid(
-        lambda d: d["rules"][0].update(targets=["arn:aws:s3:::x"])
-    )
+    assert "not a lambda ARN pattern" in _invalid(lambda d: d["rules"][0].update(targets=["arn:aws:s3:::x"]))
     assert "access levels" in _invalid(lambda d: d["rules"][2].update(access=[]))
     assert "target_accounts" in _invalid(lambda d: d["rules"][2].update(target_accounts=[]))
     assert "access applies" in _invalid(lambda d: d["rules"][3].update(access=["read"]))
     assert "operations" in _invalid(lambda d: d["rules"][3].update(operations=[]))
     assert "operations apply" in _invalid(lambda d: d["rules"][2].update(operations=["Decrypt"]))
     assert "role_accounts" in _invalid(lambda d: d["rules"][2]["principals"].pop("role_accounts"))
-    assert "lambda-invoke rules only" in _invalid(
-        lambda d: d["rules"][2]["principals"].update(organization=True)
-    )
+    assert "lambda-invoke rules only" in _invalid(lambda d: d["rules"][2]["principals"].update(organization=True))
     assert "organization.id" in _invalid(lambda d: d["organization"].pop("id"))
     # free-form actions or unknown operations are not expressible
     assert "Extra inputs" in _invalid(lambda d: d["rules"][2].update(actions=["s3:*"]))
-    assert "literal_error" in _invalid(
-        lambda d: d["rules"][3].update(operations=["CreateGrant"])
-    ) or ("Input should be" in _invalid(lambda d: d["rules"][3].update(operations=["CreateGrant"])))
+    assert "literal_error" in _invalid(lambda d: d["rules"][3].update(operations=["CreateGrant"])) or (
+        "Input should be" in _invalid(lambda d: d["rules"][3].update(operations=["CreateGrant"]))
+    )
     assert "is not an ARN pattern" in _invalid(
         lambda d: d["rules"][0].update(targets=['arn:aws:lambda:*:*:function:"x"'])
     )

@@ -305,26 +305,17 @@ def test_nesting_scan_ignores_brackets_inside_strings() -> None:
 
 # -- properties ------------------------------------------------------------------
 
-json_leaf = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
-    | st.text(max_size=20)
-)
+json_leaf = st.none() | st.booleans() | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1) | st.text(max_size=20)
 json_values = st.recursive(
     json_leaf,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
 
 
 @settings(max_examples=60, deadline=None)
 @given(payload=st.dictionaries(st.text(max_size=8), json_values, max_size=5))
-def test_any_payload_round_trips_and_verifies(
-    ed_key: Ed25519PrivateKey, payload: dict[str, Any]
-) -> None:
+def test_any_payload_round_trips_and_verifies(ed_key: Ed25519PrivateKey, payload: dict[str, Any]) -> None:
     envelope = _sealed(ed_key, payload=payload)
     raw, body = parse_signed_text(envelope["signed"])
     assert body["payload"] == payload
