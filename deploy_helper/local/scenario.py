@@ -78,10 +78,17 @@ class Scenario:
     key_arn: str
     config: BrokerConfig
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Service accounts added by ``build_scaled`` (name -> account id), beyond ``ACCOUNTS``.
+    scaled: dict[str, str] = field(default_factory=dict)
 
     @property
     def accounts(self) -> dict[str, str]:
-        return ACCOUNTS
+        return {**ACCOUNTS, **self.scaled} if self.scaled else ACCOUNTS
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The service accounts' names: the seed's two, or those of ``build_scaled``."""
+        return tuple(self.scaled) if self.scaled else SERVICE_ACCOUNTS
 
     def broker(self, session: boto3.Session | None = None, **kwargs: Any) -> Broker:
         from deploy_helper.broker import Broker
@@ -102,7 +109,7 @@ class Scenario:
 
     # -- the grants of the seed scenario ---------------------------------
     def authorizer_grant(self, service: str) -> dict[str, Any]:
-        account = ACCOUNTS[service]
+        account = self.accounts[service]
         return {
             "kind": "lambda-invoke",
             "function": self.authorizer_arn,
@@ -118,6 +125,20 @@ class Scenario:
             "account": ACCOUNTS["tooling"],
             "principal": self.deploy_roles[service],
             "access": access,
+        }
+
+    def service_bucket(self, service: str) -> str:
+        """A scaled service account's own artifact bucket (``build_scaled``)."""
+        return f"dh-artifacts-{self.accounts[service]}"
+
+    def service_bucket_grant(self, service: str, tooling_role: str = "pipeline") -> dict[str, Any]:
+        """A tooling role's access to a scaled service account's own artifact bucket."""
+        return {
+            "kind": "bucket-access",
+            "bucket": self.service_bucket(service),
+            "account": self.accounts[service],
+            "principal": f"arn:aws:iam::{ACCOUNTS['tooling']}:role/{tooling_role}",
+            "access": TOOLING_ROLES[tooling_role],
         }
 
     def key_grant(self, service: str, operations: list[str] | None = None) -> dict[str, Any]:
@@ -444,3 +465,130 @@ def build(
         config=config,
         extra={"nonce": secrets.token_hex(2)},
     )
+
+
+#: The tooling roles that get access to each scaled service account's own artifact bucket.
+TOOLING_ROLES = {"pipeline": "read-write", "builder": "read"}
+#: The first account id of ``build_scaled``'s service accounts (``svc-000`` …).
+SCALED_FIRST_ACCOUNT = 500000000000
+
+
+def scaled_name(index: int) -> str:
+    return f"svc-{index:03d}"
+
+
+def build_scaled(
+    local: LocalAws,
+    workdir: Path,
+    n_services: int,
+    *,
+    compaction: list[str] | None = None,
+    **kwargs: Any,
+) -> Scenario:
+    """The seed scenario at scale: ``n_services`` service accounts instead of the seed's two.
+
+    Each scaled service account (``svc-000`` = 500000000000, …) has a broker role, a
+    ``deploy`` role, an API, and its own artifact bucket ``dh-artifacts-<account>``
+    (with a foreign statement). The tooling account gains a ``builder`` role next to
+    ``pipeline``. The rules are the seed's, widened to the scaled accounts, plus
+    ``service-artifacts``: tooling roles may access each service's own artifact bucket
+    (``pipeline`` read-write, ``builder`` read). ``compaction`` is written into the
+    bucket-access rules (e.g. ``["merge-principals"]``).
+    """
+    scenario = build(local, workdir, **kwargs)
+    tooling = ACCOUNTS["tooling"]
+    _role(local, tooling, "builder")
+    names = {scaled_name(i): str(SCALED_FIRST_ACCOUNT + i) for i in range(n_services)}
+    # One client per service for every account: moto routes a request to the account in
+    # its ``x-moto-account-id`` header (an admin of that account, as local.client is),
+    # which spares a client and an AssumeRole per account.
+    from deploy_helper.local.server import LOCAL_CONFIG
+
+    current: dict[str, str] = {}
+
+    def route(request: Any, **_: Any) -> None:
+        request.headers["x-moto-account-id"] = current["account"]
+
+    base = local.base_session()
+    base.events.register("before-sign", route)
+    shared = {
+        svc: base.client(svc, endpoint_url=local.endpoint, region_name=LOCAL_REGION, config=LOCAL_CONFIG)  # type: ignore[call-overload]
+        for svc in ("iam", "apigateway", "s3")
+    }
+    for name, account in names.items():
+        current["account"] = account
+
+        def client(service: str) -> Any:
+            return shared[service]
+
+        iam = client("iam")
+        iam.create_role(
+            RoleName="deploy-helper-broker",
+            AssumeRolePolicyDocument=json.dumps(_trust_policy(EXTERNAL_ID)),
+            MaxSessionDuration=3600,
+            Tags=[{"Key": "deploy-helper:bootstrap-version", "Value": "1"}],
+        )
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{tooling}:root"}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        scenario.deploy_roles[name] = str(
+            iam.create_role(RoleName="deploy", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        )
+        scenario.api_ids[name] = client("apigateway").create_rest_api(name=f"{name}-api")["id"]
+        bucket = f"dh-artifacts-{account}"
+        s3 = client("s3")
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(_foreign_bucket_policy(bucket)))
+    scenario.scaled = names
+    _scale_rules(scenario.policies_dir / "rules.yaml", names, compaction)
+    return scenario
+
+
+def _foreign_bucket_policy(bucket: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": FOREIGN_SID,
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }
+
+
+def _scale_rules(path: Path, names: dict[str, str], compaction: list[str] | None) -> None:
+    rules = yaml.safe_load(path.read_text())
+    rules["organization"]["accounts"].update(names)
+    services = list(SERVICE_ACCOUNTS) + list(names)
+    by_id = {r["id"]: r for r in rules["rules"]}
+    by_id["authorizer-invoke"]["principals"]["services"][0]["source_accounts"] = services
+    by_id["artifact-read"]["principals"]["role_accounts"] = services
+    by_id["artifact-decrypt"]["principals"]["role_accounts"] = services
+    tooling = ACCOUNTS["tooling"]
+    rules["rules"].append(
+        {
+            "id": "service-artifacts",
+            "description": "tooling roles reach each service account's own artifact bucket",
+            "callers": [CALLER],
+            "kind": "bucket-access",
+            "targets": ["arn:aws:s3:::dh-artifacts-*"],
+            "target_accounts": list(names),
+            "principals": {
+                "roles": [f"arn:aws:iam::{tooling}:role/{role}" for role in TOOLING_ROLES],
+                "role_accounts": ["tooling"],
+            },
+            "access": sorted(set(TOOLING_ROLES.values())),
+        }
+    )
+    if compaction:
+        for rule in rules["rules"]:
+            if rule["kind"] == "bucket-access":
+                rule["compaction"] = list(compaction)
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
