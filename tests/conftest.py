@@ -68,9 +68,24 @@ class AwsCallLog:
         self._accounts: dict[str, str] = {}
         self._lock = threading.Lock()
 
+    #: Operations strict_aws may answer itself: its before-call hook ends the chain, so
+    #: the caller's credentials are taken by a hook on the same event, installed first.
+    _ANSWERED = (
+        "sts.AssumeRole",
+        "lambda.AddPermission",
+        "lambda.RemovePermission",
+        "s3.PutBucketPolicy",
+        "kms.CreateGrant",
+        "kms.PutKeyPolicy",
+        "kms.CreateKey",
+        "kms.RetireGrant",
+    )
+
     def install(self, session: boto3.Session) -> None:
-        session.events.register("before-call", self._remember, unique_id="tests-aws-call-log-b")
-        session.events.register("after-call", self._record, unique_id="tests-aws-call-log-a")
+        """Install on ``session`` before strict_aws and fault injection."""
+        for event in ("before-call", *(f"before-call.{op}" for op in self._ANSWERED)):
+            session.events.register(event, self._remember, unique_id=f"tests-aws-call-log-{event}")
+        session.events.register("after-call", self._record, unique_id="tests-aws-call-log-after")
 
     def _remember(self, request_signer: Any, context: dict[str, Any], **_: Any) -> None:
         credentials = getattr(request_signer, "_credentials", None)
@@ -149,8 +164,8 @@ def strict_session(scenario: seed.Scenario, aws_calls: AwsCallLog) -> boto3.Sess
     policy, ExternalId, SourceIdentity and session tags as STS does.
     """
     session = broker_exec_session(scenario.local)
-    strict_aws.install(session, scenario.local)
     aws_calls.install(session)
+    strict_aws.install(session, scenario.local)
     return session
 
 
