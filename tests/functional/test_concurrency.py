@@ -60,8 +60,11 @@ def _send_all(sc: seed.Scenario, brokers: list[Broker], grants: list[dict[str, A
 
 def test_concurrent_requests_keep_every_grant(scaled: seed.Scenario) -> None:
     sc = scaled
-    brokers = [sc.broker() for _ in range(BROKERS)]
-    assert all(isinstance(b.locks, DynamoLocks) for b in brokers)
+    # The scenario's lease table; waiters may wait longer than the default 60 s, as 50
+    # holders in a row on a busy machine can take that long (a lease still expires
+    # after 60 s, so a crashed holder blocks nobody for longer).
+    ddb = sc.local.client("dynamodb")
+    brokers = [sc.broker(locks=DynamoLocks(ddb, seed.TABLES["lock"], wait_seconds=300)) for _ in range(BROKERS)]
     bucket_grants = [sc.bucket_grant(s) for s in sc.services]
     function_grants = [sc.authorizer_grant(s) for s in sc.services]
     grants = [g for pair in zip(bucket_grants, function_grants, strict=True) for g in pair]
