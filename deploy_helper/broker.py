@@ -7,6 +7,11 @@ resource: one AssumeRole per account, one read per resource, and the writes
 the plan needs; accounts are worked on concurrently (bounded), so one target
 account that fails does not stop the others.
 
+Deadline: ``handle``/``execute`` take ``remaining_ms`` (the Lambda context's
+``get_remaining_time_in_millis``). Once less than ``DEADLINE_RESERVE_MS`` is
+left, no new resource is started; its grants are reported ``failed`` with
+``NOT_ATTEMPTED`` and re-sending the same request finishes only what is left.
+
 Fail closed: a change is sent to AWS only after its intent entry is in the
 ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
@@ -15,6 +20,7 @@ says so and nothing is changed.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +54,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Time kept back to record outcomes and answer when the Lambda's time runs out.
+DEADLINE_RESERVE_MS = 10_000
+NOT_ATTEMPTED = "not attempted before the deadline; re-send the request"
+#: Resources of one target account worked on at once (each under its own lock, if any).
+RESOURCE_WORKERS = 4
+
 #: Target-account calls: adaptive client-side rate limiting and jittered exponential backoff.
 TARGET_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
 
@@ -73,6 +85,7 @@ class Broker:
         self.rules = rules
         self.sessions = sessions
         self.ledger = ledger
+        self._group = GroupCommit(ledger)
         self.locks = locks or NoLock()
         self.clock = clock
         self.authenticator = Authenticator(
@@ -141,8 +154,12 @@ class Broker:
         )
 
     # -- entry ------------------------------------------------------------
-    def handle(self, event: Any) -> BrokerResponse:
-        """Process one signed request; never raises for anything in ``event``."""
+    def handle(self, event: Any, remaining_ms: Callable[[], int] | None = None) -> BrokerResponse:
+        """Process one signed request; never raises for anything in ``event``.
+
+        ``remaining_ms`` (the Lambda context's ``get_remaining_time_in_millis``) bounds
+        the work started: see ``DEADLINE_RESERVE_MS``.
+        """
         claimed: dict[str, Any] = {}
         try:
             envelope = parse_envelope(event)
@@ -161,7 +178,7 @@ class Broker:
                 RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed
             )
         try:
-            response = self.execute(auth, payload)
+            response = self.execute(auth, payload, remaining_ms=remaining_ms)
             self._maybe_checkpoint()
             return response
         except LedgerError as exc:
@@ -186,7 +203,7 @@ class Broker:
     def _refuse(self, exc: BrokerError, claimed: dict[str, Any]) -> BrokerResponse:
         logger.info("request refused", extra={"code": exc.code, "claimed_caller": claimed.get("caller")})
         try:
-            self.ledger.append_many([entries.refusal(self.clock(), code=exc.code, reason=exc.message, claimed=claimed)])
+            self._group.append_many([entries.refusal(self.clock(), code=exc.code, reason=exc.message, claimed=claimed)])
         except LedgerError:
             logger.exception("could not record a refusal in the ledger")
         return BrokerResponse(
@@ -194,8 +211,14 @@ class Broker:
         )
 
     # -- execution ----------------------------------------------------------
-    def execute(self, auth: Identity, payload: RequestPayload) -> BrokerResponse:
+    def execute(
+        self, auth: Identity, payload: RequestPayload, *, remaining_ms: Callable[[], int] | None = None
+    ) -> BrokerResponse:
         """Authorize, plan and (unless dry run) apply the grants of an authenticated request."""
+
+        def out_of_time() -> bool:
+            return remaining_ms is not None and remaining_ms() < DEADLINE_RESERVE_MS
+
         request = entries.request_fields(auth, payload)
         results: list[GrantResult | None] = [None] * len(payload.grants)
         denied_entries: list[tuple[int, dict[str, Any]]] = []
@@ -226,14 +249,16 @@ class Broker:
             key = (spec.kind, kind.resource(spec), kind.region(spec))
             groups[kind.target_account(spec)][key].append((index, spec, allowed.rule_id))
         if denied_entries:
-            ids = self.ledger.append_many([e for _, e in denied_entries])
+            ids = self._group.append_many([e for _, e in denied_entries])
             for (index, _), entry_id in zip(denied_entries, ids, strict=True):
                 result = results[index]
                 assert result is not None
                 result.ledger_entry = entry_id
 
         def run_account(account: str) -> list[GrantResult]:
-            return self._run_account(auth, payload, request, account, groups[account])
+            if out_of_time():
+                return self._fail_all(request, [i for g in groups[account].values() for i in g], NOT_ATTEMPTED)
+            return self._run_account(auth, payload, request, account, groups[account], out_of_time)
 
         workers = max(1, min(self.config.max_workers, len(groups)))
         if workers == 1:
@@ -261,26 +286,35 @@ class Broker:
         request: dict[str, Any],
         account: str,
         resources: dict[tuple[str, str, str | None], list[tuple[int, GrantSpec, str]]],
+        out_of_time: Callable[[], bool] = lambda: False,
     ) -> list[GrantResult]:
         try:
             clients = self.sessions.for_account(account, payload.request_id)
         except BrokerError as exc:
             items = [item for group in resources.values() for item in group]
             return self._fail_all(request, items, exc.message)
-        out: list[GrantResult] = []
-        for (_kind, resource, region), items in resources.items():
+
+        def run(key: tuple[str, str, str | None]) -> list[GrantResult]:
+            _kind, resource, region = key
+            items = resources[key]
+            if out_of_time():
+                return self._fail_all(request, items, NOT_ATTEMPTED)
             try:
-                out.extend(self._run_resource(payload, request, clients, resource, region, items))
+                return self._run_resource(payload, request, clients, resource, region, items)
             except LedgerError:
                 raise
             except (BrokerError, ClientError, BotoCoreError) as exc:
-                out.extend(self._fail_all(request, items, _describe(exc)))
+                return self._fail_all(request, items, _describe(exc))
             except Exception as exc:
                 logger.exception("unexpected error on %s", resource)
-                out.extend(
-                    self._fail_all(request, items, f"internal error ({type(exc).__name__}); see the broker's log")
-                )
-        return out
+                return self._fail_all(request, items, f"internal error ({type(exc).__name__}); see the broker's log")
+
+        keys = list(resources)
+        if len(keys) == 1:
+            return run(keys[0])
+        # Independent resources of one account (a bucket and a key, say) overlap.
+        with ThreadPoolExecutor(max_workers=min(RESOURCE_WORKERS, len(keys)), thread_name_prefix="resource") as pool:
+            return [result for batch in pool.map(run, keys) for result in batch]
 
     def _run_resource(
         self,
@@ -334,7 +368,7 @@ class Broker:
                 for p in changing
             ]
             try:
-                ids = self.ledger.append_many(settled_entries + intent_entries)
+                ids = self._group.append_many(settled_entries + intent_entries)
             except LedgerError as exc:
                 msg = f"{exc.message}; no change was made"
                 return [
@@ -370,7 +404,7 @@ class Broker:
                     )
                 )
             try:
-                outcome_ids = self.ledger.append_many(outcome_entries)
+                outcome_ids = self._group.append_many(outcome_entries)
             except LedgerError:
                 # The change is made; its intent is recorded and `ledger verify` reports the
                 # missing outcome until a re-run of the same request records it.
@@ -414,7 +448,7 @@ class Broker:
             result = self._result(index_of[id(p.spec)], p.spec, decision, p.reason, rule_of[id(p.spec)])  # type: ignore[arg-type]
             result.diff = diff or None
             results.append(result)
-        for result, entry_id in zip(results, self.ledger.append_many(plan_entries), strict=True):
+        for result, entry_id in zip(results, self._group.append_many(plan_entries), strict=True):
             result.ledger_entry = entry_id
         return results
 
@@ -427,7 +461,7 @@ class Broker:
             for _, spec, rule in items
         ]
         try:
-            for result, entry_id in zip(results, self.ledger.append_many(fail_entries), strict=True):
+            for result, entry_id in zip(results, self._group.append_many(fail_entries), strict=True):
                 result.ledger_entry = entry_id
         except LedgerError:
             logger.exception("could not record failures in the ledger")
@@ -455,6 +489,73 @@ class Broker:
             reason=reason,
             ledger_entry=entry_id,
         )
+
+
+class _Pending:
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries
+        self.ids: list[str] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class GroupCommit:
+    """Coalesces concurrent ``append_many`` calls into as few ledger appends as possible.
+
+    Many resources finish their reads (and later their writes) at about the same time;
+    appending each one's intents separately costs one ledger transaction per resource,
+    serialized by the ledger's hash chain. Here the first caller becomes the leader and
+    appends everything queued meanwhile in one call, up to ``max_batch`` entries (one
+    DynamoDB transaction), each caller's entries contiguous and in order; callers get
+    their own ids, or the ledger's error (then none of their entries were written,
+    unless a single caller alone has more than ``max_batch``, as with the ledger itself).
+    """
+
+    def __init__(self, ledger: Ledger, max_batch: int = 99) -> None:
+        self._ledger = ledger
+        self._max = max_batch
+        self._lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._leading = False
+
+    def append_many(self, entries: list[dict[str, Any]]) -> list[str]:
+        if not entries:
+            return []
+        mine = _Pending(entries)
+        with self._lock:
+            self._queue.append(mine)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._drain()
+        mine.done.wait()
+        if mine.error is not None:
+            raise mine.error
+        return mine.ids
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._leading = False
+                    return
+                batch, size = [], 0
+                while self._queue and (not batch or size + len(self._queue[0].entries) <= self._max):
+                    pending = self._queue.pop(0)
+                    batch.append(pending)
+                    size += len(pending.entries)
+            try:
+                ids = self._ledger.append_many([e for p in batch for e in p.entries])
+            except BaseException as exc:  # handed to every caller of the batch
+                for p in batch:
+                    p.error = exc
+                    p.done.set()
+                continue
+            start = 0
+            for p in batch:
+                p.ids = ids[start : start + len(p.entries)]
+                start += len(p.entries)
+                p.done.set()
 
 
 def _describe(exc: BaseException) -> str:

@@ -69,5 +69,6 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         from deploy_helper.function_url import handle_function_url
 
         return handle_function_url(event, broker)
-    response = broker.handle(event)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    response = broker.handle(event, remaining_ms=remaining if callable(remaining) else None)
     return response.model_dump(mode="json", exclude_none=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from botocore.exceptions import ClientError
 from pydantic import Field, field_validator
 
-from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan
+from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
 from deploy_helper.identifiers import KMS_KEY_ARN_RE, AccountId, KmsKeyArn, RoleArn
 
 if TYPE_CHECKING:
@@ -141,20 +141,29 @@ class KmsGrant(GrantKind[KmsGrantSpec]):
         return ResourcePlan(resource, before, after, plans, writes, state)
 
     def write(self, client: Any, plan: ResourcePlan) -> None:
-        for op, value in plan.writes:
-            if op == "create":
-                client.create_grant(
-                    KeyId=plan.resource,
-                    GranteePrincipal=self.grantee_principal(value),
-                    Operations=list(value.operations),
-                    Name=self.grant_id(value),
-                )
-            else:
-                try:
-                    client.revoke_grant(KeyId=plan.resource, GrantId=value)
-                except ClientError as exc:
-                    if exc.response["Error"]["Code"] != "NotFoundException":
-                        raise
+        """One call per grant; grants are separate objects on the key, so calls run concurrently."""
+
+        def create(spec: KmsGrantSpec) -> None:
+            client.create_grant(
+                KeyId=plan.resource,
+                GranteePrincipal=self.grantee_principal(spec),
+                Operations=list(spec.operations),
+                Name=self.grant_id(spec),
+            )
+
+        def revoke(grant_id: str) -> None:
+            try:
+                client.revoke_grant(KeyId=plan.resource, GrantId=grant_id)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "NotFoundException":
+                    raise
+
+        in_parallel(
+            [
+                (lambda v=value: create(v)) if op == "create" else (lambda v=value: revoke(v))
+                for op, value in plan.writes
+            ]
+        )
 
     def present(self, state: list[dict[str, Any]], spec: KmsGrantSpec) -> bool:
         name = self.grant_id(spec)
@@ -170,7 +179,11 @@ def _summary(grants: Any) -> list[dict[str, Any]]:
     """The broker's grants on a key, in a stable order, for digests and diffs."""
     return sorted(
         (
-            {"Name": g["Name"], "GranteePrincipal": g.get("GranteePrincipal"), "Operations": sorted(g.get("Operations", []))}
+            {
+                "Name": g["Name"],
+                "GranteePrincipal": g.get("GranteePrincipal"),
+                "Operations": sorted(g.get("Operations", [])),
+            }
             for g in grants
         ),
         key=lambda g: (g["Name"], g["GranteePrincipal"] or "", g["Operations"]),

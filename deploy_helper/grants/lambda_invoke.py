@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from pydantic import model_validator
 
 from deploy_helper.exceptions import PolicySizeError
-from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan
+from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
 from deploy_helper.identifiers import (
     ACCOUNT_RE,
     LAMBDA_ARN_RE,
@@ -166,11 +166,16 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
                 size = compact_size({**after, "Statement": [_as_lambda_stores(s) for s in candidate]})
                 if size > LAMBDA_POLICY_LIMIT:
                     plans.append(
-                        ItemPlan(spec, operation, "failed", PolicySizeError(
-                            f"the function policy of {resource} would grow to {size} bytes, over Lambda's "
-                            f"{LAMBDA_POLICY_LIMIT}-byte limit; bind principals by organization "
-                            "(principal_org_id) or remove unused permissions"
-                        ).message)
+                        ItemPlan(
+                            spec,
+                            operation,
+                            "failed",
+                            PolicySizeError(
+                                f"the function policy of {resource} would grow to {size} bytes, over Lambda's "
+                                f"{LAMBDA_POLICY_LIMIT}-byte limit; bind principals by organization "
+                                "(principal_org_id) or remove unused permissions"
+                            ).message,
+                        )
                     )
                     continue
                 if current is not None:
@@ -188,31 +193,47 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         return ResourcePlan(resource, before, after, plans, writes, state)
 
     def write(self, client: Any, plan: ResourcePlan) -> None:
+        """One call per permission; permissions with different ids are sent concurrently.
+
+        Each AddPermission/RemovePermission is atomic in Lambda, so concurrent calls
+        cannot lose a statement; the calls for one statement id (remove, then add)
+        stay in order.
+        """
         name, qualifier = _name_and_qualifier(plan.resource)
+        by_sid: dict[str, list[tuple[str, LambdaInvokeGrant]]] = {}
         for op, spec in plan.writes:
-            base: dict[str, Any] = {"FunctionName": name, "StatementId": self.grant_id(spec)}
-            if qualifier:
-                base["Qualifier"] = qualifier
-            if op == "remove":
-                try:
-                    client.remove_permission(**base)
-                except ClientError as exc:
-                    if exc.response["Error"]["Code"] != "ResourceNotFoundException":
-                        raise
-                continue
-            kwargs = {**base, "Action": INVOKE_ACTION, "Principal": spec.principal}
-            if spec.source_arn:
-                kwargs["SourceArn"] = spec.source_arn
-            if spec.source_account:
-                kwargs["SourceAccount"] = spec.source_account
-            if spec.principal_org_id:
-                kwargs["PrincipalOrgID"] = spec.principal_org_id
+            by_sid.setdefault(self.grant_id(spec), []).append((op, spec))
+
+        def send(ops: list[tuple[str, LambdaInvokeGrant]]) -> None:
+            for op, spec in ops:
+                self._send(client, name, qualifier, op, spec)
+
+        in_parallel([lambda ops=ops: send(ops) for ops in by_sid.values()])
+
+    def _send(self, client: Any, name: str, qualifier: str | None, op: str, spec: LambdaInvokeGrant) -> None:
+        base: dict[str, Any] = {"FunctionName": name, "StatementId": self.grant_id(spec)}
+        if qualifier:
+            base["Qualifier"] = qualifier
+        if op == "remove":
             try:
-                client.add_permission(**kwargs)
+                client.remove_permission(**base)
             except ClientError as exc:
-                # A concurrent request added the same statement first: same Sid, same content.
-                if exc.response["Error"]["Code"] != "ResourceConflictException":
+                if exc.response["Error"]["Code"] != "ResourceNotFoundException":
                     raise
+            return
+        kwargs = {**base, "Action": INVOKE_ACTION, "Principal": spec.principal}
+        if spec.source_arn:
+            kwargs["SourceArn"] = spec.source_arn
+        if spec.source_account:
+            kwargs["SourceAccount"] = spec.source_account
+        if spec.principal_org_id:
+            kwargs["PrincipalOrgID"] = spec.principal_org_id
+        try:
+            client.add_permission(**kwargs)
+        except ClientError as exc:
+            # A concurrent request added the same statement first: same Sid, same content.
+            if exc.response["Error"]["Code"] != "ResourceConflictException":
+                raise
 
     def present(self, state: dict[str, Any], spec: LambdaInvokeGrant) -> bool:
         current = find_statement(state, self.grant_id(spec))
