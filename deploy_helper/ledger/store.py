@@ -5,14 +5,14 @@ default), sort key ``seq`` (1, 2, 3, ...). Each item holds ``body``, the exact
 RFC 8785 canonical bytes of the entry (which include its ``seq`` and the
 ``prev`` hash), and ``hash`` = SHA-256 of ``body``.
 
-Appending entry *n* is one ``TransactWriteItems``: a ``ConditionCheck`` that
-entry *n-1* exists with the hash we chained to, and a ``Put`` of *n* (and of
-up to 98 more entries) with ``attribute_not_exists(seq)``. So two writers can
-never both write *n* (no fork), nobody can write *n+1* before *n* (no gap),
-and no entry is ever overwritten. The broker needs only ``PutItem``,
-``ConditionCheckItem``, ``GetItem`` and ``Query`` on the table — never
-``UpdateItem`` or ``DeleteItem``. A writer that loses a race re-reads the head
-and retries with jittered backoff, within a bounded number of attempts.
+Appending entry *n* is a ``PutItem`` conditioned on ``attribute_not_exists(seq)``
+(a batch of entries is one ``TransactWriteItems`` of such puts). Two writers
+can never both write *n*: no fork, no overwrite. A writer chains *n* to the
+hash of *n-1*, which it has read; since the broker can neither update nor
+delete entries (its role has no ``UpdateItem``/``DeleteItem`` on the table),
+*n-1* exists and never changes, so no gap can be written either. A writer that
+loses a race re-reads the head and retries with jittered exponential backoff,
+within a bounded number of attempts.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from deploy_helper.exceptions import LedgerError
 
 GENESIS = "0" * 64
-MAX_PER_TRANSACTION = 99  # 100 actions: one ConditionCheck + 99 Puts
+MAX_PER_TRANSACTION = 100  # TransactWriteItems' limit
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class DynamoLedger:
         *,
         ledger: str = "main",
         clock: Callable[[], float] = time.time,
-        max_attempts: int = 200,
+        max_attempts: int = 1000,
         on_append: Callable[[int, str], None] | None = None,
     ) -> None:
         self._client = client
@@ -97,7 +97,6 @@ class DynamoLedger:
         with self._lock:
             for attempt in range(self._max_attempts):
                 seq, prev = self._head if self._head is not None else self.head()
-                chained_to = prev
                 items = []
                 hashes = []
                 for offset, entry in enumerate(entries, start=1):
@@ -105,27 +104,22 @@ class DynamoLedger:
                     items.append(self._put(seq + offset, body, digest))
                     hashes.append(digest)
                     prev = digest
-                actions: list[dict[str, Any]] = []
-                if seq > 0:
-                    actions.append(
-                        {
-                            "ConditionCheck": {
-                                "TableName": self.table,
-                                "Key": self._key(seq),
-                                "ConditionExpression": "#h = :prev",
-                                "ExpressionAttributeNames": {"#h": "hash"},
-                                "ExpressionAttributeValues": {":prev": {"S": chained_to}},
-                            }
-                        }
-                    )
-                actions.extend(items)
                 try:
-                    self._client.transact_write_items(TransactItems=actions)
+                    if len(items) == 1:
+                        self._client.put_item(**items[0]["Put"], ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                    else:
+                        self._client.transact_write_items(TransactItems=items)
                 except ClientError as exc:
                     code = exc.response["Error"]["Code"]
                     if code in ("TransactionCanceledException", "ConditionalCheckFailedException"):
-                        self._head = None  # someone else appended: re-read and chain again
-                        time.sleep(self._random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+                        # Someone else appended. A refused single put returns the entry that holds
+                        # our place: chain to it directly; otherwise re-read the head.
+                        taken = exc.response.get("Item")
+                        if taken and attempt == 0:
+                            self._head = (int(taken["seq"]["N"]), taken["hash"]["S"])
+                            continue
+                        self._head = None
+                        time.sleep(self._random.uniform(0, min(0.1, 0.002 * 2 ** min(attempt, 6))))
                         continue
                     raise LedgerError(
                         f"the ledger table {self.table} cannot be written ({code}); no change was made"

@@ -48,7 +48,7 @@ def shared_session(**kwargs: Any) -> boto3.Session:
 
 
 #: Fail fast and do not retry behind the tests' back; callers add their own retry policy.
-LOCAL_CONFIG = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+LOCAL_CONFIG = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
 
 def _serialized_server() -> Any:
@@ -97,8 +97,12 @@ class LocalAws(AbstractContextManager["LocalAws"]):
     """
 
     set_environ: bool = True
+    #: Run the server in its own process (the default): it then has a core of its own
+    #: instead of sharing this process's interpreter lock with the code under test.
+    separate_process: bool = True
     endpoint: str = ""
     _server: Any = None
+    _process: Any = None
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     _admin_sessions: dict[str, boto3.Session] = field(default_factory=dict)
 
@@ -107,10 +111,13 @@ class LocalAws(AbstractContextManager["LocalAws"]):
 
         os.environ.pop("MOTO_ACCOUNT_ID", None)  # would override account routing
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = _serialized_server()
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        if self.separate_process:
+            self.endpoint = self._start_process()
+        else:
+            self._server = _serialized_server()
+            self._server.start()
+            host, port = self._server.get_host_and_port()
+            self.endpoint = f"http://{host}:{port}"
         if self.set_environ:
             env = {**_LOCAL_ENV, "AWS_ENDPOINT_URL": self.endpoint}
             for key, value in env.items():
@@ -118,7 +125,33 @@ class LocalAws(AbstractContextManager["LocalAws"]):
                 os.environ[key] = value
         return self
 
+    def _start_process(self) -> str:
+        import subprocess
+        import sys
+
+        env = {k: v for k, v in os.environ.items() if k != "MOTO_ACCOUNT_ID"}
+        self._process = subprocess.Popen(  # noqa: S603 - this interpreter, this module
+            [sys.executable, "-m", "deploy_helper.local.server"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline().strip()
+        if not line.startswith("http://127.0.0.1:"):
+            self._process.kill()
+            raise RuntimeError(f"the local AWS server did not start (it said {line!r})")
+        return line
+
     def stop(self) -> None:
+        if self._process is not None:
+            self._process.stdin.close()  # the server exits when its parent goes away
+            try:
+                self._process.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - make sure it is gone either way
+                self._process.kill()
+            self._process = None
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -184,3 +217,22 @@ class LocalAws(AbstractContextManager["LocalAws"]):
         return self.admin_session(account).client(
             service, endpoint_url=self.endpoint, region_name=region, config=LOCAL_CONFIG
         )
+
+
+def _serve_until_parent_exits() -> None:
+    """Entry point of the separate server process: print the endpoint, serve until stdin closes."""
+    import logging
+    import sys
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = _serialized_server()
+    server.start()
+    host, port = server.get_host_and_port()
+    sys.stdout.write(f"http://{host}:{port}\n")
+    sys.stdout.flush()
+    sys.stdin.read()  # returns when the parent closes the pipe or dies
+    server.stop()
+
+
+if __name__ == "__main__":
+    _serve_until_parent_exits()

@@ -127,19 +127,20 @@ def test_unreachable_target_is_recorded_as_failed(scenario: Scenario) -> None:
 
 def test_unwritable_ledger_changes_nothing(scenario: Scenario) -> None:
     session = scenario.local.base_session()
+    table = scenario.config.ledger_table
 
-    def refuse(**_: Any) -> None:
-        raise ClientError(
-            {
-                "Error": {
-                    "Code": "AccessDeniedException",
-                    "Message": "not authorized to perform dynamodb:PutItem",
-                }
-            },
-            "TransactWriteItems",
-        )
+    def refuse(params: dict[str, Any], **_: Any) -> None:
+        tables = {params.get("TableName")} | {
+            action.get("Put", {}).get("TableName") for action in params.get("TransactItems", [])
+        }
+        if table in tables:
+            raise ClientError(
+                {"Error": {"Code": "AccessDeniedException", "Message": "not authorized to perform dynamodb:PutItem"}},
+                "PutItem",
+            )
 
-    session.events.register("before-call.dynamodb.TransactWriteItems", refuse)
+    session.events.register("before-parameter-build.dynamodb.PutItem", refuse)
+    session.events.register("before-parameter-build.dynamodb.TransactWriteItems", refuse)
     before = scenario.snapshot()
     response = scenario.client(scenario.broker(session=session)).request(scenario.seed_grants())
     assert response.ok  # authenticated and authorized ...
