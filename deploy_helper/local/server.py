@@ -130,7 +130,7 @@ class LocalAws(AbstractContextManager["LocalAws"]):
         import sys
 
         env = {k: v for k, v in os.environ.items() if k != "MOTO_ACCOUNT_ID"}
-        self._process = subprocess.Popen(  # noqa: S603 - this interpreter, this module
+        self._process = subprocess.Popen(
             [sys.executable, "-m", "deploy_helper.local.server"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -149,7 +149,7 @@ class LocalAws(AbstractContextManager["LocalAws"]):
             self._process.stdin.close()  # the server exits when its parent goes away
             try:
                 self._process.wait(timeout=10)
-            except Exception:  # noqa: BLE001 - make sure it is gone either way
+            except Exception:
                 self._process.kill()
             self._process = None
         if self._server is not None:
