@@ -369,3 +369,33 @@ def test_list_show_export_active(populated: Scenario, tmp_path: Any) -> None:
     )
     human = run_cli(populated, "ledger", "list", "--since", "2000-01-01")
     assert human.exit_code == 0 and "ledger entries" in human.output
+
+
+def test_checkpoints_signed_with_kms_verify_offline(scenario: Scenario) -> None:
+    from dataclasses import replace
+
+    from deploy_helper.ledger.checkpoints import verify_checkpoint
+    from deploy_helper.ledger.setup import open_ledger
+
+    kms = scenario.local.client("kms", "123456789012")
+    key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+    scenario.client().request([scenario.key_grant("service-a")])
+    handle = open_ledger(
+        scenario.local.base_session(),
+        table=str(scenario.config.ledger_table),
+        bucket=scenario.config.checkpoint_bucket,
+        checkpoint_key=f"kms:{key}",
+        region="us-east-1",
+    )
+    assert handle.checkpoints is not None and handle.public_key is not None
+    algorithm, public = handle.public_key
+    assert algorithm == "ecdsa-p256-sha256"
+    written = handle.checkpoints.write()
+    assert written.data["key_id"] == f"kms:{key}"
+    assert written.data["size"] == handle.ledger.head()[0]
+    stored = next(c for c in handle.checkpoints.list() if c.name == written.name)
+    assert verify_checkpoint(stored, algorithm, public)
+    altered = replace(stored, body=stored.body.replace(b'"size":', b'"size":1'))
+    assert not verify_checkpoint(altered, algorithm, public)
+    local_key = scenario.ledger().public_key
+    assert local_key is not None and not verify_checkpoint(stored, *local_key)
