@@ -100,9 +100,7 @@ def loopback_response_url(url: str, region: str) -> ResponseTarget:
     del region  # a loopback stand-in serves every region
     parts = _split(url)
     if parts.scheme != "http" or parts.hostname != "127.0.0.1":
-        raise ResponseUrlRefused(
-            "the local harness only answers to http://127.0.0.1; nothing was sent"
-        )
+        raise ResponseUrlRefused("the local harness only answers to http://127.0.0.1; nothing was sent")
     return _target(url, parts, "http")
 
 
@@ -110,14 +108,10 @@ def _split(url: Any) -> Any:
     if not isinstance(url, str) or not url or len(url) > MAX_URL:
         raise ResponseUrlRefused("the event has no usable ResponseURL; nothing was sent")
     if any(ord(c) < 0x21 or ord(c) > 0x7E for c in url):
-        raise ResponseUrlRefused(
-            "the ResponseURL contains spaces or control characters; nothing was sent"
-        )
+        raise ResponseUrlRefused("the ResponseURL contains spaces or control characters; nothing was sent")
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None or parts.fragment:
-        raise ResponseUrlRefused(
-            "the ResponseURL carries credentials or a fragment; nothing was sent"
-        )
+        raise ResponseUrlRefused("the ResponseURL carries credentials or a fragment; nothing was sent")
     try:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
@@ -131,9 +125,7 @@ def _target(url: str, parts: Any, scheme: Literal["https", "http"]) -> ResponseT
     query = parse_qs(parts.query)
     if not any(name in query for name in _SIGNATURE_PARAMS):
         raise ResponseUrlRefused("the ResponseURL is not pre-signed; nothing was sent")
-    return ResponseTarget(
-        url, scheme, str(parts.hostname), parts.port, f"{parts.path}?{parts.query}"
-    )
+    return ResponseTarget(url, scheme, str(parts.hostname), parts.port, f"{parts.path}?{parts.query}")
 
 
 def trim_keep_end(text: str, limit: int) -> str:

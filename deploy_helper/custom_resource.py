@@ -108,9 +108,7 @@ LogicalId = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9]
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    service_token: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
-        None, alias="ServiceToken"
-    )
+    service_token: Annotated[str, StringConstraints(max_length=2048)] | None = Field(None, alias="ServiceToken")
     response_url: Annotated[str, StringConstraints(max_length=8192)] = Field(alias="ResponseURL")
     stack_id: StackArn = Field(alias="StackId")
     request_id: CfnRequestId = Field(alias="RequestId")
@@ -140,36 +138,30 @@ class DeleteEvent(_Event):
     physical_resource_id: PhysicalId = Field(alias="PhysicalResourceId")
 
 
-CustomResourceEvent = Annotated[
-    CreateEvent | UpdateEvent | DeleteEvent, Field(discriminator="request_type")
-]
+CustomResourceEvent = Annotated[CreateEvent | UpdateEvent | DeleteEvent, Field(discriminator="request_type")]
 _EVENT = TypeAdapter(CustomResourceEvent)
 _GRANT = TypeAdapter(AnyGrant)
 
 
 def parse_event(event: Any) -> CreateEvent | UpdateEvent | DeleteEvent:
     """The validated event; raises ``RequestError`` saying what is wrong."""
+    _check_depth(event)
     try:
         size = len(json.dumps(event))
     except (TypeError, ValueError) as exc:
         raise RequestError("the event is not JSON") from exc
     if size > MAX_EVENT_BYTES:
         raise RequestError(f"the event is larger than {MAX_EVENT_BYTES} bytes")
-    _check_depth(event)
     try:
         return _EVENT.validate_python(event)
     except ValidationError as exc:
-        raise RequestError(
-            f"not a CloudFormation custom-resource event: {short_errors(exc)}"
-        ) from exc
+        raise RequestError(f"not a CloudFormation custom-resource event: {short_errors(exc)}") from exc
 
 
 def _check_depth(value: Any, depth: int = 0) -> None:
     if depth > MAX_NESTING:
         raise RequestError(f"the event is nested deeper than {MAX_NESTING} levels")
-    children = (
-        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    )
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     for child in children:
         _check_depth(child, depth + 1)
 
@@ -182,23 +174,18 @@ def grant_from_properties(properties: dict[str, Any]) -> tuple[GrantSpec, bool]:
     """The grant and the plan flag of a resource's properties; raises ``RequestError``."""
     kind_name = properties.get("Kind")
     if kind_name not in REGISTRY:
-        raise RequestError(
-            f"set Kind to one of {', '.join(sorted(REGISTRY))} (got {str(kind_name)[:40]!r})"
-        )
+        raise RequestError(f"set Kind to one of {', '.join(sorted(REGISTRY))} (got {str(kind_name)[:40]!r})")
     plan = properties.get("Plan", "false")
     if plan not in (True, False, "true", "false"):
         raise RequestError("Plan must be true or false")
-    fields = {
-        _pascal(name): name for name in REGISTRY[kind_name].spec.model_fields if name != "kind"
-    }
+    fields = {_pascal(name): name for name in REGISTRY[kind_name].spec.model_fields if name != "kind"}
     data: dict[str, Any] = {"kind": kind_name}
     for key, value in properties.items():
         if key in RESERVED_PROPERTIES:
             continue
         if key not in fields:
             raise RequestError(
-                f"unknown property {str(key)[:60]!r} for a {kind_name} grant; "
-                f"use {', '.join(sorted(fields))}"
+                f"unknown property {str(key)[:60]!r} for a {kind_name} grant; use {', '.join(sorted(fields))}"
             )
         data[fields[key]] = value
     try:
@@ -324,9 +311,7 @@ class _Progress:
     physical_id: str
 
 
-def handle_custom_resource(
-    event: Any, context: Any, get_broker: Callable[[], Broker]
-) -> dict[str, Any]:
+def handle_custom_resource(event: Any, context: Any, get_broker: Callable[[], Broker]) -> dict[str, Any]:
     """Answer one custom-resource event (``lambda_handler`` dispatches here); returns a summary."""
     settings = current_settings()
     head = EventHead.read(event)
@@ -341,11 +326,7 @@ def handle_custom_resource(
     def on_timeout() -> None:
         logger.error("about to run out of time; answering now", extra={"stack_id": head.stack_id})
         if head.is_delete:
-            reply.send(
-                head.answer(
-                    "SUCCESS", progress.physical_id, "timed out; the grant may be left in place"
-                )
-            )
+            reply.send(head.answer("SUCCESS", progress.physical_id, "timed out; the grant may be left in place"))
         else:
             reply.send(
                 head.answer(
@@ -358,15 +339,11 @@ def handle_custom_resource(
     with Watchdog(context, settings.timeout_margin, on_timeout):
         try:
             response = handle(event, head, get_broker, settings, progress)
-        except (
-            Exception
-        ) as exc:  # a bug must still produce an answer, never a stack waiting an hour
+        except Exception as exc:  # a bug must still produce an answer, never a stack waiting an hour
             logger.exception("unexpected error while handling a custom-resource event")
             reason = f"internal error in the broker ({type(exc).__name__}); see its log"
             if head.is_delete:
-                response = head.answer(
-                    "SUCCESS", head.unchanged_id(), reason + "; the grant may be left in place"
-                )
+                response = head.answer("SUCCESS", head.unchanged_id(), reason + "; the grant may be left in place")
             else:
                 response = head.answer("FAILED", progress.physical_id, reason)
         sent = reply.send(response)
@@ -396,9 +373,7 @@ def handle(
         logger.error("the broker cannot start: %s", message)
         reason = f"the broker cannot start: {message}"
         if head.is_delete:
-            return head.answer(
-                "SUCCESS", head.unchanged_id(), reason + "; the grant was left in place"
-            )
+            return head.answer("SUCCESS", head.unchanged_id(), reason + "; the grant was left in place")
         return head.answer("FAILED", head.unchanged_id(), reason)
     try:
         parsed = parse_event(event)
@@ -459,9 +434,7 @@ class _Decision:
             if isinstance(event, UpdateEvent) and exc.status == "UPDATE_ROLLBACK_IN_PROGRESS":
                 # The grant being rolled back to was never removed (an update only adds the new
                 # grant; its clean-up Delete of the old one never ran), so nothing needs to change.
-                return head.answer(
-                    "SUCCESS", grant_pid, f"rollback: no change made ({exc.message})"
-                )
+                return head.answer("SUCCESS", grant_pid, f"rollback: no change made ({exc.message})")
             return head.answer("FAILED", head.unchanged_id(), exc.message)
         identity = Identity(
             caller=confirmed.caller,
@@ -508,21 +481,15 @@ class _Decision:
                 return head.answer("SUCCESS", grant_pid, result.decision, data)
             if any(code in result.reason for code in _GONE):
                 logger.info("grant target no longer exists", extra=extra)
-                return head.answer(
-                    "SUCCESS", grant_pid, "the target no longer exists; nothing to remove", data
-                )
+                return head.answer("SUCCESS", grant_pid, "the target no longer exists; nothing to remove", data)
             logger.error("could not revoke a grant; left in place: %s", result.reason, extra=extra)
-            return head.answer(
-                "SUCCESS", grant_pid, f"left in place ({result.decision}): {result.reason}", data
-            )
+            return head.answer("SUCCESS", grant_pid, f"left in place ({result.decision}): {result.reason}", data)
         if result.decision in ("applied", "unchanged", "would-apply"):
             logger.info("grant %s: %s", result.decision, result.grant_id, extra=extra)
             return head.answer("SUCCESS", grant_pid, result.decision, data)
         logger.warning("grant %s: %s", result.decision, result.reason, extra=extra)
         rule = f" (rule {result.rule_id})" if result.rule_id else ""
-        return head.answer(
-            "FAILED", head.unchanged_id(), f"{result.decision}{rule}: {result.reason}", data
-        )
+        return head.answer("FAILED", head.unchanged_id(), f"{result.decision}{rule}: {result.reason}", data)
 
     def _refuse(self, exc: BrokerError) -> None:
         _record_refusal(self.broker, self.head, exc)
@@ -566,9 +533,7 @@ def _record_refusal(broker: Broker | None, head: EventHead, exc: BrokerError) ->
         "action": {"Create": "apply", "Update": "apply", "Delete": "revoke"}.get(head.request_type),
     }
     code = getattr(exc, "check", None) or exc.code
-    entry = entries.refusal(
-        broker.clock(), code=f"custom-resource/{code}", reason=exc.message, claimed=claimed
-    )
+    entry = entries.refusal(broker.clock(), code=f"custom-resource/{code}", reason=exc.message, claimed=claimed)
     try:
         broker.ledger.append_many([entry])
     except LedgerError:

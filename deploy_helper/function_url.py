@@ -78,9 +78,7 @@ def _iam_account(event: dict[str, Any]) -> str:
     context = event.get("requestContext") or {}
     method = str((context.get("http") or {}).get("method", "")).upper()
     if method != "POST":
-        raise FunctionUrlError(
-            f"use POST (got {method[:10] or 'no method'})", code="method-not-allowed"
-        )
+        raise FunctionUrlError(f"use POST (got {method[:10] or 'no method'})", code="method-not-allowed")
     authorizer = context.get("authorizer") or {}
     iam = authorizer.get("iam") if isinstance(authorizer, dict) else None
     account = iam.get("accountId") if isinstance(iam, dict) else None
@@ -97,9 +95,7 @@ def _envelope(event: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(raw, str) or not raw:
         raise RequestError("POST the signed envelope as the JSON body")
     if len(raw) > MAX_BODY_BYTES * 4 // 3 + 4:
-        raise FunctionUrlError(
-            f"the body is larger than {MAX_BODY_BYTES} bytes", code="payload-too-large"
-        )
+        raise FunctionUrlError(f"the body is larger than {MAX_BODY_BYTES} bytes", code="payload-too-large")
     if event.get("isBase64Encoded"):
         try:
             text = base64.b64decode(raw, validate=True).decode("utf-8")
@@ -108,9 +104,7 @@ def _envelope(event: dict[str, Any]) -> dict[str, Any]:
     else:
         text = raw
     if len(text.encode("utf-8", errors="replace")) > MAX_BODY_BYTES:
-        raise FunctionUrlError(
-            f"the body is larger than {MAX_BODY_BYTES} bytes", code="payload-too-large"
-        )
+        raise FunctionUrlError(f"the body is larger than {MAX_BODY_BYTES} bytes", code="payload-too-large")
     check_nesting(text)
     try:
         envelope = json.loads(text)

@@ -129,9 +129,7 @@ class StackFacts:
             "AWS::NoValue": _NO_VALUE,
         }
         if name not in values:
-            raise Unresolvable(
-                f"the pseudo parameter {name} cannot be confirmed; use a literal value"
-            )
+            raise Unresolvable(f"the pseudo parameter {name} cannot be confirmed; use a literal value")
         return values[name]
 
     def ref(self, name: str) -> Any:
@@ -140,9 +138,7 @@ class StackFacts:
         declared = (self.template.get("Parameters") or {}).get(name)
         if declared is not None:
             if isinstance(declared, dict) and str(declared.get("NoEcho", "")).lower() == "true":
-                raise Unresolvable(
-                    f"parameter {name} is NoEcho, so the stack does not report its value"
-                )
+                raise Unresolvable(f"parameter {name} is NoEcho, so the stack does not report its value")
             if name not in self.parameters:
                 raise Unresolvable(f"the stack reports no value for parameter {name}")
             value = self.parameters[name]
@@ -168,9 +164,7 @@ def resolve(value: Any, facts: StackFacts, depth: int = 0) -> Any:
         return [v for v in items if v is not _NO_VALUE]
     if not isinstance(value, dict):
         if isinstance(value, str) and "{{resolve:" in value:
-            raise Unresolvable(
-                "dynamic references ({{resolve:...}}) cannot be confirmed; use a parameter"
-            )
+            raise Unresolvable("dynamic references ({{resolve:...}}) cannot be confirmed; use a parameter")
         return value
     if len(value) == 1:
         ((key, arg),) = value.items()

@@ -125,9 +125,7 @@ class StackVerifier:
     @classmethod
     def for_broker(cls, broker: Broker) -> StackVerifier:
         """The verifier of a broker: its callers, its sessions' reader role, its region."""
-        return cls(
-            broker.authenticator.callers, broker.sessions.reader_for, region=broker.config.region
-        )
+        return cls(broker.authenticator.callers, broker.sessions.reader_for, region=broker.config.region)
 
     def confirm(self, claim: StackClaim) -> ConfirmedStack:
         """The confirmed stack; raises ``StackNotConfirmed`` naming the check that failed."""
@@ -192,33 +190,22 @@ class StackVerifier:
             stacks = cfn.describe_stacks(StackName=stack_id).get("Stacks") or []
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            if error.get("Code") == "ValidationError" and "does not exist" in str(
-                error.get("Message", "")
-            ):
-                raise StackNotConfirmed(
-                    f"stack {stack_id} does not exist", check="stack-not-found"
-                ) from exc
+            if error.get("Code") == "ValidationError" and "does not exist" in str(error.get("Message", "")):
+                raise StackNotConfirmed(f"stack {stack_id} does not exist", check="stack-not-found") from exc
             raise StackNotConfirmed(
-                f"cannot read stack {_name(stack_id)}: "
-                f"{error.get('Code', 'Error')}: {error.get('Message', '')}",
+                f"cannot read stack {_name(stack_id)}: {error.get('Code', 'Error')}: {error.get('Message', '')}",
                 check="stack-unreadable",
             ) from exc
         except BotoCoreError as exc:
-            raise StackNotConfirmed(
-                f"cannot reach CloudFormation: {exc}", check="stack-unreadable"
-            ) from exc
+            raise StackNotConfirmed(f"cannot reach CloudFormation: {exc}", check="stack-unreadable") from exc
         exact = [s for s in stacks if s.get("StackId") == stack_id]
         if not exact:
             raise StackNotConfirmed(f"stack {stack_id} does not exist", check="stack-not-found")
         return dict(exact[0])
 
-    def _check_template(
-        self, cfn: Any, claim: StackClaim, stack: dict[str, Any], status: str
-    ) -> bool:
+    def _check_template(self, cfn: Any, claim: StackClaim, stack: dict[str, Any], status: str) -> bool:
         try:
-            body = cfn.get_template(StackName=claim.stack_id, TemplateStage="Processed")[
-                "TemplateBody"
-            ]
+            body = cfn.get_template(StackName=claim.stack_id, TemplateStage="Processed")["TemplateBody"]
             template = load_template(body)
         except (ClientError, BotoCoreError) as exc:
             raise StackNotConfirmed(
@@ -233,15 +220,13 @@ class StackVerifier:
             if cleanup:  # removed from the template by the update being cleaned up
                 return False
             raise StackNotConfirmed(
-                f"stack {_name(claim.stack_id)} has no resource {claim.logical_resource_id} "
-                "in its template",
+                f"stack {_name(claim.stack_id)} has no resource {claim.logical_resource_id} in its template",
                 check="resource-not-in-template",
                 status=status,
             )
         if not isinstance(resource, dict) or resource.get("Type") != RESOURCE_TYPE:
             raise StackNotConfirmed(
-                f"{claim.logical_resource_id} in stack {_name(claim.stack_id)} "
-                f"is not a {RESOURCE_TYPE}",
+                f"{claim.logical_resource_id} in stack {_name(claim.stack_id)} is not a {RESOURCE_TYPE}",
                 check="resource-type",
                 status=status,
             )
@@ -250,10 +235,7 @@ class StackVerifier:
         facts = StackFacts(
             template=template,
             stack_id=claim.stack_id,
-            parameters={
-                p["ParameterKey"]: p.get("ParameterValue", "")
-                for p in stack.get("Parameters") or []
-            },
+            parameters={p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters") or []},
             resources=lambda: _physical_ids(cfn, claim.stack_id),
         )
         self._compare(claim, facts, resource.get("Properties") or {}, status)
@@ -261,9 +243,7 @@ class StackVerifier:
 
     def _compare(self, claim: StackClaim, facts: StackFacts, written: Any, status: str) -> None:
         if not isinstance(written, dict):
-            raise StackNotConfirmed(
-                "the resource's Properties are not a mapping", check="properties", status=status
-            )
+            raise StackNotConfirmed("the resource's Properties are not a mapping", check="properties", status=status)
         expected: dict[str, Any] = {}
         for key, value in written.items():
             if key in PROVIDER_PROPERTIES:
@@ -272,18 +252,13 @@ class StackVerifier:
                 expected[key] = normalize(resolve(value, facts))
             except Unresolvable as exc:
                 raise StackNotConfirmed(
-                    f"property {key} of {claim.logical_resource_id} cannot be checked "
-                    f"against the stack: {exc}",
+                    f"property {key} of {claim.logical_resource_id} cannot be checked against the stack: {exc}",
                     check="properties-unresolvable",
                     status=status,
                 ) from exc
-        actual = {
-            k: normalize(v) for k, v in claim.properties.items() if k not in PROVIDER_PROPERTIES
-        }
+        actual = {k: normalize(v) for k, v in claim.properties.items() if k not in PROVIDER_PROPERTIES}
         if expected != actual:
-            differ = sorted(
-                k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k)
-            )
+            differ = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
             raise StackNotConfirmed(
                 f"the event's properties differ from {claim.logical_resource_id} in the stack's "
                 f"template ({', '.join(differ)}): the event is forged or stale",

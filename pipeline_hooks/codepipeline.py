@@ -145,9 +145,7 @@ class ActionParameters(BaseModel):
     @model_validator(mode="after")
     def _one_source(self) -> ActionParameters:
         if (self.grants_file is None) == (self.grants is None):
-            raise ValueError(
-                "give exactly one of grants_file (a path in the input artifact) and grants"
-            )
+            raise ValueError("give exactly one of grants_file (a path in the input artifact) and grants")
         if self.grants_file is not None:
             path = PurePosixPath(self.grants_file)
             if path.is_absolute() or ".." in path.parts:
@@ -221,16 +219,12 @@ class PipelineStep:
             return self._fail(job_id, "ConfigurationError", exc.message)
         except (ClientError, BotoCoreError) as exc:
             kind: FailureType = "JobFailed"
-            if isinstance(exc, ClientError) and "AccessDenied" in str(
-                exc.response["Error"].get("Code")
-            ):
+            if isinstance(exc, ClientError) and "AccessDenied" in str(exc.response["Error"].get("Code")):
                 kind = "PermissionError"
             return self._fail(job_id, kind, f"an AWS call failed: {exc}")
         except Exception as exc:  # the job must still end, or the pipeline waits for its timeout
             logger.exception("unexpected error in the pipeline step")
-            return self._fail(
-                job_id, "JobFailed", f"internal error in the pipeline step ({type(exc).__name__})"
-            )
+            return self._fail(job_id, "JobFailed", f"internal error in the pipeline step ({type(exc).__name__})")
         message = summarize(response)
         if response.failed:
             return self._fail(job_id, "JobFailed", message, request_id)
@@ -256,12 +250,9 @@ class PipelineStep:
         audience = self.audience or grants_file.audience
         if not caller or not audience:
             raise StepError(
-                "set DEPLOY_HELPER_CALLER and DEPLOY_HELPER_AUDIENCE "
-                "(or caller: and audience: in the grants file)"
+                "set DEPLOY_HELPER_CALLER and DEPLOY_HELPER_AUDIENCE (or caller: and audience: in the grants file)"
             )
-        client = BrokerClient(
-            caller=caller, audience=audience, signer=self.signer, transport=self.transport
-        )
+        client = BrokerClient(caller=caller, audience=audience, signer=self.signer, transport=self.transport)
         payload = client.payload(
             grants_file.grants,
             action=params.action,
@@ -286,9 +277,7 @@ class PipelineStep:
         chosen = [a for a in artifacts if name is None or a.name == name]
         if not chosen:
             names = ", ".join(a.name for a in artifacts) or "none"
-            raise StepError(
-                f"no input artifact {name or ''} to read {member} from (inputs: {names})"
-            )
+            raise StepError(f"no input artifact {name or ''} to read {member} from (inputs: {names})")
         if len(chosen) > 1:
             raise StepError('several input artifacts: name the one to read with "artifact"')
         artifact = chosen[0]
@@ -306,9 +295,7 @@ class PipelineStep:
         )
         head = s3.head_object(Bucket=location.bucketName, Key=location.objectKey)
         if int(head.get("ContentLength", 0)) > MAX_ARTIFACT_BYTES:
-            raise StepError(
-                f"input artifact {artifact.name} is larger than {MAX_ARTIFACT_BYTES} bytes"
-            )
+            raise StepError(f"input artifact {artifact.name} is larger than {MAX_ARTIFACT_BYTES} bytes")
         blob = s3.get_object(Bucket=location.bucketName, Key=location.objectKey)["Body"].read()
         try:
             archive = zipfile.ZipFile(io.BytesIO(blob))
@@ -363,9 +350,7 @@ def summarize(response: BrokerResponse) -> str:
     """One readable paragraph: counts per decision, then every denied/failed grant and why."""
     if not response.ok:
         error = response.error
-        return (
-            f"the broker refused the request: {error.code}: {error.message}" if error else "refused"
-        )
+        return f"the broker refused the request: {error.code}: {error.message}" if error else "refused"
     counts = Counter(r.decision for r in response.results)
     head = ", ".join(f"{n} {d}" for d, n in sorted(counts.items()))
     problems = [

@@ -108,9 +108,7 @@ def stack_output_resolver(session: Any = None) -> Resolver:
         if region not in clients:
             import boto3
 
-            clients[region] = (session or boto3.Session()).client(
-                "cloudformation", region_name=region
-            )
+            clients[region] = (session or boto3.Session()).client("cloudformation", region_name=region)
         return clients[region]
 
     def describe(stack: str) -> dict[str, str]:

@@ -235,15 +235,11 @@ class World:
             {"ParameterKey": "PlanOnly", "ParameterValue": "true" if plan else "false"},
         ]
         kwargs: dict[str, Any] = {"RoleARN": role} if role else {}
-        stack_id = cfn.create_stack(
-            StackName=name, TemplateBody=TEMPLATE, Parameters=parameters, **kwargs
-        )["StackId"]
+        stack_id = cfn.create_stack(StackName=name, TemplateBody=TEMPLATE, Parameters=parameters, **kwargs)["StackId"]
         stack = cfn.describe_stacks(StackName=stack_id)["Stacks"][0]
         assert stack["StackStatus"] == "CREATE_IN_PROGRESS"
         api_id = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}["ApiId"]
-        return Stack(
-            name, stack_id, api_id, self.properties(account, api_id, scope, function, plan)
-        )
+        return Stack(name, stack_id, api_id, self.properties(account, api_id, scope, function, plan))
 
     def properties(
         self, account: str, api_id: str, scope: str, function: str | None = None, plan: bool = False
@@ -254,8 +250,7 @@ class World:
             "Kind": "lambda-invoke",
             "Function": function or self.scenario.authorizer_arn,
             "Principal": "apigateway.amazonaws.com",
-            "SourceArn": f"arn:aws:execute-api:{LOCAL_REGION}:{account}:{api_id}"
-            f"/authorizers/{scope}",
+            "SourceArn": f"arn:aws:execute-api:{LOCAL_REGION}:{account}:{api_id}/authorizers/{scope}",
             "SourceAccount": account,
             "Plan": "true" if plan else "false",
         }
@@ -296,11 +291,7 @@ class World:
         )
 
     def ledger_entries(self, request_id: str) -> list[dict[str, Any]]:
-        return [
-            e.entry
-            for e in self.scenario.ledger().ledger.entries()
-            if e.entry.get("request_id") == request_id
-        ]
+        return [e.entry for e in self.scenario.ledger().ledger.entries() if e.entry.get("request_id") == request_id]
 
 
 def _trust(principal: str) -> dict[str, Any]:
@@ -362,9 +353,7 @@ def _function_zip() -> bytes:
 def _exec_session(local: LocalAws) -> boto3.Session:
     """What Lambda gives the broker function: its execution role's credentials."""
     sts = local.base_session().client("sts", endpoint_url=local.endpoint, config=LOCAL_CONFIG)
-    creds = sts.assume_role(RoleArn=seed.BROKER_EXEC_ROLE, RoleSessionName="deploy-helper")[
-        "Credentials"
-    ]
+    creds = sts.assume_role(RoleArn=seed.BROKER_EXEC_ROLE, RoleSessionName="deploy-helper")["Credentials"]
     return boto3.Session(
         aws_access_key_id=creds["AccessKeyId"],
         aws_secret_access_key=creds["SecretAccessKey"],
@@ -401,9 +390,7 @@ def build_world(local: LocalAws, workdir: Path) -> World:
     )
     # moto looks a ServiceToken up by function *name* in the stack's own account, so a
     # stand-in of that name lives in service-a; the token still names the broker's account.
-    fn_role = iam.create_role(
-        RoleName="stand-in", AssumeRolePolicyDocument=json.dumps(_trust("*"))
-    )["Role"]["Arn"]
+    fn_role = iam.create_role(RoleName="stand-in", AssumeRolePolicyDocument=json.dumps(_trust("*")))["Role"]["Arn"]
     local.client("lambda", SERVICE).create_function(
         FunctionName=FUNCTION_NAME,
         Runtime="python3.12",
@@ -427,9 +414,7 @@ def world_box(local: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 
 @pytest.fixture
-def world(
-    world_box: dict[str, World], local: LocalAws, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[World]:
+def world(world_box: dict[str, World], local: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     if not world_box["world"].alive():  # another module reset the local AWS in between
         world_box["world"] = build_world(local, tmp_path_factory.mktemp("cr-world"))
     current = world_box["world"]
@@ -514,9 +499,7 @@ def grant_id(world: World, properties: dict[str, Any]) -> str:
 # -- Create, Update, Delete ----------------------------------------------------------
 
 
-def test_create_applies_the_grant_and_answers_with_its_id(
-    world: World, bucket: ResponseBucket
-) -> None:
+def test_create_applies_the_grant_and_answers_with_its_id(world: World, bucket: ResponseBucket) -> None:
     stack = world.deploy()
     body, name = event("Create", stack, bucket)
     response = answer(world, bucket, body, name)
@@ -566,25 +549,42 @@ def test_update_that_changes_the_grant_moves_it_and_cleanup_removes_the_old(
     )
     new_id = grant_id(world, new_properties)
     assert updated["Status"] == "SUCCESS", updated["Reason"]
-    assert (
-        updated["PhysicalResourceId"] == new_id != old_id
-    )  # a new id: CloudFormation cleans up the old
+    assert updated["PhysicalResourceId"] == new_id != old_id  # a new id: CloudFormation cleans up the old
     assert world.statement(new_id) is not None
     assert world.statement(old_id) is not None  # the old grant stays until the clean-up
 
     world.waiting.statuses[stack.stack_id] = "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"
-    cleaned = answer(
-        world, bucket, *event("Delete", stack, bucket, properties=stack.properties, physical=old_id)
-    )
+    cleaned = answer(world, bucket, *event("Delete", stack, bucket, properties=stack.properties, physical=old_id))
     assert cleaned["Status"] == "SUCCESS"
     assert cleaned["Data"]["Decision"] == "revoked"
     assert world.statement(old_id) is None
     assert world.statement(new_id) is not None
 
 
-def test_update_without_an_effective_change_changes_nothing(
-    world: World, bucket: ResponseBucket
-) -> None:
+def test_a_rolled_back_update_ends_with_the_old_grant_only(world: World, bucket: ResponseBucket) -> None:
+    stack = world.deploy()
+    old_id = answer(world, bucket, *event("Create", stack, bucket))["PhysicalResourceId"]
+    new_properties = world.update(stack, "narrow")
+    world.waiting.statuses[stack.stack_id] = "UPDATE_IN_PROGRESS"
+    new_id = answer(
+        world, bucket, *event("Update", stack, bucket, properties=new_properties, physical=old_id, old=stack.properties)
+    )["PhysicalResourceId"]
+
+    # Another resource failed: CloudFormation puts the old properties back, then deletes the new id.
+    world.waiting.statuses[stack.stack_id] = "UPDATE_ROLLBACK_IN_PROGRESS"
+    rolled_back = answer(
+        world, bucket, *event("Update", stack, bucket, properties=stack.properties, physical=new_id, old=new_properties)
+    )
+    assert rolled_back["Status"] == "SUCCESS", rolled_back["Reason"]
+    assert rolled_back["PhysicalResourceId"] == old_id
+    world.waiting.statuses[stack.stack_id] = "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"
+    cleaned = answer(world, bucket, *event("Delete", stack, bucket, properties=new_properties, physical=new_id))
+    assert cleaned["Status"] == "SUCCESS"
+    assert world.statement(old_id) is not None
+    assert world.statement(new_id) is None
+
+
+def test_update_without_an_effective_change_changes_nothing(world: World, bucket: ResponseBucket) -> None:
     stack = world.deploy()
     created = answer(world, bucket, *event("Create", stack, bucket))
     before = world.scenario.function_policy()
@@ -593,21 +593,15 @@ def test_update_without_an_effective_change_changes_nothing(
     updated = answer(
         world,
         bucket,
-        *event(
-            "Update", stack, bucket, physical=created["PhysicalResourceId"], old=stack.properties
-        ),
+        *event("Update", stack, bucket, physical=created["PhysicalResourceId"], old=stack.properties),
     )
     assert updated["Status"] == "SUCCESS", updated["Reason"]
-    assert (
-        updated["PhysicalResourceId"] == created["PhysicalResourceId"]
-    )  # no replacement, no clean-up
+    assert updated["PhysicalResourceId"] == created["PhysicalResourceId"]  # no replacement, no clean-up
     assert updated["Data"]["Decision"] == "unchanged"
     assert world.scenario.function_policy() == before
 
 
-def test_delete_revokes_and_a_repeated_delete_finds_it_absent(
-    world: World, bucket: ResponseBucket
-) -> None:
+def test_delete_revokes_and_a_repeated_delete_finds_it_absent(world: World, bucket: ResponseBucket) -> None:
     stack = world.deploy()
     created = answer(world, bucket, *event("Create", stack, bucket))
     sid = created["PhysicalResourceId"]
@@ -626,12 +620,8 @@ def test_delete_revokes_and_a_repeated_delete_finds_it_absent(
     assert world.statement(sid) is None
 
 
-def test_delete_after_a_failed_create_succeeds_and_touches_nothing(
-    world: World, bucket: ResponseBucket
-) -> None:
-    other_function = (
-        f"arn:aws:lambda:{LOCAL_REGION}:{seed.ACCOUNTS['token-service']}:function:billing"
-    )
+def test_delete_after_a_failed_create_succeeds_and_touches_nothing(world: World, bucket: ResponseBucket) -> None:
+    other_function = f"arn:aws:lambda:{LOCAL_REGION}:{seed.ACCOUNTS['token-service']}:function:billing"
     stack = world.deploy(function=other_function)  # no rule lets the stack grant on this function
     before = world.scenario.snapshot()
     failed = answer(world, bucket, *event("Create", stack, bucket))
@@ -641,17 +631,13 @@ def test_delete_after_a_failed_create_succeeds_and_touches_nothing(
     assert failed["PhysicalResourceId"] != grant_id(world, stack.properties)
 
     world.waiting.statuses[stack.stack_id] = "ROLLBACK_IN_PROGRESS"
-    rolled_back = answer(
-        world, bucket, *event("Delete", stack, bucket, physical=failed["PhysicalResourceId"])
-    )
+    rolled_back = answer(world, bucket, *event("Delete", stack, bucket, physical=failed["PhysicalResourceId"]))
     assert rolled_back["Status"] == "SUCCESS"
     assert "nothing to remove" in rolled_back["Reason"]
     assert world.scenario.snapshot() == before
 
 
-def test_delete_when_the_target_function_is_gone_succeeds(
-    world: World, bucket: ResponseBucket
-) -> None:
+def test_delete_when_the_target_function_is_gone_succeeds(world: World, bucket: ResponseBucket) -> None:
     function = world.short_lived_function()
     stack = world.deploy(function=function)
     created = answer(world, bucket, *event("Create", stack, bucket))
@@ -661,17 +647,13 @@ def test_delete_when_the_target_function_is_gone_succeeds(
     lam.delete_function(FunctionName=function)
 
     world.waiting.statuses[stack.stack_id] = "DELETE_IN_PROGRESS"
-    deleted = answer(
-        world, bucket, *event("Delete", stack, bucket, physical=created["PhysicalResourceId"])
-    )
+    deleted = answer(world, bucket, *event("Delete", stack, bucket, physical=created["PhysicalResourceId"]))
     assert deleted["Status"] == "SUCCESS"
     # Lambda answers GetPolicy for a deleted function as for one without a policy.
     assert deleted["Data"]["Decision"] == "absent"
 
 
-def test_a_plan_only_resource_shows_the_change_and_makes_none(
-    world: World, bucket: ResponseBucket
-) -> None:
+def test_a_plan_only_resource_shows_the_change_and_makes_none(world: World, bucket: ResponseBucket) -> None:
     stack = world.deploy(plan=True)
     before = world.scenario.snapshot()
     response = answer(world, bucket, *event("Create", stack, bucket))
@@ -681,9 +663,7 @@ def test_a_plan_only_resource_shows_the_change_and_makes_none(
     assert world.scenario.snapshot() == before
 
     world.waiting.statuses[stack.stack_id] = "DELETE_IN_PROGRESS"
-    deleted = answer(
-        world, bucket, *event("Delete", stack, bucket, physical=response["PhysicalResourceId"])
-    )
+    deleted = answer(world, bucket, *event("Delete", stack, bucket, physical=response["PhysicalResourceId"]))
     assert deleted["Status"] == "SUCCESS"
     assert deleted["Reason"] == "plan only; nothing to remove"
 
@@ -723,9 +703,7 @@ def test_forged_events_are_refused_and_change_nothing(
     elif forgery == "unregistered-account":
         stack.stack_id = stack.stack_id.replace(f":{SERVICE}:", f":{OTHER_SERVICE}:")
     elif forgery == "stack-not-in-progress":
-        world.waiting.statuses[stack.stack_id] = (
-            "CREATE_COMPLETE"  # a replay after the stack finished
-        )
+        world.waiting.statuses[stack.stack_id] = "CREATE_COMPLETE"  # a replay after the stack finished
     before = world.scenario.snapshot()
     body, name = event("Create", stack, bucket, **kwargs)
     response = answer(world, bucket, body, name)
@@ -739,9 +717,7 @@ def test_forged_events_are_refused_and_change_nothing(
     assert expected in refusals[0]["reason"]
 
 
-def test_a_foreign_response_url_gets_nothing_and_the_event_is_refused(
-    world: World, bucket: ResponseBucket
-) -> None:
+def test_a_foreign_response_url_gets_nothing_and_the_event_is_refused(world: World, bucket: ResponseBucket) -> None:
     stack = world.deploy()
     foreign = ResponseBucket()  # reachable, but not where this harness may answer
     try:
@@ -754,16 +730,12 @@ def test_a_foreign_response_url_gets_nothing_and_the_event_is_refused(
         assert summary["error"]["code"] == "response-url-refused"
         assert foreign.received == [] and bucket.received == []
         assert world.scenario.snapshot() == before
-        assert _refusals(world, request_id)[0]["reason"].startswith(
-            "custom-resource/response-url-refused"
-        )
+        assert _refusals(world, request_id)[0]["reason"].startswith("custom-resource/response-url-refused")
     finally:
         foreign.close()
 
 
-def test_the_production_check_refuses_the_loopback_stand_in(
-    world: World, bucket: ResponseBucket
-) -> None:
+def test_the_production_check_refuses_the_loopback_stand_in(world: World, bucket: ResponseBucket) -> None:
     custom_resource.configure(None)  # the production settings: only CloudFormation's bucket
     stack = world.deploy()
     body, _ = event("Create", stack, bucket)
@@ -778,18 +750,14 @@ def test_the_production_check_refuses_the_loopback_stand_in(
     assert world.statement(grant_id(world, stack.properties)) is None
 
 
-def test_a_malformed_event_with_a_good_url_gets_a_failed_answer(
-    world: World, bucket: ResponseBucket
-) -> None:
+def test_a_malformed_event_with_a_good_url_gets_a_failed_answer(world: World, bucket: ResponseBucket) -> None:
     stack = world.deploy()
     body, name = event("Create", stack, bucket)
     body["Injected"] = "value"
     response = answer(world, bucket, body, name)
     assert response["Status"] == "FAILED"
     assert "Injected: Extra inputs are not permitted" in response["Reason"]
-    body, name = event(
-        "Create", stack, bucket, properties={**stack.properties, "Actions": "lambda:*"}
-    )
+    body, name = event("Create", stack, bucket, properties={**stack.properties, "Actions": "lambda:*"})
     response = answer(world, bucket, body, name)
     assert response["Status"] == "FAILED"
     assert "unknown property 'Actions' for a lambda-invoke grant" in response["Reason"]
@@ -939,6 +907,4 @@ def test_properties_map_to_the_request_schema() -> None:
     assert plan is True
     assert custom_resource.physical_id(spec, plan).endswith("-plan")
     with pytest.raises(Exception, match="Grantee"):
-        custom_resource.grant_from_properties(
-            {"Kind": "kms-grant", "Key": "x", "Operations": ["Decrypt"]}
-        )
+        custom_resource.grant_from_properties({"Kind": "kms-grant", "Key": "x", "Operations": ["Decrypt"]})
