@@ -90,9 +90,7 @@ _SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
 class _Renderer:
-    def __init__(
-        self, template: Mapping[str, Any], parameters: Mapping[str, str], pseudo: Mapping[str, str]
-    ) -> None:
+    def __init__(self, template: Mapping[str, Any], parameters: Mapping[str, str], pseudo: Mapping[str, str]) -> None:
         self.template = template
         self.values: dict[str, Any] = dict(pseudo)
         declared: Mapping[str, Any] = template.get("Parameters", {})

@@ -189,9 +189,7 @@ def _context_values(context: Mapping[str, ContextValue], key: str) -> list[str] 
     return None
 
 
-def _condition_key(
-    operator: str, key: str, policy_values: list[str], context: Mapping[str, ContextValue]
-) -> bool:
+def _condition_key(operator: str, key: str, policy_values: list[str], context: Mapping[str, ContextValue]) -> bool:
     qualifier, _, name = operator.rpartition(":")
     if qualifier not in ("", "ForAnyValue", "ForAllValues"):
         raise UnsupportedPolicyError(f"unknown set qualifier {qualifier!r} in {operator!r}")
@@ -226,24 +224,18 @@ def _condition_key(
         return any(single(value) for value in request_values)
     if len(request_values) != 1:
         raise UnsupportedPolicyError(
-            f"{key} has several values in the request: "
-            f"use ForAnyValue:/ForAllValues: with {operator}"
+            f"{key} has several values in the request: use ForAnyValue:/ForAllValues: with {operator}"
         )
     return single(request_values[0])
 
 
-def conditions_hold(
-    condition: Mapping[str, Any] | None, context: Mapping[str, ContextValue]
-) -> bool:
+def conditions_hold(condition: Mapping[str, Any] | None, context: Mapping[str, ContextValue]) -> bool:
     """True when every operator and key of a ``Condition`` block holds for ``context``."""
     for operator, keys in (condition or {}).items():
         if not isinstance(keys, Mapping):
             raise UnsupportedPolicyError(f"condition {operator!r} must map keys to values")
         for key, raw in keys.items():
-            values = [
-                str(value).lower() if isinstance(value, bool) else str(value)
-                for value in _as_list(raw)
-            ]
+            values = [str(value).lower() if isinstance(value, bool) else str(value) for value in _as_list(raw)]
             _check_no_variables(values)
             if not _condition_key(operator, key, values, context):
                 return False
@@ -309,13 +301,9 @@ def statement_applies(statement: Mapping[str, Any], request: Request) -> bool:
         if hit != ("Resource" in statement):
             return False
 
-    if "Principal" in statement and not _principal_matches(
-        statement["Principal"], request.principal
-    ):
+    if "Principal" in statement and not _principal_matches(statement["Principal"], request.principal):
         return False
-    if "NotPrincipal" in statement and _principal_matches(
-        statement["NotPrincipal"], request.principal
-    ):
+    if "NotPrincipal" in statement and _principal_matches(statement["NotPrincipal"], request.principal):
         return False
 
     return conditions_hold(statement.get("Condition"), request.context)
@@ -327,9 +315,7 @@ def _statements(policy: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         if not isinstance(statement, Mapping):
             raise UnsupportedPolicyError(f"a statement must be a mapping, not {statement!r}")
         if statement.get("Effect") not in ("Allow", "Deny"):
-            raise UnsupportedPolicyError(
-                f"Effect must be Allow or Deny, not {statement.get('Effect')!r}"
-            )
+            raise UnsupportedPolicyError(f"Effect must be Allow or Deny, not {statement.get('Effect')!r}")
     return statements
 
 

@@ -61,7 +61,7 @@ from account_bootstrap import (
 )
 
 # pydantic needs these at run time to build the models
-from deploy_helper.identifiers import AccountId, RoleArn  # noqa: TC001
+from deploy_helper.identifiers import AccountId, RoleArn
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -103,9 +103,7 @@ class BootstrapParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    broker_role_arn: RoleArn = Field(
-        description="the broker Lambda's execution role, the only trusted principal"
-    )
+    broker_role_arn: RoleArn = Field(description="the broker Lambda's execution role, the only trusted principal")
     external_id: SecretStr = Field(description="the ExternalId the broker sends with AssumeRole")
     broker_role_name: str = Field(DEFAULT_BROKER_ROLE_NAME, pattern=_IAM_NAME)
     reader_role_name: str = Field(DEFAULT_READER_ROLE_NAME, pattern=_IAM_NAME)
@@ -119,9 +117,7 @@ class BootstrapParameters(BaseModel):
     @classmethod
     def _external_id(cls, value: SecretStr) -> SecretStr:
         if not re.fullmatch(r"[A-Za-z0-9_+=,.@:/-]{2,1224}", value.get_secret_value()):
-            raise ValueError(
-                "the ExternalId must be 2-1224 characters of letters, digits and + = , . @ : / - _"
-            )
+            raise ValueError("the ExternalId must be 2-1224 characters of letters, digits and + = , . @ : / - _")
         return value
 
     @field_validator("function_name_patterns", "bucket_name_patterns", "key_alias_patterns")
@@ -136,22 +132,15 @@ class BootstrapParameters(BaseModel):
             if not re.fullmatch(grammar, pattern):
                 raise ValueError(f"{pattern!r} is not a valid pattern (expected e.g. {example!r})")
             if pattern.strip("*?") == "" or pattern in ("alias/*",):
-                raise ValueError(
-                    f"{pattern!r} matches everything: name a prefix, or use the opt-in tag"
-                )
+                raise ValueError(f"{pattern!r} matches everything: name a prefix, or use the opt-in tag")
         return value
 
     @model_validator(mode="after")
     def _something_opts_in(self) -> BootstrapParameters:
         if not (
-            self.opt_in_tag_value
-            or self.function_name_patterns
-            or self.bucket_name_patterns
-            or self.key_alias_patterns
+            self.opt_in_tag_value or self.function_name_patterns or self.bucket_name_patterns or self.key_alias_patterns
         ):
-            raise ValueError(
-                "nothing would opt in: keep the opt-in tag value or give at least one name pattern"
-            )
+            raise ValueError("nothing would opt in: keep the opt-in tag value or give at least one name pattern")
         return self
 
     def cfn_parameters(self) -> list[dict[str, str]]:
@@ -185,9 +174,7 @@ def config_digest(
     payload = json.dumps(
         {
             "template": hashlib.sha256(template_body().encode()).hexdigest(),
-            "parameters": {
-                p["ParameterKey"]: p["ParameterValue"] for p in parameters.cfn_parameters()
-            },
+            "parameters": {p["ParameterKey"]: p["ParameterValue"] for p in parameters.cfn_parameters()},
             "extra": dict(extra or {}),
         },
         sort_keys=True,
@@ -215,9 +202,7 @@ class AccountEntry(BaseModel):
 
     id: AccountId
     name: str = Field("", max_length=128, description="a label shown in the summary")
-    admin_role: str | None = Field(
-        None, pattern=_IAM_NAME, description="overrides --admin-role for this account"
-    )
+    admin_role: str | None = Field(None, pattern=_IAM_NAME, description="overrides --admin-role for this account")
 
 
 class AccountsFile(BaseModel):
@@ -261,20 +246,14 @@ def load_accounts_file(path: Path) -> list[AccountEntry]:
         raise BootstrapError(f"{path}: cannot read the accounts file: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise BootstrapError(f"{path}: not valid YAML or JSON: {exc}") from exc
-    example = (
-        'accounts:\n  - "111111111111"\n'
-        '  - {id: "222222222222", name: payments, admin_role: AdminRole}'
-    )
+    example = 'accounts:\n  - "111111111111"\n  - {id: "222222222222", name: payments, admin_role: AdminRole}'
     if not isinstance(raw, dict):
-        raise BootstrapError(
-            f"{path}: expected a mapping with an 'accounts' list, for example:\n{example}"
-        )
+        raise BootstrapError(f"{path}: expected a mapping with an 'accounts' list, for example:\n{example}")
     try:
         return AccountsFile.model_validate(raw).accounts
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: "
-            f"{error['msg'].removeprefix('Value error, ')}"
+            f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: {error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors()
         )
         raise BootstrapError(f"{path}: {problems}. Expected for example:\n{example}") from exc
@@ -353,10 +332,7 @@ class RolloutReport:
         done = [r for r in self.results if not r.failed]
         failed = self.failed
         if not self.changed and not failed:
-            return (
-                f"No changes: all {len(done)} accounts are already "
-                f"at bootstrap version {self.version}."
-            )
+            return f"No changes: all {len(done)} accounts are already at bootstrap version {self.version}."
         verb = "would change" if self.plan else "changed"
         changed = sum(1 for r in done if r.change not in (None, "none"))
         text = f"{changed} of {len(self.results)} accounts {verb}"
@@ -430,9 +406,7 @@ def _version_state(
 class ClientFactory(Protocol):
     """Makes boto3 clients acting in one account (a ``boto3.Session`` is one)."""
 
-    def client(
-        self, service_name: str, *, region_name: str | None = None, config: Config | None = None
-    ) -> Any:
+    def client(self, service_name: str, *, region_name: str | None = None, config: Config | None = None) -> Any:
         """A client for ``service_name``."""
         ...
 
@@ -453,17 +427,13 @@ class _AccountClients:
     because a session is not thread-safe, the clients themselves are.
     """
 
-    def __init__(
-        self, base: boto3.Session, credentials: Mapping[str, Any], region: str, lock: threading.Lock
-    ) -> None:
+    def __init__(self, base: boto3.Session, credentials: Mapping[str, Any], region: str, lock: threading.Lock) -> None:
         self._base = base
         self._credentials = credentials
         self._region = region
         self._lock = lock
 
-    def client(
-        self, service_name: str, *, region_name: str | None = None, config: Config | None = None
-    ) -> Any:
+    def client(self, service_name: str, *, region_name: str | None = None, config: Config | None = None) -> Any:
         with self._lock:
             return self._base.client(
                 service_name,  # type: ignore[call-overload]
@@ -507,9 +477,7 @@ class AssumeRoleSessions:
         """Assume the administrator role in ``account``."""
         arn = self.role_arn(account, role_name)
         try:
-            credentials = self._sts.assume_role(RoleArn=arn, RoleSessionName=self.session_name)[
-                "Credentials"
-            ]
+            credentials = self._sts.assume_role(RoleArn=arn, RoleSessionName=self.session_name)["Credentials"]
         except (ClientError, BotoCoreError) as exc:
             raise AdminAccessError(
                 f"cannot assume {arn} ({_error_text(exc)}); check that this role exists in "
@@ -534,9 +502,7 @@ class _Waiter:
         deadline = time.monotonic() + self.timeout
         while not check():
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{what} did not finish within {self.timeout:.0f} s; re-run to pick it up"
-                )
+                raise TimeoutError(f"{what} did not finish within {self.timeout:.0f} s; re-run to pick it up")
             self.sleep(self.poll_interval)
 
 
@@ -560,9 +526,7 @@ def _output_version(stack: Mapping[str, Any]) -> int | None:
 class _StackDeployer:
     """Create / update / recreate the bootstrap stack in one account."""
 
-    def __init__(
-        self, cfn: Any, stack_name: str, parameters: BootstrapParameters, waiter: _Waiter
-    ) -> None:
+    def __init__(self, cfn: Any, stack_name: str, parameters: BootstrapParameters, waiter: _Waiter) -> None:
         self.cfn = cfn
         self.stack_name = stack_name
         self.parameters = parameters
@@ -572,9 +536,7 @@ class _StackDeployer:
         try:
             stacks = self.cfn.describe_stacks(StackName=self.stack_name)["Stacks"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get(
-                "Code"
-            ) == "ValidationError" and "does not exist" in str(exc):
+            if exc.response.get("Error", {}).get("Code") == "ValidationError" and "does not exist" in str(exc):
                 return None
             raise
         return stacks[0] if stacks else None
@@ -584,9 +546,7 @@ class _StackDeployer:
             return "create"
         status = str(stack["StackStatus"])
         if status.endswith(_BUSY):
-            raise RuntimeError(
-                f"stack {self.stack_name} is busy ({status}); wait for it to finish and re-run"
-            )
+            raise RuntimeError(f"stack {self.stack_name} is busy ({status}); wait for it to finish and re-run")
         if status in _RECREATE:
             return "recreate"
         if status in _STUCK:
@@ -594,11 +554,7 @@ class _StackDeployer:
                 f"stack {self.stack_name} is in {status}: resolve it in CloudFormation "
                 "(continue the rollback or delete the stack), then re-run"
             )
-        return (
-            "none"
-            if config_matches(_tag(stack.get("Tags"), CONFIG_TAG), self.parameters)
-            else "update"
-        )
+        return "none" if config_matches(_tag(stack.get("Tags"), CONFIG_TAG), self.parameters) else "update"
 
     def apply(self, change: Change) -> dict[str, Any]:
         arguments = {
@@ -628,9 +584,7 @@ class _StackDeployer:
 
         self.waiter.until(finished, f"stack {self.stack_name}")
         if stack["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
-            raise RuntimeError(
-                f"stack {self.stack_name} ended in {stack['StackStatus']}: {self.failure_reason()}"
-            )
+            raise RuntimeError(f"stack {self.stack_name} ended in {stack['StackStatus']}: {self.failure_reason()}")
         return stack
 
     def failure_reason(self) -> str:
@@ -641,8 +595,7 @@ class _StackDeployer:
         reasons = [
             f"{event['LogicalResourceId']}: {event['ResourceStatusReason']}"
             for event in events
-            if str(event.get("ResourceStatus", "")).endswith("FAILED")
-            and event.get("ResourceStatusReason")
+            if str(event.get("ResourceStatus", "")).endswith("FAILED") and event.get("ResourceStatusReason")
         ]
         return "; ".join(reversed(reasons[:3])) or "see the stack's events"
 
@@ -679,9 +632,7 @@ def bootstrap_accounts(
     than ``failure_tolerance`` allows, accounts not yet started are reported
     ``skipped``; the others keep their result. Re-running finishes the job.
     """
-    entries = [
-        entry if isinstance(entry, AccountEntry) else AccountEntry(id=entry) for entry in accounts
-    ]
+    entries = [entry if isinstance(entry, AccountEntry) else AccountEntry(id=entry) for entry in accounts]
     total = len(entries)
     tolerance = failure_tolerance.of(total)
     workers = max(1, min(max_concurrency.of(total) or 1, total or 1))
@@ -709,13 +660,9 @@ def bootstrap_accounts(
             change = deployer.change_for(stack)
             if plan or change == "none":
                 outcome: Outcome = "planned" if plan and change != "none" else "unchanged"
-                return AccountResult(
-                    entry.id, change, outcome, _output_version(stack or {}), name=entry.name
-                )
+                return AccountResult(entry.id, change, outcome, _output_version(stack or {}), name=entry.name)
             stack = deployer.apply(change)
-            return AccountResult(
-                entry.id, change, "succeeded", _output_version(stack), name=entry.name
-            )
+            return AccountResult(entry.id, change, "succeeded", _output_version(stack), name=entry.name)
         except (AdminAccessError, ClientError, BotoCoreError, RuntimeError, TimeoutError) as exc:
             message = _existing_role_hint(_error_text(exc), parameters)
             log.warning("bootstrap of account %s failed: %s", entry.id, message)
@@ -749,9 +696,7 @@ def status_accounts(
 
     This is what the broker will see, however the roles were deployed.
     """
-    entries = [
-        entry if isinstance(entry, AccountEntry) else AccountEntry(id=entry) for entry in accounts
-    ]
+    entries = [entry if isinstance(entry, AccountEntry) else AccountEntry(id=entry) for entry in accounts]
 
     def one(entry: AccountEntry) -> AccountStatus:
         try:
@@ -776,9 +721,7 @@ def status_accounts(
             message = "only one of the two roles exists: re-run deploy-helper bootstrap"
         return AccountStatus(entry.id, state, version, message, entry.name)
 
-    with ThreadPoolExecutor(
-        max_workers=max(1, max_concurrency), thread_name_prefix="status"
-    ) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="status") as pool:
         return list(pool.map(one, entries))
 
 
@@ -800,9 +743,9 @@ class _StackSet:
 
     def describe(self) -> dict[str, Any] | None:
         try:
-            stack_set: dict[str, Any] = self.cfn.describe_stack_set(
-                StackSetName=self.name, CallAs=self.call_as
-            )["StackSet"]
+            stack_set: dict[str, Any] = self.cfn.describe_stack_set(StackSetName=self.name, CallAs=self.call_as)[
+                "StackSet"
+            ]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "StackSetNotFoundException":
                 return None
@@ -814,9 +757,7 @@ class _StackSet:
         token: str | None = None
         while True:
             extra = {"NextToken": token} if token else {}
-            page = self.cfn.list_stack_instances(
-                StackSetName=self.name, CallAs=self.call_as, **extra
-            )
+            page = self.cfn.list_stack_instances(StackSetName=self.name, CallAs=self.call_as, **extra)
             for summary in page.get("Summaries", []):
                 if summary.get("Region") == self.region:
                     found[summary["Account"]] = summary
@@ -875,9 +816,7 @@ def accounts_in_ous(org: Any, ous: Sequence[str]) -> dict[str, str] | None:
                 for account in page["Accounts"]:
                     if account.get("Status", "ACTIVE") == "ACTIVE" and account["Id"] != management:
                         found[account["Id"]] = parent
-            for page in org.get_paginator("list_organizational_units_for_parent").paginate(
-                ParentId=parent
-            ):
+            for page in org.get_paginator("list_organizational_units_for_parent").paginate(ParentId=parent):
                 queue.extend(unit["Id"] for unit in page["OrganizationalUnits"])
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in (
@@ -967,8 +906,7 @@ class _OrganizationRollout:
         if targets is None:
             self.accounts_known = False
             self.report.notes.append(
-                "Organizations could not be read: accounts without a stack instance "
-                "are found after deployment"
+                "Organizations could not be read: accounts without a stack instance are found after deployment"
             )
         for account in targets if targets is not None else self.instances:
             instance = self.instances.get(account)
@@ -990,11 +928,7 @@ class _OrganizationRollout:
     def _report_current(self) -> None:
         for account, instance in self.stack_set.instances().items():
             change = self.changes.get(account, "none")
-            if (
-                change != "none"
-                and account not in self.reported
-                and instance.get("Status") == "CURRENT"
-            ):
+            if change != "none" and account not in self.reported and instance.get("Status") == "CURRENT":
                 self.emit(AccountResult(account, change, "succeeded", BOOTSTRAP_VERSION))
 
     def _run(self, operation_id: str) -> None:
@@ -1036,9 +970,7 @@ class _OrganizationRollout:
             )
         elif self.report.stack_set_change == "update":
             # Without DeploymentTargets and Regions, StackSets update every instance.
-            self._run(
-                cfn.update_stack_set(**common, OperationPreferences=self.preferences)["OperationId"]
-            )
+            self._run(cfn.update_stack_set(**common, OperationPreferences=self.preferences)["OperationId"])
         if not self.accounts_known or "create" in self.changes.values():
             self._run(
                 cfn.create_stack_instances(
@@ -1076,9 +1008,7 @@ class _OrganizationRollout:
         except (ClientError, BotoCoreError) as exc:
             final, error = {}, error or _error_text(exc)
         if not self.accounts_known:
-            self.changes.update(
-                {account: "create" for account in final if account not in self.changes}
-            )
+            self.changes.update({account: "create" for account in final if account not in self.changes})
         for account, change in self.changes.items():
             if account in self.reported:
                 continue
@@ -1089,11 +1019,7 @@ class _OrganizationRollout:
                 continue
             why = reasons.get(account) or (instance or {}).get("StatusReason") or error
             if not why:
-                why = (
-                    f"stack instance is {instance.get('Status')}"
-                    if instance
-                    else "no stack instance was created"
-                )
+                why = f"stack instance is {instance.get('Status')}" if instance else "no stack instance was created"
             self.emit(AccountResult(account, change, "failed", message=str(why)))
 
 
@@ -1127,9 +1053,7 @@ def bootstrap_organization(
     ``on_start`` receives the number of accounts once they are known.
     """
     if not ous:
-        raise BootstrapError(
-            "name at least one organizational unit (--ou ou-xxxx-xxxxxxxx or the root r-xxxx)"
-        )
+        raise BootstrapError("name at least one organizational unit (--ou ou-xxxx-xxxxxxxx or the root r-xxxx)")
     cfn = session.client("cloudformation", region_name=region, config=client_config)
     org = session.client("organizations", region_name=region, config=client_config)
     waiter = _Waiter(sleep=sleep, poll_interval=poll_interval, timeout=timeout)
@@ -1183,9 +1107,7 @@ def status_organization(
     version = _instance_version(described)
     accounts = set(instances)
     if ous:
-        targets = accounts_in_ous(
-            session.client("organizations", region_name=region, config=client_config), ous
-        )
+        targets = accounts_in_ous(session.client("organizations", region_name=region, config=client_config), ous)
         accounts |= set(targets or {})
     statuses: list[AccountStatus] = []
     for account in sorted(accounts):
@@ -1204,7 +1126,5 @@ def status_organization(
             statuses.append(AccountStatus(account, state, version, message))
         else:
             reason = instance.get("StatusReason") or f"stack instance {instance.get('Status')}"
-            statuses.append(
-                AccountStatus(account, "pending", None, f"{reason}: re-run deploy-helper bootstrap")
-            )
+            statuses.append(AccountStatus(account, "pending", None, f"{reason}: re-run deploy-helper bootstrap"))
     return statuses

@@ -68,9 +68,7 @@ _CHANGE_WORDS = {
 class _CountType(click.ParamType):
     name = "N|N%"
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> Count:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Count:
         if isinstance(value, Count):
             return value
         try:
@@ -102,25 +100,18 @@ def _region(session: boto3.Session, region: str | None) -> str:
 def _client_config() -> Any:
     from botocore.config import Config
 
-    return Config(
-        retries={"mode": "adaptive", "max_attempts": 10}, connect_timeout=10, read_timeout=60
-    )
+    return Config(retries={"mode": "adaptive", "max_attempts": 10}, connect_timeout=10, read_timeout=60)
 
 
-def _targets(
-    ous: Sequence[str], accounts_file: Path | None, account_ids: Sequence[str]
-) -> list[AccountEntry] | None:
+def _targets(ous: Sequence[str], accounts_file: Path | None, account_ids: Sequence[str]) -> list[AccountEntry] | None:
     """None for the StackSets path; the accounts for the per-account path."""
     if ous and (accounts_file or account_ids):
-        raise click.UsageError(
-            "choose one path: --ou (StackSets) or --accounts/--account (account by account)"
-        )
+        raise click.UsageError("choose one path: --ou (StackSets) or --accounts/--account (account by account)")
     if ous:
         return None
     if not accounts_file and not account_ids:
         raise click.UsageError(
-            "say where to deploy: --ou OU_ID (StackSets, Organizations) "
-            "or --accounts FILE / --account ID"
+            "say where to deploy: --ou OU_ID (StackSets, Organizations) or --accounts FILE / --account ID"
         )
     entries: list[AccountEntry] = []
     if accounts_file:
@@ -133,9 +124,7 @@ def _targets(
         try:
             entry = AccountEntry(id=account)
         except ValueError as exc:
-            raise click.BadParameter(
-                f"{account!r} is not a 12-digit AWS account id", param_hint="--account"
-            ) from exc
+            raise click.BadParameter(f"{account!r} is not a 12-digit AWS account id", param_hint="--account") from exc
         if entry.id not in known:
             entries.append(entry)
             known.add(entry.id)
@@ -184,9 +173,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, advance=1, last=f"{result.account} {word}")
         else:
-            self.err.print(
-                f"[{self.done}/{self.total or '?'}] {result.account} {word}", highlight=False
-            )
+            self.err.print(f"[{self.done}/{self.total or '?'}] {result.account} {word}", highlight=False)
 
 
 def _report_table(report: RolloutReport) -> Table:
@@ -240,8 +227,7 @@ def _target_options(function: Callable[..., Any]) -> Callable[..., Any]:
             "ous",
             multiple=True,
             metavar="OU_ID",
-            help="StackSets path: an organizational unit (ou-xxxx-xxxxxxxx) or the root (r-xxxx). "
-            "Repeatable.",
+            help="StackSets path: an organizational unit (ou-xxxx-xxxxxxxx) or the root (r-xxxx). Repeatable.",
         ),
         click.option(
             "--accounts",
@@ -273,8 +259,7 @@ def _target_options(function: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(["self", "delegated-admin"]),
             default="self",
             show_default=True,
-            help="StackSets path: run as the management account or as a StackSets "
-            "delegated administrator.",
+            help="StackSets path: run as the management account or as a StackSets delegated administrator.",
         ),
         click.option(
             "--region",
@@ -293,8 +278,7 @@ def _target_options(function: Callable[..., Any]) -> Callable[..., Any]:
     "--broker-role-arn",
     envvar="DEPLOY_HELPER_BROKER_ROLE_ARN",
     metavar="ARN",
-    help="The broker Lambda's execution role, the only principal the roles trust. "
-    "[env: DEPLOY_HELPER_BROKER_ROLE_ARN]",
+    help="The broker Lambda's execution role, the only principal the roles trust. [env: DEPLOY_HELPER_BROKER_ROLE_ARN]",
 )
 @click.option(
     "--external-id",
@@ -377,9 +361,7 @@ def _target_options(function: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="StackSets path: keep the roles in accounts that leave the OUs.",
 )
-@click.option(
-    "--plan", is_flag=True, help="Show what would change in each account; change nothing."
-)
+@click.option("--plan", is_flag=True, help="Show what would change in each account; change nothing.")
 @click.pass_context
 def bootstrap(ctx: click.Context, **options: Any) -> None:
     """Put the broker's roles into target accounts, and keep them current.
@@ -424,9 +406,7 @@ def bootstrap(ctx: click.Context, **options: Any) -> None:
     if not options["broker_role_arn"]:
         raise click.UsageError("--broker-role-arn (or DEPLOY_HELPER_BROKER_ROLE_ARN) is required")
     if not options["external_id"]:
-        raise click.UsageError(
-            "set DEPLOY_HELPER_EXTERNAL_ID (or --external-id) to the broker's ExternalId"
-        )
+        raise click.UsageError("set DEPLOY_HELPER_EXTERNAL_ID (or --external-id) to the broker's ExternalId")
     try:
         parameters = BootstrapParameters(
             broker_role_arn=options["broker_role_arn"],
@@ -458,9 +438,7 @@ def bootstrap(ctx: click.Context, **options: Any) -> None:
                     ous=options["ous"],
                     region=region,
                     stack_set_name=options["stack_set_name"],
-                    call_as="DELEGATED_ADMIN"
-                    if options["call_as"] == "delegated-admin"
-                    else "SELF",
+                    call_as="DELEGATED_ADMIN" if options["call_as"] == "delegated-admin" else "SELF",
                     auto_deployment=options["auto_deployment"],
                     retain_stacks_on_account_removal=options["retain_stacks_on_account_removal"],
                     on_start=progress.start,
@@ -468,9 +446,7 @@ def bootstrap(ctx: click.Context, **options: Any) -> None:
                     **common,
                 )
         else:
-            sessions = AssumeRoleSessions(
-                session, options["admin_role"], region=region, config=common["client_config"]
-            )
+            sessions = AssumeRoleSessions(session, options["admin_role"], region=region, config=common["client_config"])
             with _Progress(err, "Accounts", len(entries)) as progress:
                 report = bootstrap_accounts(
                     entries,
@@ -560,9 +536,7 @@ def status(ctx: click.Context, **options: Any) -> None:
                 client_config=config,
             )
         else:
-            sessions = AssumeRoleSessions(
-                session, options["admin_role"], region=region, config=config
-            )
+            sessions = AssumeRoleSessions(session, options["admin_role"], region=region, config=config)
             statuses = status_accounts(
                 entries,
                 sessions,

@@ -75,10 +75,7 @@ def local(aws: LocalAws) -> Accounts:
 @pytest.fixture
 def accounts_file(tmp_path: Path) -> Path:
     path = tmp_path / "accounts.yaml"
-    lines = [
-        f'  - "{a}"' if i % 2 else f'  - {{id: "{a}", name: team-{i}}}'
-        for i, a in enumerate(ACCOUNTS)
-    ]
+    lines = [f'  - "{a}"' if i % 2 else f'  - {{id: "{a}", name: team-{i}}}' for i, a in enumerate(ACCOUNTS)]
     path.write_text("accounts:\n" + "\n".join(lines) + "\n")
     return path
 
@@ -91,9 +88,7 @@ def run(*args: str, obj: dict[str, Any] | None = None) -> tuple[int, dict[str, A
     return result.exit_code, json.loads(result.stdout), result.output
 
 
-def role(
-    local: Accounts, account: str, name: str = "deploy-helper-broker"
-) -> dict[str, Any] | None:
+def role(local: Accounts, account: str, name: str = "deploy-helper-broker") -> dict[str, Any] | None:
     try:
         return local.client("iam", account).get_role(RoleName=name)["Role"]  # type: ignore[no-any-return]
     except ClientError as exc:
@@ -127,9 +122,7 @@ def outcomes(report: dict[str, Any]) -> dict[str, str]:
 # -- per-account path ------------------------------------------------------------------
 
 
-def test_per_account_rollout_to_20_accounts_then_nothing_changes(
-    local: Accounts, accounts_file: Path
-) -> None:
+def test_per_account_rollout_to_20_accounts_then_nothing_changes(local: Accounts, accounts_file: Path) -> None:
     code, plan, _ = run("--accounts", str(accounts_file), "--plan")
     assert code == 0
     assert plan["plan"] is True
@@ -144,12 +137,8 @@ def test_per_account_rollout_to_20_accounts_then_nothing_changes(
     assert first["accounts"][0]["name"] == "team-0"
     for account in ACCOUNTS:
         assert_bootstrapped(local, account)
-    stack = local.client("cloudformation", ACCOUNTS[3]).describe_stacks(
-        StackName=DEFAULT_STACK_NAME
-    )["Stacks"][0]
-    assert EXTERNAL_ID not in json.dumps(
-        [t["Value"] for t in stack["Tags"] if t["Key"] == CONFIG_TAG]
-    )
+    stack = local.client("cloudformation", ACCOUNTS[3]).describe_stacks(StackName=DEFAULT_STACK_NAME)["Stacks"][0]
+    assert EXTERNAL_ID not in json.dumps([t["Value"] for t in stack["Tags"] if t["Key"] == CONFIG_TAG])
 
     code, second, output = run("--accounts", str(accounts_file))
     assert code == 0
@@ -157,9 +146,7 @@ def test_per_account_rollout_to_20_accounts_then_nothing_changes(
     assert set(outcomes(second).values()) == {"unchanged"}
     assert "No changes: all 20 accounts are already at bootstrap version 1." in output
 
-    result = CliRunner().invoke(
-        main, ["bootstrap", "status", "--accounts", str(accounts_file), "--json"], env=ENV
-    )
+    result = CliRunner().invoke(main, ["bootstrap", "status", "--accounts", str(accounts_file), "--json"], env=ENV)
     assert result.exit_code == 0
     states = json.loads(result.stdout)["accounts"]
     assert {(s["state"], s["version"]) for s in states} == {("current", BOOTSTRAP_VERSION)}
@@ -243,10 +230,9 @@ def test_a_changed_parameter_updates_every_account(local: Accounts) -> None:
     before = BootstrapParameters(broker_role_arn=BROKER, external_id=EXTERNAL_ID)
     after = before.model_copy(update={"function_name_patterns": ("authorizer-*",)})
     accounts = ACCOUNTS[:4]
-    assert {
-        r.outcome
-        for r in bootstrap_accounts(accounts, before, sessions, region="us-east-1").results
-    } == {"succeeded"}
+    assert {r.outcome for r in bootstrap_accounts(accounts, before, sessions, region="us-east-1").results} == {
+        "succeeded"
+    }
     plan = bootstrap_accounts(accounts, after, sessions, region="us-east-1", plan=True)
     assert {(r.change, r.outcome) for r in plan.results} == {("update", "planned")}
     applied = bootstrap_accounts(accounts, after, sessions, region="us-east-1")
@@ -297,9 +283,7 @@ def test_stack_set_rollout_to_20_accounts_then_only_new_accounts_change(local: A
     assert outcomes(first) == dict.fromkeys(sorted(accounts), "succeeded")
     for account in accounts:
         assert_bootstrapped(local, account)
-    stack_set = local.client("cloudformation").describe_stack_set(
-        StackSetName="deploy-helper-bootstrap"
-    )["StackSet"]
+    stack_set = local.client("cloudformation").describe_stack_set(StackSetName="deploy-helper-bootstrap")["StackSet"]
     assert stack_set["PermissionModel"] == "SERVICE_MANAGED"
 
     code, second, output = run("--ou", ou)
@@ -319,17 +303,13 @@ def test_stack_set_rollout_to_20_accounts_then_only_new_accounts_change(local: A
     result = CliRunner().invoke(main, ["bootstrap", "status", "--ou", ou, "--json"], env=ENV)
     assert result.exit_code == 0
     states = json.loads(result.stdout)["accounts"]
-    assert len(states) == 21 and {(s["state"], s["version"]) for s in states} == {
-        ("current", BOOTSTRAP_VERSION)
-    }
+    assert len(states) == 21 and {(s["state"], s["version"]) for s in states} == {("current", BOOTSTRAP_VERSION)}
 
 
 def test_an_account_whose_stack_instance_fails_is_named_with_the_reason(local: Accounts) -> None:
     _, _, ou, accounts = organization(local, 3)
     broken = accounts[1]
-    reason = (
-        "ResourceLogicalId:BrokerRole, ResourceStatusReason:deploy-helper-broker already exists."
-    )
+    reason = "ResourceLogicalId:BrokerRole, ResourceStatusReason:deploy-helper-broker already exists."
     session = local.local.base_session()
 
     # moto deploys every stack instance it is asked for; in AWS one account can fail inside an
@@ -353,9 +333,7 @@ def test_an_account_whose_stack_instance_fails_is_named_with_the_reason(local: A
 
 
 def test_status_names_accounts_that_are_not_bootstrapped(local: Accounts) -> None:
-    result = CliRunner().invoke(
-        main, ["bootstrap", "status", "--account", ACCOUNTS[0], "--json"], env=ENV
-    )
+    result = CliRunner().invoke(main, ["bootstrap", "status", "--account", ACCOUNTS[0], "--json"], env=ENV)
     assert result.exit_code == 1
     (state,) = json.loads(result.stdout)["accounts"]
     assert state["state"] == "not-bootstrapped" and "deploy-helper bootstrap" in state["message"]

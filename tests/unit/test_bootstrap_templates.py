@@ -55,9 +55,7 @@ def actions_of(statement: dict[str, Any]) -> set[str]:
     return {action} if isinstance(action, str) else set(action)
 
 
-@pytest.mark.parametrize(
-    "path", [BROKER_TEMPLATE, SAM_TEMPLATE], ids=["broker-role", "sam-template"]
-)
+@pytest.mark.parametrize("path", [BROKER_TEMPLATE, SAM_TEMPLATE], ids=["broker-role", "sam-template"])
 def test_templates_pass_cfn_lint_without_errors_or_warnings(path: Path) -> None:
     if not path.exists():
         pytest.skip(f"{path.name} is not in the repository yet")
@@ -73,10 +71,7 @@ def test_template_version_is_the_same_everywhere() -> None:
         role = rendered()[logical]["Properties"]
         assert {"Key": VERSION_TAG, "Value": str(BOOTSTRAP_VERSION)} in role["Tags"]
         (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
-        assert (
-            trust["Condition"]["StringEquals"][f"aws:RequestTag/{MIN_BOOTSTRAP_SESSION_TAG}"]
-            == supported
-        )
+        assert trust["Condition"]["StringEquals"][f"aws:RequestTag/{MIN_BOOTSTRAP_SESSION_TAG}"] == supported
     assert f"v{BOOTSTRAP_VERSION}" in template["Description"]
 
 
@@ -90,9 +85,7 @@ def test_broker_role_grants_exactly_the_grant_kinds_actions() -> None:
 def test_no_iam_no_wildcard_actions_no_allow_on_every_resource() -> None:
     for logical in ("BrokerRole", "ReaderRole"):
         for statement in statements(rendered({**PARAMETERS, "BucketNamePatterns": "b-*"})[logical]):
-            assert not any(a.startswith("iam:") or "*" in a for a in actions_of(statement)), (
-                statement
-            )
+            assert not any(a.startswith("iam:") or "*" in a for a in actions_of(statement)), statement
             if statement["Effect"] == "Allow":
                 resource = statement["Resource"]
                 assert "*" not in ([resource] if isinstance(resource, str) else resource), statement
@@ -164,9 +157,7 @@ def test_the_broker_with_its_external_id_may_assume(trust: dict[str, Any], actio
         "extra-session-tag",
     ],
 )
-def test_anyone_or_anything_else_is_refused(
-    trust: dict[str, Any], overrides: dict[str, Any]
-) -> None:
+def test_anyone_or_anything_else_is_refused(trust: dict[str, Any], overrides: dict[str, Any]) -> None:
     assert explain([trust], trust_request(**overrides)).decision is Decision.IMPLICIT_DENY
 
 
@@ -213,9 +204,7 @@ def test_config_digest_detects_any_change_and_hides_the_external_id() -> None:
     assert template_body().startswith("AWSTemplateFormatVersion")
 
 
-@pytest.mark.parametrize(
-    ("text", "total", "expected"), [("3", 20, 3), ("10%", 20, 2), ("10%", 5, 0), ("100%", 7, 7)]
-)
+@pytest.mark.parametrize(("text", "total", "expected"), [("3", 20, 3), ("10%", 20, 2), ("10%", 5, 0), ("100%", 7, 7)])
 def test_counts(text: str, total: int, expected: int) -> None:
     assert Count.parse(text).of(total) == expected
 

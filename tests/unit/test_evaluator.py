@@ -64,13 +64,8 @@ def test_explicit_deny_beats_allow_and_nothing_is_implicit_deny() -> None:
     request = Request("s3:DeleteBucketPolicy", "arn:aws:s3:::b")
     assert explain([policy(allow), policy(deny)], request).decision is Decision.EXPLICIT_DENY
     assert explain([policy(allow), policy(deny)], request).statements == ("NoDelete",)
-    assert (
-        evaluate([policy(allow)], Request("s3:GetBucketPolicy", "arn:aws:s3:::b")) is Decision.ALLOW
-    )
-    assert (
-        evaluate([policy(allow)], Request("kms:CreateGrant", "arn:aws:s3:::b"))
-        is Decision.IMPLICIT_DENY
-    )
+    assert evaluate([policy(allow)], Request("s3:GetBucketPolicy", "arn:aws:s3:::b")) is Decision.ALLOW
+    assert evaluate([policy(allow)], Request("kms:CreateGrant", "arn:aws:s3:::b")) is Decision.IMPLICIT_DENY
     assert evaluate([], request) is Decision.IMPLICIT_DENY
 
 
@@ -78,9 +73,7 @@ def test_not_action_and_not_resource() -> None:
     statement = {"Effect": "Allow", "NotAction": "iam:*", "NotResource": "arn:aws:s3:::secret"}
     assert evaluate([policy(statement)], Request("s3:GetBucketPolicy", "arn:aws:s3:::open")).allowed
     assert not evaluate([policy(statement)], Request("iam:PassRole", "arn:aws:s3:::open")).allowed
-    assert not evaluate(
-        [policy(statement)], Request("s3:GetBucketPolicy", "arn:aws:s3:::secret")
-    ).allowed
+    assert not evaluate([policy(statement)], Request("s3:GetBucketPolicy", "arn:aws:s3:::secret")).allowed
 
 
 def test_several_keys_are_anded_and_several_values_ored() -> None:
@@ -89,9 +82,7 @@ def test_several_keys_are_anded_and_several_values_ored() -> None:
     assert not conditions_hold(condition, {"k1": "b", "k2": "d"})
     assert not conditions_hold(condition, {"k1": "z", "k2": "c"})
     # keys are case-insensitive, values are not
-    assert conditions_hold(
-        {"StringEquals": {"AWS:ResourceAccount": "1"}}, {"aws:resourceaccount": "1"}
-    )
+    assert conditions_hold({"StringEquals": {"AWS:ResourceAccount": "1"}}, {"aws:resourceaccount": "1"})
     assert not conditions_hold({"StringEquals": {"k": "Abc"}}, {"k": "abc"})
     assert conditions_hold({"StringEqualsIgnoreCase": {"k": "Abc"}}, {"k": "abc"})
 
@@ -126,9 +117,7 @@ def test_null_bool_numeric_and_arn_operators() -> None:
     assert not conditions_hold({"Null": {"sts:SourceIdentity": "false"}}, {})
     assert conditions_hold({"Null": {"sts:SourceIdentity": "true"}}, {})
     assert conditions_hold({"Bool": {"aws:SecureTransport": "true"}}, {"aws:SecureTransport": True})
-    assert not conditions_hold(
-        {"Bool": {"aws:SecureTransport": True}}, {"aws:SecureTransport": False}
-    )
+    assert not conditions_hold({"Bool": {"aws:SecureTransport": True}}, {"aws:SecureTransport": False})
     assert conditions_hold({"NumericLessThanEquals": {"n": "3600"}}, {"n": 3600})
     assert not conditions_hold({"NumericLessThan": {"n": "3600"}}, {"n": "3600"})
     assert not conditions_hold({"NumericGreaterThan": {"n": "1"}}, {"n": "not-a-number"})
@@ -144,9 +133,7 @@ def test_principals_of_resource_policies() -> None:
     assert evaluate([trust], Request("sts:AssumeRole", role, principal=BROKER)).allowed
     assert not evaluate([trust], Request("sts:AssumeRole", role, principal=BROKER + "-not")).allowed
     assert not evaluate([trust], Request("sts:AssumeRole", role)).allowed
-    account_root = policy(
-        {"Effect": "Allow", "Principal": {"AWS": "123456789012"}, "Action": "sts:*"}
-    )
+    account_root = policy({"Effect": "Allow", "Principal": {"AWS": "123456789012"}, "Action": "sts:*"})
     assert evaluate([account_root], Request("sts:AssumeRole", role, principal=BROKER)).allowed
 
 
@@ -207,9 +194,7 @@ def target(action: str, opt_in: str, account: str = ACCOUNT) -> Request:
         resource = f"arn:aws:s3:::{name}"
     elif service == "kms":
         resource = f"arn:aws:kms:eu-west-1:{account}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-        context["kms:ResourceAliases"] = (
-            ["alias/artifacts-eu"] if opt_in == "name" else ["alias/payroll"]
-        )
+        context["kms:ResourceAliases"] = ["alias/artifacts-eu"] if opt_in == "name" else ["alias/payroll"]
         if action == "kms:CreateGrant":
             context["kms:GrantOperations"] = ["Decrypt", "DescribeKey"]
     else:
@@ -285,9 +270,7 @@ def test_function_patterns_cover_versions_and_aliases() -> None:
         ),
     ],
 )
-def test_guardrails_deny_even_on_opted_in_resources(
-    action: str, extra: dict[str, Any], sid: str
-) -> None:
+def test_guardrails_deny_even_on_opted_in_resources(action: str, extra: dict[str, Any], sid: str) -> None:
     base = target(action, "tag")
     verdict = explain(broker_policies(), Request(action, base.resource, {**base.context, **extra}))
     assert verdict.decision is Decision.EXPLICIT_DENY
@@ -303,7 +286,5 @@ def test_a_function_name_is_allowed_exactly_when_a_pattern_matches(name: str) ->
         f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:{name}",
         {"aws:ResourceAccount": ACCOUNT},
     )
-    expected = any(
-        fnmatch.fnmatchcase(name, p) for p in PARAMETERS["FunctionNamePatterns"].split(",")
-    )
+    expected = any(fnmatch.fnmatchcase(name, p) for p in PARAMETERS["FunctionNamePatterns"].split(","))
     assert evaluate(policies, request).allowed is expected
