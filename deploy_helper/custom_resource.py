@@ -233,6 +233,7 @@ def configure(settings: CustomResourceSettings | None) -> None:
 
 
 def current_settings() -> CustomResourceSettings:
+    """The settings events are answered with now."""
     return _settings
 
 
@@ -338,7 +339,8 @@ def handle_custom_resource(event: Any, context: Any, get_broker: Callable[[], Br
 
     with Watchdog(context, settings.timeout_margin, on_timeout):
         try:
-            response = handle(event, head, get_broker, settings, progress)
+            clock = getattr(context, "get_remaining_time_in_millis", None)
+            response = handle(event, head, get_broker, settings, progress, clock if callable(clock) else None)
         except Exception as exc:  # a bug must still produce an answer, never a stack waiting an hour
             logger.exception("unexpected error while handling a custom-resource event")
             reason = f"internal error in the broker ({type(exc).__name__}); see its log"
@@ -364,8 +366,13 @@ def handle(
     get_broker: Callable[[], Broker],
     settings: CustomResourceSettings,
     progress: _Progress,
+    remaining_ms: Callable[[], int] | None = None,
 ) -> CustomResourceResponse:
-    """Decide the answer to an event whose ResponseURL passed the check; sends nothing."""
+    """Decide the answer to an event whose ResponseURL passed the check; sends nothing.
+
+    ``remaining_ms`` (the Lambda context's clock) is the broker's deadline: no change is
+    started when too little time is left to record it and answer.
+    """
     try:
         broker = get_broker()
     except Exception as exc:
@@ -382,7 +389,7 @@ def handle(
         if head.is_delete:
             return head.answer("SUCCESS", head.unchanged_id(), f"nothing to remove: {exc.message}")
         return head.answer("FAILED", head.unchanged_id(), exc.message)
-    return _Decision(broker, settings, head, parsed, progress).run()
+    return _Decision(broker, settings, head, parsed, progress, remaining_ms).run()
 
 
 @dataclass
@@ -392,6 +399,7 @@ class _Decision:
     head: EventHead
     event: CreateEvent | UpdateEvent | DeleteEvent
     progress: _Progress
+    remaining_ms: Callable[[], int] | None = None
 
     def run(self) -> CustomResourceResponse:
         head, event = self.head, self.event
@@ -457,7 +465,7 @@ class _Decision:
         )
         self.progress.physical_id = grant_pid  # from here on, the grant may exist
         try:
-            response = self.broker.execute(identity, payload)
+            response = self.broker.execute(identity, payload, remaining_ms=self.remaining_ms)
         except LedgerError as exc:
             if isinstance(event, DeleteEvent):
                 return head.answer("SUCCESS", grant_pid, f"left in place: {exc.message}")

@@ -32,6 +32,8 @@ from deploy_helper.models import MAX_ENVELOPE_BYTES, BrokerResponse, ErrorBody
 from deploy_helper.signing import check_nesting, parse_signed_text
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from deploy_helper.broker import Broker
 
 logger = logging.getLogger(__name__)
@@ -55,8 +57,13 @@ class FunctionUrlError(BrokerError):
         super().__init__(message, code=code)
 
 
-def handle_function_url(event: dict[str, Any], broker: Broker) -> dict[str, Any]:
-    """Answer one function-URL request with an HTTP response (never raises)."""
+def handle_function_url(
+    event: dict[str, Any], broker: Broker, remaining_ms: Callable[[], int] | None = None
+) -> dict[str, Any]:
+    """Answer one function-URL request with an HTTP response (never raises).
+
+    ``remaining_ms`` is the Lambda context's clock, handed to the broker's deadline.
+    """
     claimed: dict[str, Any] = {}
     try:
         account = _iam_account(event)
@@ -67,7 +74,7 @@ def handle_function_url(event: dict[str, Any], broker: Broker) -> dict[str, Any]
         _refuse(broker, exc, claimed)
         body = BrokerResponse(ok=False, request_id=claimed.get("request_id"), error=_error(exc))
         return _http(_status_of(exc.code), body)
-    response = broker.handle(envelope)
+    response = broker.handle(envelope, remaining_ms=remaining_ms)
     if response.ok:
         return _http(200, response)
     code = response.error.code if response.error else "error"

@@ -65,10 +65,10 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     except BrokerError as exc:
         logger.error("broker configuration error: %s", exc.message)
         return BrokerResponse(ok=False, error=ErrorBody(code=exc.code, message=exc.message)).model_dump(mode="json")
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
     if is_function_url(event):
         from deploy_helper.function_url import handle_function_url
 
-        return handle_function_url(event, broker)
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
+        return handle_function_url(event, broker, remaining_ms=remaining if callable(remaining) else None)
     response = broker.handle(event, remaining_ms=remaining if callable(remaining) else None)
     return response.model_dump(mode="json", exclude_none=True)

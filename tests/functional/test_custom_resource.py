@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -795,9 +795,12 @@ def test_the_watchdog_answers_before_lambda_times_out(
         raise RuntimeError("released")
 
     monkeypatch.setattr(LambdaInvoke, "read", stuck)
+    custom_resource.configure(replace(custom_resource.current_settings(), timeout_margin=11.0))
     stack = world.deploy()
     body, name = event("Create", stack, bucket)
-    context = LambdaContext(remaining_ms=4000)  # the watchdog fires 3 s before the end: after ~1 s
+    # 12 s left: enough for the broker to start (it keeps 10 s back); the watchdog, set to
+    # answer 11 s before the end, fires after about 1 s while the grant kind is stuck.
+    context = LambdaContext(remaining_ms=12_000)
     worker = threading.Thread(target=handler.lambda_handler, args=(body, context))
     worker.start()
     try:
@@ -812,6 +815,16 @@ def test_the_watchdog_answers_before_lambda_times_out(
         worker.join(20)
     assert not worker.is_alive()
     assert len(bucket.at(name)) == 1  # the handler's own late answer was not sent
+
+
+def test_no_change_is_started_too_close_to_the_deadline(world: World, bucket: ResponseBucket) -> None:
+    stack = world.deploy()
+    body, name = event("Create", stack, bucket)
+    handler.lambda_handler(body, LambdaContext(remaining_ms=8_000))  # less than the broker keeps back
+    response = bucket.wait(name).json()
+    assert response["Status"] == "FAILED"
+    assert "not attempted before the deadline" in response["Reason"]
+    assert world.statement(grant_id(world, stack.properties)) is None
 
 
 def test_a_broker_that_cannot_start_still_answers(
