@@ -120,19 +120,21 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
 
 
 def _bootstrap(sc: seed.Scenario) -> list[dict[str, Any]]:
-    """Put the broker role in each target account, through the operator's rollout when available."""
-    try:
-        from account_bootstrap import rollout
-    except ImportError:  # pragma: no cover - the rollout ships with the product
-        rollout = None  # type: ignore[assignment]
-    runner = getattr(rollout, "bootstrap_local_scenario", None) if rollout else None
-    if runner is not None:
-        return list(runner(sc))
-    out = []
-    for name in seed.TARGET_ACCOUNTS:
-        arn = seed.create_broker_role(sc.local, seed.ACCOUNTS[name])
-        out.append({"account": seed.ACCOUNTS[name], "name": name, "role": arn, "status": "created"})
-    return out
+    """Put the broker role in each target account with the operator's rollout (per-account path).
+
+    This is what ``deploy-helper bootstrap --account ID ... --admin-role
+    OrganizationAccountAccessRole`` runs; a second run would report no changes.
+    """
+    from account_bootstrap.rollout import AssumeRoleSessions, BootstrapParameters, bootstrap_accounts
+
+    params = BootstrapParameters(broker_role_arn=seed.BROKER_EXEC_ROLE, external_id=seed.EXTERNAL_ID)
+    targets = [seed.ACCOUNTS[name] for name in seed.TARGET_ACCOUNTS]
+    report = bootstrap_accounts(targets, params, AssumeRoleSessions(sc.local.base_session()), region=seed.LOCAL_REGION)
+    if report.failed:
+        raise RuntimeError("bootstrap failed: " + "; ".join(f"{r.account}: {r.message}" for r in report.failed))
+    return [
+        {"account": r.account, "change": r.change, "outcome": r.outcome, "version": r.version} for r in report.results
+    ]
 
 
 def _tamper(envelope: dict[str, str], sc: seed.Scenario) -> dict[str, str]:

@@ -375,6 +375,7 @@ def build(
     bucket = f"dh-artifacts-{tooling}"
     s3 = local.client("s3", tooling)
     s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "deploy-helper:managed", "Value": "true"}]})
     s3.put_bucket_policy(
         Bucket=bucket,
         Policy=json.dumps(
@@ -393,7 +394,9 @@ def build(
             }
         ),
     )
-    key_arn = local.client("kms", tooling).create_key(Description="pipeline artifacts")["KeyMetadata"]["Arn"]
+    key_arn = local.client("kms", tooling).create_key(
+        Description="pipeline artifacts", Tags=[{"TagKey": "deploy-helper:managed", "TagValue": "true"}]
+    )["KeyMetadata"]["Arn"]
     _role(local, tooling, "pipeline")
     # Token service: the authorizer function, with a permission its team added.
     exec_role = _role(local, token, "authorizer-exec", "lambda.amazonaws.com")
