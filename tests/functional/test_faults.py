@@ -128,16 +128,12 @@ def outcomes(call: Callable[[], Any], n: int) -> list[str]:
             seen.append("ok")
         except ClientError as error:
             response = error.response
-            seen.append(
-                f"{response['Error']['Code']}/{response['ResponseMetadata']['HTTPStatusCode']}"
-            )
+            seen.append(f"{response['Error']['Code']}/{response['ResponseMetadata']['HTTPStatusCode']}")
     return seen
 
 
 def make_function(aws: LocalAws) -> None:
-    role = plain(aws, "iam", TOKEN).create_role(
-        RoleName="authorizer-exec", AssumeRolePolicyDocument="{}"
-    )
+    role = plain(aws, "iam", TOKEN).create_role(RoleName="authorizer-exec", AssumeRolePolicyDocument="{}")
     code = io.BytesIO()
     with zipfile.ZipFile(code, "w") as archive:
         archive.writestr("index.py", "def handler(event, context):\n    return {}\n")
@@ -322,9 +318,7 @@ def test_a_fault_before_sending_changes_nothing(aws: LocalAws, faults: FaultInje
     assert policy_sids(aws) == ["dh-1"]
 
 
-@pytest.mark.parametrize(
-    ("kind", "expected"), [("server-error", ClientError), ("timeout", ReadTimeoutError)]
-)
+@pytest.mark.parametrize(("kind", "expected"), [("server-error", ClientError), ("timeout", ReadTimeoutError)])
 def test_a_fault_after_sending_loses_the_response_not_the_change(
     aws: LocalAws, faults: FaultInjector, kind: str, expected: type[Exception]
 ) -> None:

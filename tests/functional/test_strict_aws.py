@@ -106,9 +106,7 @@ def plain(aws: LocalAws, service: str, account: str = DEFAULT_ACCOUNT) -> Any:
     return _CLIENTS[key]
 
 
-def hooked(
-    session: boto3.Session, aws: LocalAws, service: str, creds: dict[str, str] | None = None
-) -> Any:
+def hooked(session: boto3.Session, aws: LocalAws, service: str, creds: dict[str, str] | None = None) -> Any:
     """A client of ``session`` (default account unless ``creds`` are given)."""
     extra = keys(creds) if creds is not None else {}
     return session.client(service, endpoint_url=aws.endpoint, config=LOCAL_CONFIG, **extra)
@@ -177,9 +175,7 @@ def test_duplicate_statement_id_is_a_conflict(aws: LocalAws, strict: boto3.Sessi
     assert "statement id (sid) provided already exists" in message
     assert [s["Sid"] for s in statements(aws)] == ["dh-authorizer"]
     # moto alone takes the duplicate
-    plain(aws, "lambda", TOKEN).add_permission(
-        FunctionName=FUNCTION, StatementId="dh-authorizer", **INVOKE
-    )
+    plain(aws, "lambda", TOKEN).add_permission(FunctionName=FUNCTION, StatementId="dh-authorizer", **INVOKE)
     assert [s["Sid"] for s in statements(aws)] == ["dh-authorizer", "dh-authorizer"]
 
 
@@ -211,9 +207,7 @@ def test_parameters_must_match_the_model_patterns(
     assert len(statements(aws)) == 1
 
 
-def test_remove_permission_statement_id_must_match_the_pattern(
-    aws: LocalAws, strict: boto3.Session
-) -> None:
+def test_remove_permission_statement_id_must_match_the_pattern(aws: LocalAws, strict: boto3.Session) -> None:
     make_function(aws)
     plain(aws, "lambda", TOKEN).add_permission(FunctionName=FUNCTION, StatementId="dh-vé", **INVOKE)
     lam = hooked(strict, aws, "lambda", admin_creds(aws, TOKEN))
@@ -246,20 +240,14 @@ def test_function_policy_size_counts_account_principals_as_aws_stores_them(
     make_function(aws)
     moto = plain(aws, "lambda", TOKEN)
     for n in range(90):
-        moto.add_permission(
-            FunctionName=FUNCTION, StatementId=f"filler-{n:03d}-" + "x" * 30, **INVOKE
-        )
+        moto.add_permission(FunctionName=FUNCTION, StatementId=f"filler-{n:03d}-" + "x" * 30, **INVOKE)
     stored = json.loads(moto.get_policy(FunctionName=FUNCTION)["Policy"])
     new_moto_shape = {**stored["Statement"][0], "Sid": "one-more"}
     # In moto's shape (bare account ids) the next statement would still fit ...
     assert compact_size({**stored, "Statement": [*stored["Statement"], new_moto_shape]}) < 20_480
     # ... in AWS's shape the policy is already past the limit.
-    aws_shape = [
-        {**s, "Principal": {"AWS": f"arn:aws:iam::{SERVICE}:root"}} for s in stored["Statement"]
-    ]
-    expected = compact_size(
-        {**stored, "Statement": [*aws_shape, {**aws_shape[0], "Sid": "one-more"}]}
-    )
+    aws_shape = [{**s, "Principal": {"AWS": f"arn:aws:iam::{SERVICE}:root"}} for s in stored["Statement"]]
+    expected = compact_size({**stored, "Statement": [*aws_shape, {**aws_shape[0], "Sid": "one-more"}]})
     assert expected > 20_480
     lam = hooked(strict, aws, "lambda", admin_creds(aws, TOKEN))
 
@@ -301,9 +289,7 @@ def test_lambda_statement_shape_matches_aws() -> None:
     )
     assert statement["Principal"] == {"AWS": f"arn:aws:iam::{SERVICE}:root"}
     assert statement["Condition"] == {"StringEquals": {"aws:PrincipalOrgID": "o-abcdefghij"}}
-    assert strict_aws.lambda_principal("apigateway.amazonaws.com") == {
-        "Service": "apigateway.amazonaws.com"
-    }
+    assert strict_aws.lambda_principal("apigateway.amazonaws.com") == {"Service": "apigateway.amazonaws.com"}
 
 
 # -- S3 PutBucketPolicy -------------------------------------------------------
@@ -311,9 +297,7 @@ def bucket_policy(*statements: dict[str, Any]) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": list(statements)}
 
 
-def read_statement(
-    principal: Any, resource: str = f"arn:aws:s3:::{BUCKET}/*", sid: str = "Read"
-) -> dict[str, Any]:
+def read_statement(principal: Any, resource: str = f"arn:aws:s3:::{BUCKET}/*", sid: str = "Read") -> dict[str, Any]:
     return {
         "Sid": sid,
         "Effect": "Allow",
@@ -343,9 +327,7 @@ def test_bucket_policy_must_be_json(aws: LocalAws, strict: boto3.Session, bucket
     assert bucket.get_bucket_policy(Bucket=BUCKET)["Policy"] == "Version: 2012-10-17"
 
 
-def test_bucket_policy_size_is_counted_without_whitespace(
-    aws: LocalAws, strict: boto3.Session, bucket: Any
-) -> None:
+def test_bucket_policy_size_is_counted_without_whitespace(aws: LocalAws, strict: boto3.Session, bucket: Any) -> None:
     principal = {"AWS": f"arn:aws:iam::{SERVICE}:root"}
     many = bucket_policy(*(read_statement(principal, sid=f"Read{n:04d}") for n in range(120)))
     assert compact_size(many) < 20_480 < len(json.dumps(many, indent=4))
@@ -369,9 +351,7 @@ def test_bucket_policy_size_is_counted_without_whitespace(
     ("statement", "message"),
     [
         (
-            read_statement(
-                {"AWS": f"arn:aws:iam::{SERVICE}:root"}, resource="arn:aws:s3:::other-bucket/*"
-            ),
+            read_statement({"AWS": f"arn:aws:iam::{SERVICE}:root"}, resource="arn:aws:s3:::other-bucket/*"),
             "Policy has invalid resource",
         ),
         (
@@ -412,12 +392,8 @@ def test_bucket_policy_statements_are_validated(
     bucket.put_bucket_policy(Bucket=BUCKET, Policy=policy)  # moto accepts every one
 
 
-def test_bucket_policy_naming_an_existing_role_is_accepted(
-    aws: LocalAws, strict: boto3.Session, bucket: Any
-) -> None:
-    role = plain(aws, "iam", SERVICE).create_role(RoleName="deploy", AssumeRolePolicyDocument="{}")[
-        "Role"
-    ]
+def test_bucket_policy_naming_an_existing_role_is_accepted(aws: LocalAws, strict: boto3.Session, bucket: Any) -> None:
+    role = plain(aws, "iam", SERVICE).create_role(RoleName="deploy", AssumeRolePolicyDocument="{}")["Role"]
     s3 = hooked(strict, aws, "s3", admin_creds(aws, TOKEN))
     policy = bucket_policy(read_statement({"AWS": role["Arn"]}), read_statement("*", sid="Public"))
     s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
@@ -439,9 +415,7 @@ def test_named_grant_with_identical_parameters_returns_the_original_grant_id(
     key = plain(aws, "kms", TOKEN).create_key()["KeyMetadata"]
     kms = hooked(strict, aws, "kms", admin_creds(aws, TOKEN))
     first = kms.create_grant(KeyId=key["KeyId"], **GRANT)
-    again = kms.create_grant(
-        KeyId=key["Arn"], **{**GRANT, "Operations": ["DescribeKey", "Decrypt"]}
-    )
+    again = kms.create_grant(KeyId=key["Arn"], **{**GRANT, "Operations": ["DescribeKey", "Decrypt"]})
 
     assert again["GrantId"] == first["GrantId"]
     assert again["GrantToken"] != first["GrantToken"]
@@ -486,9 +460,7 @@ def test_key_policy_over_32_kb_is_refused(aws: LocalAws, strict: boto3.Session) 
     assert moto.get_key_policy(KeyId=key["KeyId"], PolicyName="default")["Policy"] == policy
 
 
-def test_retiring_a_grant_that_is_not_on_the_key_is_not_found(
-    aws: LocalAws, strict: boto3.Session
-) -> None:
+def test_retiring_a_grant_that_is_not_on_the_key_is_not_found(aws: LocalAws, strict: boto3.Session) -> None:
     key = plain(aws, "kms", TOKEN).create_key()["KeyMetadata"]
     kms = hooked(strict, aws, "kms", admin_creds(aws, TOKEN))
     grant = kms.create_grant(KeyId=key["KeyId"], **GRANT)
@@ -506,9 +478,7 @@ def test_retiring_a_grant_that_is_not_on_the_key_is_not_found(
 
 
 # -- STS AssumeRole -----------------------------------------------------------
-def make_role(
-    aws: LocalAws, name: str, *statements: dict[str, Any], max_session: int = 3600
-) -> str:
+def make_role(aws: LocalAws, name: str, *statements: dict[str, Any], max_session: int = 3600) -> str:
     trust = {"Version": "2012-10-17", "Statement": list(statements)}
     role = plain(aws, "iam", TOKEN).create_role(
         RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), MaxSessionDuration=max_session
@@ -516,9 +486,7 @@ def make_role(
     return str(role["Role"]["Arn"])
 
 
-def trust(
-    principal: Any, action: Any = "sts:AssumeRole", condition: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def trust(principal: Any, action: Any = "sts:AssumeRole", condition: dict[str, Any] | None = None) -> dict[str, Any]:
     statement = {"Effect": "Allow", "Principal": principal, "Action": action}
     if condition:
         statement["Condition"] = condition
@@ -531,9 +499,7 @@ BROKER_ROOT = {"AWS": f"arn:aws:iam::{DEFAULT_ACCOUNT}:root"}
 def assume(session: boto3.Session, aws: LocalAws, role_arn: str, **kwargs: Any) -> dict[str, Any]:
     creds = kwargs.pop("creds", None)
     sts = hooked(session, aws, "sts", creds)
-    return dict(
-        sts.assume_role(RoleArn=role_arn, RoleSessionName="deploy-helper", **kwargs)["Credentials"]
-    )
+    return dict(sts.assume_role(RoleArn=role_arn, RoleSessionName="deploy-helper", **kwargs)["Credentials"])
 
 
 def denied(excinfo: pytest.ExceptionInfo[ClientError], caller_arn: str, role_arn: str) -> bool:
@@ -552,9 +518,7 @@ def test_role_must_exist(aws: LocalAws, strict: boto3.Session) -> None:
     with pytest.raises(ClientError) as refused:
         assume(strict, aws, missing)
     assert denied(refused, MOTO_USER, missing)
-    assert plain(aws, "sts").assume_role(RoleArn=missing, RoleSessionName="x1")[
-        "Credentials"
-    ]  # moto: fine
+    assert plain(aws, "sts").assume_role(RoleArn=missing, RoleSessionName="x1")["Credentials"]  # moto: fine
 
 
 def test_the_harness_admin_role_is_exempt(aws: LocalAws, strict: boto3.Session) -> None:
@@ -572,33 +536,25 @@ def test_the_harness_admin_role_is_exempt(aws: LocalAws, strict: boto3.Session) 
     ],
     ids=["other-account", "list-without-caller", "service"],
 )
-def test_trust_policy_must_name_the_caller(
-    aws: LocalAws, strict: boto3.Session, principal: Any
-) -> None:
+def test_trust_policy_must_name_the_caller(aws: LocalAws, strict: boto3.Session, principal: Any) -> None:
     role = make_role(aws, "target", trust(principal))
     with pytest.raises(ClientError) as refused:
         assume(strict, aws, role)
     assert denied(refused, MOTO_USER, role)
-    assert plain(aws, "sts").assume_role(RoleArn=role, RoleSessionName="x1")[
-        "Credentials"
-    ]  # moto: fine
+    assert plain(aws, "sts").assume_role(RoleArn=role, RoleSessionName="x1")["Credentials"]  # moto: fine
 
 
 @pytest.mark.parametrize(
     "principal", [BROKER_ROOT, {"AWS": DEFAULT_ACCOUNT}, {"AWS": [STRANGER, DEFAULT_ACCOUNT]}, "*"]
 )
-def test_trust_policy_naming_the_callers_account_allows(
-    aws: LocalAws, strict: boto3.Session, principal: Any
-) -> None:
+def test_trust_policy_naming_the_callers_account_allows(aws: LocalAws, strict: boto3.Session, principal: Any) -> None:
     role = make_role(aws, "target", trust(principal))
     creds = assume(strict, aws, role)
     arn = hooked(strict, aws, "sts", creds).get_caller_identity()["Arn"]
     assert arn == f"arn:aws:sts::{TOKEN}:assumed-role/target/deploy-helper"
 
 
-def test_trust_policy_naming_a_role_allows_only_sessions_of_that_role(
-    aws: LocalAws, strict: boto3.Session
-) -> None:
+def test_trust_policy_naming_a_role_allows_only_sessions_of_that_role(aws: LocalAws, strict: boto3.Session) -> None:
     broker = plain(aws, "iam").create_role(
         RoleName="broker-exec",
         AssumeRolePolicyDocument=json.dumps({"Statement": [trust(BROKER_ROOT)]}),
@@ -623,9 +579,7 @@ def test_external_id_must_match(aws: LocalAws, strict: boto3.Session) -> None:
         with pytest.raises(ClientError) as refused:
             assume(strict, aws, role, **wrong)
         assert denied(refused, MOTO_USER, role)
-        assert plain(aws, "sts").assume_role(
-            RoleArn=role, RoleSessionName="x1", **wrong
-        )  # moto: fine
+        assert plain(aws, "sts").assume_role(RoleArn=role, RoleSessionName="x1", **wrong)  # moto: fine
     assert assume(strict, aws, role, ExternalId="dh-ext-1")["AccessKeyId"]
 
 
@@ -634,13 +588,9 @@ def test_source_identity_needs_set_source_identity(aws: LocalAws, strict: boto3.
     with pytest.raises(ClientError) as refused:
         assume(strict, aws, plain_role, SourceIdentity="ci-tooling")
     assert denied(refused, MOTO_USER, plain_role)
-    assert plain(aws, "sts").assume_role(
-        RoleArn=plain_role, RoleSessionName="x1", SourceIdentity="ci-tooling"
-    )
+    assert plain(aws, "sts").assume_role(RoleArn=plain_role, RoleSessionName="x1", SourceIdentity="ci-tooling")
 
-    role = make_role(
-        aws, "with-identity", trust(BROKER_ROOT, action=["sts:AssumeRole", "sts:SetSourceIdentity"])
-    )
+    role = make_role(aws, "with-identity", trust(BROKER_ROOT, action=["sts:AssumeRole", "sts:SetSourceIdentity"]))
     assert assume(strict, aws, role, SourceIdentity="ci-tooling")["AccessKeyId"]
 
 
@@ -662,9 +612,7 @@ def test_duration_is_capped_by_the_role(aws: LocalAws, strict: boto3.Session) ->
         400,
         "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
     )
-    assert plain(aws, "sts").assume_role(
-        RoleArn=role, RoleSessionName="x1", DurationSeconds=7200
-    )  # moto
+    assert plain(aws, "sts").assume_role(RoleArn=role, RoleSessionName="x1", DurationSeconds=7200)  # moto
     assert assume(strict, aws, role, DurationSeconds=3600)
 
 
@@ -681,9 +629,7 @@ def test_role_chaining_is_capped_at_one_hour(aws: LocalAws, strict: boto3.Sessio
     assert assume(strict, aws, role, DurationSeconds=7200)  # not chained: the role allows 12 h
 
 
-def test_assume_role_parameters_must_match_the_model_patterns(
-    aws: LocalAws, strict: boto3.Session
-) -> None:
+def test_assume_role_parameters_must_match_the_model_patterns(aws: LocalAws, strict: boto3.Session) -> None:
     role = make_role(aws, "target", trust(BROKER_ROOT))
     with pytest.raises(ClientError) as refused:
         assume(strict, aws, role, ExternalId="has spaces in it")
@@ -693,16 +639,12 @@ def test_assume_role_parameters_must_match_the_model_patterns(
 
 
 def test_trust_policy_evaluation() -> None:
-    caller = strict_aws.Caller(
-        account=DEFAULT_ACCOUNT, arn=f"arn:aws:sts::{DEFAULT_ACCOUNT}:assumed-role/b/s"
-    )
+    caller = strict_aws.Caller(account=DEFAULT_ACCOUNT, arn=f"arn:aws:sts::{DEFAULT_ACCOUNT}:assumed-role/b/s")
     allow = trust(BROKER_ROOT, condition={"StringLike": {"sts:ExternalId": "dh-*"}})
     deny = {**trust({"AWS": f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/b"}), "Effect": "Deny"}
     assert strict_aws.trust_allows({"Statement": [allow]}, "sts:AssumeRole", caller, "dh-1")
     assert not strict_aws.trust_allows({"Statement": [allow]}, "sts:AssumeRole", caller, "other")
-    assert not strict_aws.trust_allows(
-        {"Statement": [allow, deny]}, "sts:AssumeRole", caller, "dh-1"
-    )
+    assert not strict_aws.trust_allows({"Statement": [allow, deny]}, "sts:AssumeRole", caller, "dh-1")
     assert not strict_aws.trust_allows({"Statement": [allow]}, "sts:TagSession", caller, "dh-1")
     assert caller.chained
 
