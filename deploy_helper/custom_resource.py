@@ -294,6 +294,7 @@ class EventHead:
         reason: str = "",
         data: dict[str, str] | None = None,
     ) -> CustomResourceResponse:
+        """The response to this event, echoing the ids CloudFormation sent."""
         return CustomResourceResponse(
             status=status,
             reason=reason,
