@@ -71,7 +71,7 @@ def check_directory(directory: Path) -> tuple[list[str], dict[str, int]]:
         else:
             rules, rules_file = parsed, loaded
     if callers is not None:
-        summary["callers"] = len(callers.callers)
+        summary["callers"] = len(callers.callers) + len(getattr(callers, "stacks", {}) or {})
         summary["keys"] = sum(len(c.keys) for c in callers.callers.values())
     if rules is not None and rules_file is not None:
         summary["rules"] = len(rules.rules)
