@@ -137,7 +137,7 @@ def seal(
 ) -> dict[str, str]:
     """Build and sign an envelope for ``payload``."""
     issued = int(time.time() if now is None else now)
-    body = {
+    body: dict[str, Any] = {
         "v": 1,
         "caller": caller,
         "key_id": signer.key_id,

@@ -54,22 +54,23 @@ def check_directory(directory: Path) -> tuple[list[str], dict[str, int]]:
 
     errors: list[str] = []
     summary = {"callers": 0, "keys": 0, "rules": 0, "accounts": 0}
-    callers = rules = None
+    callers: CallerRegistry | None = None
+    rules: RuleSet | None = None
     rules_file = None
-    for name, model in (("callers.yaml", CallerRegistry), ("rules.yaml", RuleSet)):
-        path = directory / name
+    callers_path, rules_path = directory / "callers.yaml", directory / "rules.yaml"
+    for path in (callers_path, rules_path):
         if not path.exists():
             errors.append(f"{path}: missing")
-            continue
-        try:
-            parsed, loaded = parse_file(path, model)  # type: ignore[type-var]
-        except PolicyFileError as exc:
-            errors.extend(exc.message.splitlines())
-            continue
-        if isinstance(parsed, CallerRegistry):
-            callers = parsed
-        else:
-            rules, rules_file = parsed, loaded
+    try:
+        if callers_path.exists():
+            callers = parse_file(callers_path, CallerRegistry)[0]
+    except PolicyFileError as exc:
+        errors.extend(exc.message.splitlines())
+    try:
+        if rules_path.exists():
+            rules, rules_file = parse_file(rules_path, RuleSet)
+    except PolicyFileError as exc:
+        errors.extend(exc.message.splitlines())
     if callers is not None:
         summary["callers"] = len(callers.callers) + len(getattr(callers, "stacks", {}) or {})
         summary["keys"] = sum(len(c.keys) for c in callers.callers.values())

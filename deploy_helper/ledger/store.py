@@ -114,7 +114,7 @@ class DynamoLedger:
                     if code in ("TransactionCanceledException", "ConditionalCheckFailedException"):
                         # Someone else appended. A refused single put returns the entry that holds
                         # our place: chain to it directly; otherwise re-read the head.
-                        taken = exc.response.get("Item")
+                        taken: Any = exc.response.get("Item")
                         if taken and attempt == 0:
                             self._head = (int(taken["seq"]["N"]), taken["hash"]["S"])
                             continue

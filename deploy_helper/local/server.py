@@ -214,7 +214,7 @@ class LocalAws(AbstractContextManager["LocalAws"]):
 
     def client(self, service: str, account: str = DEFAULT_ACCOUNT, region: str = LOCAL_REGION) -> Any:
         """A client for ``service`` acting as administrator of ``account``."""
-        return self.admin_session(account).client(
+        return self.admin_session(account).client(  # type: ignore[call-overload]
             service, endpoint_url=self.endpoint, region_name=region, config=LOCAL_CONFIG
         )
 
