@@ -32,7 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper.auth import Authenticator, Identity, parse_envelope
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError
-from deploy_helper.grants import GrantSpec, ResourcePlan, kind_of
+from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
 from deploy_helper.ledger import entries
 from deploy_helper.locks import Locker, NoLock
 from deploy_helper.models import BrokerResponse, ErrorBody, GrantResult
@@ -222,6 +222,7 @@ class Broker:
         request = entries.request_fields(auth, payload)
         results: list[GrantResult | None] = [None] * len(payload.grants)
         denied_entries: list[tuple[int, dict[str, Any]]] = []
+        allowed_of: dict[int, Allowed] = {}
         groups: dict[str, dict[tuple[str, str, str | None], list[tuple[int, GrantSpec, str]]]] = defaultdict(
             lambda: defaultdict(list)
         )
@@ -248,6 +249,7 @@ class Broker:
                 continue
             key = (spec.kind, kind.resource(spec), kind.region(spec))
             groups[kind.target_account(spec)][key].append((index, spec, allowed.rule_id))
+            allowed_of[index] = allowed
         if denied_entries:
             ids = self._group.append_many([e for _, e in denied_entries])
             for (index, _), entry_id in zip(denied_entries, ids, strict=True):
@@ -258,7 +260,7 @@ class Broker:
         def run_account(account: str) -> list[GrantResult]:
             if out_of_time():
                 return self._fail_all(request, [i for g in groups[account].values() for i in g], NOT_ATTEMPTED)
-            return self._run_account(auth, payload, request, account, groups[account], out_of_time)
+            return self._run_account(auth, payload, request, account, groups[account], out_of_time, allowed_of)
 
         workers = max(1, min(self.config.max_workers, len(groups)))
         if workers == 1:
@@ -287,6 +289,7 @@ class Broker:
         account: str,
         resources: dict[tuple[str, str, str | None], list[tuple[int, GrantSpec, str]]],
         out_of_time: Callable[[], bool] = lambda: False,
+        allowed_of: dict[int, Allowed] | None = None,
     ) -> list[GrantResult]:
         try:
             clients = self.sessions.for_account(account, payload.request_id)
@@ -300,7 +303,7 @@ class Broker:
             if out_of_time():
                 return self._fail_all(request, items, NOT_ATTEMPTED)
             try:
-                return self._run_resource(payload, request, clients, resource, region, items)
+                return self._run_resource(payload, request, clients, resource, region, items, allowed_of)
             except LedgerError:
                 raise
             except (BrokerError, ClientError, BotoCoreError) as exc:
@@ -324,15 +327,17 @@ class Broker:
         resource: str,
         region: str | None,
         items: list[tuple[int, GrantSpec, str]],
+        allowed_of: dict[int, Allowed] | None = None,
     ) -> list[GrantResult]:
         kind = kind_of(items[0][1])
+        allowed = [(allowed_of or {}).get(index) or Allowed(rule) for index, _, rule in items]
         client = clients.client(kind.service, region)
         rule_of = {id(spec): rule for _, spec, rule in items}
         index_of = {id(spec): index for index, spec, _ in items}
         hold = self.locks.hold(resource) if kind.serialize_writes and not payload.dry_run else nullcontext()
         with hold:
             state = kind.read(client, resource)
-            plan = kind.plan(state, resource, [(spec, payload.action) for _, spec, _ in items])
+            plan = kind.plan(state, resource, [(spec, payload.action) for _, spec, _ in items], allowed)
             before, after = digest(plan.before), digest(plan.after)
             if payload.dry_run:
                 return self._planned(request, kind.diff(plan), plan, rule_of, index_of, before, after)
@@ -350,6 +355,7 @@ class Broker:
                     rule_id=rule_of[id(p.spec)],
                     before=before,
                     after=before,
+                    compaction=p.compaction,
                 )
                 for p in settled
             ]
@@ -364,6 +370,7 @@ class Broker:
                     rule_id=rule_of[id(p.spec)],
                     before=before,
                     after=after,
+                    compaction=p.compaction,
                 )
                 for p in changing
             ]
@@ -379,6 +386,7 @@ class Broker:
                 results.append(
                     self._result(index_of[id(p.spec)], p.spec, p.outcome, p.reason, rule_of[id(p.spec)], entry_id)
                 )
+                results[-1].compaction = p.compaction
             if not changing:
                 return results
             error: str | None = None
@@ -401,6 +409,7 @@ class Broker:
                         before=before,
                         after=before if error else after,
                         intent=intent_id,
+                        compaction=p.compaction,
                     )
                 )
             try:
@@ -415,6 +424,7 @@ class Broker:
                 results.append(
                     self._result(index_of[id(p.spec)], p.spec, decision, error or "", rule_of[id(p.spec)], entry_id)
                 )  # type: ignore[arg-type]
+                results[-1].compaction = p.compaction
             return results
 
     def _planned(
@@ -443,10 +453,12 @@ class Broker:
                     rule_id=rule_of[id(p.spec)],
                     before=before,
                     after=after,
+                    compaction=p.compaction,
                 )
             )
             result = self._result(index_of[id(p.spec)], p.spec, decision, p.reason, rule_of[id(p.spec)])  # type: ignore[arg-type]
             result.diff = diff or None
+            result.compaction = p.compaction
             results.append(result)
         for result, entry_id in zip(results, self._group.append_many(plan_entries), strict=True):
             result.ledger_entry = entry_id

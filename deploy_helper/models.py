@@ -89,6 +89,8 @@ class GrantResult(BaseModel):
     reason: str = ""
     diff: str | None = None
     ledger_entry: str | None = None
+    #: How the grant was fitted into the policy's size limit, when it was (see ``Rule.compaction``).
+    compaction: str | None = None
 
 
 class ErrorBody(BaseModel):

@@ -34,7 +34,6 @@ A refusal names the rule and the check that failed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -42,6 +41,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from deploy_helper.exceptions import DeniedError
 from deploy_helper.grants import REGISTRY, kind_of
+from deploy_helper.grants.base import Allowed, Compaction
 from deploy_helper.grants.bucket_access import AccessLevel
 from deploy_helper.grants.kms_grant import KmsOperation
 from deploy_helper.identifiers import (
@@ -127,11 +127,22 @@ class Rule(_Strict):
     principals: PrincipalRules
     access: list[AccessLevel] = []
     operations: list[KmsOperation] = []
+    #: How the broker may fit this rule's grants into a policy's size limit. Empty (the
+    #: default): each grant keeps its own statement, and one that does not fit is refused.
+    #: ``merge-principals``: grants with equal actions and resources may share one statement
+    #: whose principal list holds each grant's principal (never wider than the grants).
+    compaction: list[Compaction] = []
 
     @model_validator(mode="after")
     def _fits_kind(self) -> Rule:
         if self.kind not in REGISTRY:
             raise ValueError(f"unknown kind {self.kind!r}; one of {', '.join(sorted(REGISTRY))}")
+        unsupported = sorted(set(self.compaction) - set(REGISTRY[self.kind].compactions))
+        if unsupported:
+            raise ValueError(
+                f"compaction {unsupported} is not available for {self.kind} "
+                f"(available: {list(REGISTRY[self.kind].compactions)})"
+            )
         service = REGISTRY[self.kind].service
         for target in self.targets:
             if target.split(":")[2] != service:
@@ -214,7 +225,7 @@ class RuleSet(_Strict):
         for rule in candidates:
             stage, check, detail = self._evaluate(rule, spec)
             if check == "":
-                return Allowed(rule.id)
+                return Allowed(rule.id, frozenset(rule.compaction))
             if best is None or stage > best[0]:
                 best = (stage, rule, check, detail)
         assert best is not None
@@ -329,11 +340,6 @@ class RuleSet(_Strict):
                 continue
             return ""
         return "; ".join(reasons)
-
-
-@dataclass(frozen=True)
-class Allowed:
-    rule_id: str
 
 
 def describe(rules: RuleSet) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, ResourcePlan, managed_id
+from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, ResourcePlan, managed_id
 from deploy_helper.grants.bucket_access import BucketAccess, BucketAccessGrant
 from deploy_helper.grants.kms_grant import KmsGrant, KmsGrantSpec
 from deploy_helper.grants.lambda_invoke import LambdaInvoke, LambdaInvokeGrant
@@ -39,6 +39,7 @@ def kind_of(spec: GrantSpec) -> GrantKind[Any]:
 
 __all__ = [
     "REGISTRY",
+    "Allowed",
     "AnyGrant",
     "BucketAccessGrant",
     "GrantKind",

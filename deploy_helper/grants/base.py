@@ -5,7 +5,7 @@ so that a request with many grants on one resource costs one read and at most
 one write (bucket policy) or one call per grant (Lambda permission, KMS grant):
 
 - ``read(client, resource)`` — inspect: fetch the resource's current state;
-- ``plan(state, items)`` — pure: the exact change for the given grants to add
+- ``plan(state, resource, items, allowed)`` — pure: the exact change for the given grants to add
   (``apply``) or remove (``revoke``), with per-grant outcome and a diff;
 - ``write(client, plan)`` — make the planned change;
 - ``present(state, spec)`` — whether the grant is in force in a state.
@@ -31,6 +31,17 @@ if TYPE_CHECKING:
 
 Operation = Literal["apply", "revoke"]
 Outcome = Literal["applied", "unchanged", "revoked", "absent", "failed"]
+#: Ways a rule may let the broker fit grants into a policy's size limit (``Rule.compaction``).
+Compaction = Literal["merge-principals"]
+MERGE_PRINCIPALS: Compaction = "merge-principals"
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The rule that allows a grant, and the compaction that rule permits for it."""
+
+    rule_id: str
+    compaction: frozenset[str] = frozenset()
 
 
 class GrantSpec(StrictModel):
@@ -50,6 +61,8 @@ class ItemPlan:
     operation: Operation
     outcome: Outcome
     reason: str = ""
+    #: What was compacted to fit the size limit (for the ledger), e.g. "merged into … with 3 principals".
+    compaction: str | None = None
 
 
 @dataclass
@@ -88,6 +101,8 @@ class GrantKind(ABC, Generic[SpecT]):
     service: ClassVar[str]
     permissions: ClassVar[tuple[str, ...]]
     size_limit: ClassVar[int | None] = None
+    #: The compaction options (``Rule.compaction``) this kind can use.
+    compactions: ClassVar[tuple[str, ...]] = ()
     #: Whether writes rewrite a whole document (and so must be serialized per resource).
     serialize_writes: ClassVar[bool] = False
     example: ClassVar[dict[str, Any]]
@@ -123,8 +138,18 @@ class GrantKind(ABC, Generic[SpecT]):
         """Inspect: the resource's current state (one read, plus pagination)."""
 
     @abstractmethod
-    def plan(self, state: Any, resource: str, items: Sequence[tuple[SpecT, Operation]]) -> ResourcePlan:
-        """Pure: the change that applies/revokes ``items`` on ``state``."""
+    def plan(
+        self,
+        state: Any,
+        resource: str,
+        items: Sequence[tuple[SpecT, Operation]],
+        allowed: Sequence[Allowed] | None = None,
+    ) -> ResourcePlan:
+        """Pure: the change that applies/revokes ``items`` on ``state``.
+
+        ``allowed`` (parallel to ``items``) names the rule that allows each grant and the
+        compaction it permits; a kind compacts a grant only as far as its own rule allows.
+        """
 
     @abstractmethod
     def write(self, client: Any, plan: ResourcePlan) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from botocore.exceptions import ClientError
 from pydantic import Field, field_validator
 
-from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
+from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
 from deploy_helper.identifiers import KMS_KEY_ARN_RE, AccountId, KmsKeyArn, RoleArn
 
 if TYPE_CHECKING:
@@ -100,7 +100,11 @@ class KmsGrant(GrantKind[KmsGrantSpec]):
             kwargs["Marker"] = marker
 
     def plan(
-        self, state: list[dict[str, Any]], resource: str, items: Sequence[tuple[KmsGrantSpec, Operation]]
+        self,
+        state: list[dict[str, Any]],
+        resource: str,
+        items: Sequence[tuple[KmsGrantSpec, Operation]],
+        allowed: Sequence[Allowed] | None = None,
     ) -> ResourcePlan:
         # A name may be carried by more than one grant (KMS does not make names unique):
         # every copy that is not exactly the designed grant is revoked with it.

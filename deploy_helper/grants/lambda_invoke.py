@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from pydantic import model_validator
 
 from deploy_helper.exceptions import PolicySizeError
-from deploy_helper.grants.base import GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
+from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
 from deploy_helper.identifiers import (
     ACCOUNT_RE,
     LAMBDA_ARN_RE,
@@ -149,7 +149,11 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         return load_policy(response.get("Policy"))
 
     def plan(
-        self, state: dict[str, Any], resource: str, items: Sequence[tuple[LambdaInvokeGrant, Operation]]
+        self,
+        state: dict[str, Any],
+        resource: str,
+        items: Sequence[tuple[LambdaInvokeGrant, Operation]],
+        allowed: Sequence[Allowed] | None = None,
     ) -> ResourcePlan:
         before = json.loads(json.dumps(state))
         after = json.loads(json.dumps(state))
