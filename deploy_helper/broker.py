@@ -423,7 +423,7 @@ class Broker:
                 decision = "failed" if error else p.outcome
                 results.append(
                     self._result(index_of[id(p.spec)], p.spec, decision, error or "", rule_of[id(p.spec)], entry_id)
-                )  # type: ignore[arg-type]
+                )
                 results[-1].compaction = p.compaction
             return results
 
@@ -456,7 +456,7 @@ class Broker:
                     compaction=p.compaction,
                 )
             )
-            result = self._result(index_of[id(p.spec)], p.spec, decision, p.reason, rule_of[id(p.spec)])  # type: ignore[arg-type]
+            result = self._result(index_of[id(p.spec)], p.spec, decision, p.reason, rule_of[id(p.spec)])
             result.diff = diff or None
             result.compaction = p.compaction
             results.append(result)
@@ -551,7 +551,8 @@ class GroupCommit:
                 if not self._queue:
                     self._leading = False
                     return
-                batch, size = [], 0
+                batch: list[Any] = []
+                size = 0
                 while self._queue and (not batch or size + len(self._queue[0].entries) <= self._max):
                     pending = self._queue.pop(0)
                     batch.append(pending)

@@ -10,6 +10,7 @@ Removal uses ``RevokeGrant`` (the broker acts in the key's account).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from botocore.exceptions import ClientError
@@ -162,12 +163,7 @@ class KmsGrant(GrantKind[KmsGrantSpec]):
                 if exc.response["Error"]["Code"] != "NotFoundException":
                     raise
 
-        in_parallel(
-            [
-                (lambda v=value: create(v)) if op == "create" else (lambda v=value: revoke(v))
-                for op, value in plan.writes
-            ]
-        )
+        in_parallel([functools.partial(create if op == "create" else revoke, value) for op, value in plan.writes])
 
     def present(self, state: list[dict[str, Any]], spec: KmsGrantSpec) -> bool:
         name = self.grant_id(spec)

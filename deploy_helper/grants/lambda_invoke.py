@@ -12,6 +12,7 @@ each other's statements; a racing duplicate surfaces as
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -212,7 +213,7 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
             for op, spec in ops:
                 self._send(client, name, qualifier, op, spec)
 
-        in_parallel([lambda ops=ops: send(ops) for ops in by_sid.values()])
+        in_parallel([functools.partial(send, ops) for ops in by_sid.values()])
 
     def _send(self, client: Any, name: str, qualifier: str | None, op: str, spec: LambdaInvokeGrant) -> None:
         base: dict[str, Any] = {"FunctionName": name, "StatementId": self.grant_id(spec)}

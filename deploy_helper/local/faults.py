@@ -247,10 +247,7 @@ class FaultInjector:
     def stats(self) -> dict[str, OperationStats]:
         """Per ``"<service>.<Operation>"``: HTTP attempts seen and faults injected."""
         with self._lock:
-            return {
-                op: OperationStats(calls=c.calls, faults=c.faults)
-                for op, c in sorted(self._counters.items())
-            }
+            return {op: OperationStats(calls=c.calls, faults=c.faults) for op, c in sorted(self._counters.items())}
 
     def faults_by_kind(self) -> dict[str, dict[str, int]]:
         """Per operation, the number of faults injected of each kind."""
@@ -275,8 +272,7 @@ class FaultInjector:
         operation = _operation_name(model)
         with self._lock:
             needs_account = any(
-                r.accounts is not None and fnmatch.fnmatchcase(operation, r.operation)
-                for r in self._rules
+                r.accounts is not None and fnmatch.fnmatchcase(operation, r.operation) for r in self._rules
             )
         if needs_account:
             context[_ACCOUNT_KEY] = self._account_of(request_signer)
@@ -377,8 +373,7 @@ def aws_error_for(kind: str, model: OperationModel) -> tuple[str, int, str]:
         if service == "s3":
             return "AccessDenied", 403, "Access Denied"
         denied = (
-            f"User is not authorized to perform: {action} because no identity-based policy "
-            f"allows the {action} action"
+            f"User is not authorized to perform: {action} because no identity-based policy allows the {action} action"
         )
         if query:
             return "AccessDenied", 403, denied
@@ -392,8 +387,7 @@ def aws_error_for(kind: str, model: OperationModel) -> tuple[str, int, str]:
             "kms": (
                 "KMSInternalException",
                 500,
-                "The request was rejected because an internal exception occurred. "
-                "The request can be retried.",
+                "The request was rejected because an internal exception occurred. The request can be retried.",
             ),
             "dynamodb": ("InternalServerError", 500, "Internal server error"),
         }.get(service, ("InternalFailure", 500, "An internal error occurred."))
@@ -402,9 +396,7 @@ def aws_error_for(kind: str, model: OperationModel) -> tuple[str, int, str]:
     raise ValueError(f"{kind!r} is not an error response")
 
 
-def error_response(
-    model: OperationModel, url: str, code: str, status: int, message: str
-) -> AWSResponse:
+def error_response(model: OperationModel, url: str, code: str, status: int, message: str) -> AWSResponse:
     """An HTTP error response as the service sends it, in the service's wire protocol."""
     service_model = model.service_model
     protocol = service_model.resolved_protocol
@@ -437,9 +429,7 @@ def error_response(
             f"</Error></Errors><RequestID>{request_id}</RequestID></Response>"
         ).encode()
     elif protocol == "rest-json":
-        headers["x-amzn-ErrorType"] = (
-            f"{code}:http://internal.amazon.com/coral/com.amazonaws.{prefix}/"
-        )
+        headers["x-amzn-ErrorType"] = f"{code}:http://internal.amazon.com/coral/com.amazonaws.{prefix}/"
         headers["Content-Type"] = "application/json"
         kind = "Service" if status >= 500 else "User"
         body = json.dumps({"Type": kind, "message": message}).encode()

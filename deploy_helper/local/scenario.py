@@ -515,7 +515,7 @@ def build_scaled(
     base = local.base_session()
     base.events.register("before-sign", route)
     shared = {
-        svc: base.client(svc, endpoint_url=local.endpoint, region_name=LOCAL_REGION, config=LOCAL_CONFIG)  # type: ignore[call-overload]
+        svc: base.client(svc, endpoint_url=local.endpoint, region_name=LOCAL_REGION, config=LOCAL_CONFIG)
         for svc in ("iam", "apigateway", "s3")
     }
     for name, account in names.items():

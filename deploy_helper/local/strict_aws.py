@@ -146,9 +146,7 @@ _LAMBDA_FUNCTION = re.compile(
     r"(?:(?P<account>\d{12}):)?(?:function:)?(?P<name>[a-zA-Z0-9-_.]+)"
     r"(?::(?P<qualifier>[a-zA-Z0-9-_$.]+))?"
 )
-_ROLE_ARN = re.compile(
-    r"arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/(?:.*/)?(?P<name>[\w+=,.@-]+)"
-)
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/(?:.*/)?(?P<name>[\w+=,.@-]+)")
 _KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?P<res>.+)")
 _ACCESS_DENIED = "User: {caller} is not authorized to perform: {action} on resource: {resource}"
 
@@ -251,9 +249,7 @@ class _StrictAws:
             # A before-call handler may return a response (botocore's short-circuit);
             # the stubs type every handler as returning None.
             handler = cast("Callable[..., None]", self._hook(check))
-            session.events.register(
-                f"before-call.{operation}", handler, unique_id=f"{_HOOK_ID}-check-{operation}"
-            )
+            session.events.register(f"before-call.{operation}", handler, unique_id=f"{_HOOK_ID}-check-{operation}")
 
     def _hook(
         self, check: Callable[[_Call], tuple[AWSResponse, dict[str, Any]] | None]
@@ -326,12 +322,10 @@ class _StrictAws:
                 for key in [k for k in self._clients if k[2] == cached.access_key]:
                     del self._clients[key]
         sts = self._client("sts", "us-east-1", self._base_credentials)
-        issued = sts.assume_role(
-            RoleArn=f"arn:aws:iam::{account}:role/{ADMIN_ROLE}", RoleSessionName="strict-aws"
-        )["Credentials"]
-        fresh = ReadOnlyCredentials(
-            issued["AccessKeyId"], issued["SecretAccessKey"], issued["SessionToken"]
-        )
+        issued = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/{ADMIN_ROLE}", RoleSessionName="strict-aws")[
+            "Credentials"
+        ]
+        fresh = ReadOnlyCredentials(issued["AccessKeyId"], issued["SecretAccessKey"], issued["SessionToken"])
         with self._lock:
             self._admin_credentials[account] = fresh
         return fresh
@@ -449,9 +443,7 @@ class _StrictAws:
         if statement["Effect"] not in ("Allow", "Deny"):
             raise _malformed(f"Invalid effect: {statement['Effect']}")
         for action in _as_list(statement.get("Action", statement.get("NotAction"))):
-            if not isinstance(action, str) or not (
-                action == "*" or action.lower().startswith("s3:")
-            ):
+            if not isinstance(action, str) or not (action == "*" or action.lower().startswith("s3:")):
                 raise _malformed("Policy has invalid action")
         for resource in _as_list(statement.get("Resource", statement.get("NotResource"))):
             if not _s3_resource_in_bucket(resource, bucket):
@@ -544,8 +536,7 @@ class _StrictAws:
             raise AwsRefusal(
                 "LimitExceededException",
                 400,
-                f"The key policy is {size} bytes; a key policy document cannot exceed "
-                f"{KMS_POLICY_LIMIT} bytes.",
+                f"The key policy is {size} bytes; a key policy document cannot exceed {KMS_POLICY_LIMIT} bytes.",
             )
         try:
             document = json.loads(text)
@@ -583,9 +574,7 @@ class _StrictAws:
         denied = AwsRefusal(
             "AccessDenied",
             403,
-            _ACCESS_DENIED.format(
-                caller=caller.arn, action="sts:AssumeRole", resource=p["RoleArn"]
-            ),
+            _ACCESS_DENIED.format(caller=caller.arn, action="sts:AssumeRole", resource=p["RoleArn"]),
         )
         iam = self._admin("iam", role["account"], "us-east-1")
         try:
@@ -600,9 +589,7 @@ class _StrictAws:
         external_id = p.get("ExternalId")
         if not trust_allows(trust, "sts:AssumeRole", caller, external_id):
             raise denied
-        if p.get("SourceIdentity") and not trust_allows(
-            trust, "sts:SetSourceIdentity", caller, external_id
-        ):
+        if p.get("SourceIdentity") and not trust_allows(trust, "sts:SetSourceIdentity", caller, external_id):
             raise denied
         if (p.get("Tags") or p.get("TransitiveTagKeys")) and not trust_allows(
             trust, "sts:TagSession", caller, external_id
@@ -614,8 +601,7 @@ class _StrictAws:
                 raise AwsRefusal(
                     "ValidationError",
                     400,
-                    "The requested DurationSeconds exceeds the MaxSessionDuration set for "
-                    "this role.",
+                    "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
                 )
             if caller.chained and duration > CHAINED_SESSION_LIMIT:
                 raise AwsRefusal(
@@ -682,9 +668,7 @@ def _aws_statement_shape(statement: dict[str, Any]) -> dict[str, Any]:
     return statement
 
 
-def trust_allows(
-    trust: dict[str, Any], action: str, caller: Caller, external_id: str | None
-) -> bool:
+def trust_allows(trust: dict[str, Any], action: str, caller: Caller, external_id: str | None) -> bool:
     """Whether the trust policy lets ``caller`` perform ``action`` (see module docstring)."""
     allowed = False
     for statement in _as_list(trust.get("Statement")):
@@ -702,9 +686,7 @@ def trust_allows(
 
 def _names_action(actions: Any, action: str) -> bool:
     wanted = action.lower()
-    return any(
-        isinstance(a, str) and fnmatch.fnmatchcase(wanted, a.lower()) for a in _as_list(actions)
-    )
+    return any(isinstance(a, str) and fnmatch.fnmatchcase(wanted, a.lower()) for a in _as_list(actions))
 
 
 def _principal_matches(principal: Any, caller: Caller) -> bool:
