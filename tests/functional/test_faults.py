@@ -9,13 +9,15 @@ import zipfile
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import _aws
 import boto3
 import pytest
+from _aws import admin_creds, keys, plain_client
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 
 from deploy_helper.local.faults import FaultInjector, OperationStats
-from deploy_helper.local.server import ADMIN_ROLE, DEFAULT_ACCOUNT, LOCAL_REGION, LocalAws
+from deploy_helper.local.server import DEFAULT_ACCOUNT, LOCAL_REGION, LocalAws
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -27,60 +29,13 @@ TABLE = "ledger"
 #: One attempt per call: every injected fault reaches the caller.
 ONE_ATTEMPT = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
-#: Plain clients (no faults) come from this session.
-_PLAIN = boto3.Session(region_name=LOCAL_REGION)
-#: Hooked clients come from this one. One session per module, so that its loader
-#: reads each service model once; each test installs its own injector on it and
-#: creates its clients afterwards.
+#: The module's LocalAws server, reset for each test (see _aws).
+server, base_creds, aws = _aws.server, _aws.base_creds, _aws.aws
+
+#: Hooked clients come from this session (plain ones, without faults, from ``_aws``).
+#: One session per module, so that its loader reads each service model once; each
+#: test installs its own injector on it and creates its clients afterwards.
 _SESSION = boto3.Session(region_name=LOCAL_REGION)
-
-
-#: Administrator credentials per account, for the current test (see ``admin_creds``).
-_CREDS: dict[str, dict[str, str]] = {}
-#: Clients made for the current test, by (session, service, account).
-_CLIENTS: dict[tuple[int, str, str], Any] = {}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[LocalAws]:
-    with LocalAws(set_environ=False) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def base_creds(server: LocalAws) -> dict[str, str]:
-    frozen = server.base_session().get_credentials().get_frozen_credentials()
-    return {
-        "AccessKeyId": frozen.access_key,
-        "SecretAccessKey": frozen.secret_key,
-        "SessionToken": frozen.token,
-    }
-
-
-@pytest.fixture
-def aws(server: LocalAws, base_creds: dict[str, str]) -> LocalAws:
-    server.reset()
-    _CREDS.clear()
-    _CLIENTS.clear()
-    _CREDS[DEFAULT_ACCOUNT] = base_creds
-    return server
-
-
-def admin_creds(aws: LocalAws, account: str) -> dict[str, str]:
-    """Credentials of the harness's administrator role in ``account`` (as LocalAws does it)."""
-    if account not in _CREDS:
-        sts = _PLAIN.client("sts", endpoint_url=aws.endpoint, **keys(_CREDS[DEFAULT_ACCOUNT]))
-        role = f"arn:aws:iam::{account}:role/{ADMIN_ROLE}"
-        _CREDS[account] = sts.assume_role(RoleArn=role, RoleSessionName="test-admin")["Credentials"]
-    return _CREDS[account]
-
-
-def keys(creds: dict[str, str]) -> dict[str, str]:
-    return {
-        "aws_access_key_id": creds["AccessKeyId"],
-        "aws_secret_access_key": creds["SecretAccessKey"],
-        "aws_session_token": creds["SessionToken"],
-    }
 
 
 @contextmanager
@@ -104,19 +59,15 @@ def client(
     account: str = DEFAULT_ACCOUNT,
     *,
     config: Config = ONE_ATTEMPT,
-    session: boto3.Session = _SESSION,
 ) -> Any:
-    """A client in ``account``; by default from the hooked session."""
+    """A client of the hooked session in ``account``."""
     creds = keys(admin_creds(aws, account))
-    return session.client(service, endpoint_url=aws.endpoint, config=config, **creds)
+    return _SESSION.client(service, endpoint_url=aws.endpoint, config=config, **creds)
 
 
 def plain(aws: LocalAws, service: str, account: str = DEFAULT_ACCOUNT) -> Any:
     """A client that no injector touches."""
-    key = (id(_PLAIN), service, account)
-    if key not in _CLIENTS:
-        _CLIENTS[key] = client(aws, service, account, session=_PLAIN)
-    return _CLIENTS[key]
+    return plain_client(aws, service, account, ONE_ATTEMPT)
 
 
 def outcomes(call: Callable[[], Any], n: int) -> list[str]:

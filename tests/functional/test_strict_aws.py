@@ -11,23 +11,16 @@ import io
 import json
 import re
 import zipfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import _aws
 import boto3
 import pytest
+from _aws import admin_creds, keys, plain_client
 from botocore.exceptions import ClientError
 
 from deploy_helper.local import strict_aws
-from deploy_helper.local.server import (
-    ADMIN_ROLE,
-    DEFAULT_ACCOUNT,
-    LOCAL_CONFIG,
-    LOCAL_REGION,
-    LocalAws,
-)
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from deploy_helper.local.server import DEFAULT_ACCOUNT, LOCAL_CONFIG, LocalAws
 
 TOKEN = "222222222222"  # owns the function, the bucket, the key and the roles
 SERVICE = "333333333333"
@@ -36,52 +29,8 @@ FUNCTION = "token-authorizer"
 BUCKET = "artifact-bucket-local"
 
 
-#: Administrator credentials per account, for the current test (see ``admin_creds``).
-_CREDS: dict[str, dict[str, str]] = {}
-#: Clients made for the current test, by (session, service, account).
-_CLIENTS: dict[tuple[int, str, str], Any] = {}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[LocalAws]:
-    with LocalAws(set_environ=False) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def base_creds(server: LocalAws) -> dict[str, str]:
-    frozen = server.base_session().get_credentials().get_frozen_credentials()
-    return {
-        "AccessKeyId": frozen.access_key,
-        "SecretAccessKey": frozen.secret_key,
-        "SessionToken": frozen.token,
-    }
-
-
-@pytest.fixture
-def aws(server: LocalAws, base_creds: dict[str, str]) -> LocalAws:
-    server.reset()
-    _CREDS.clear()
-    _CLIENTS.clear()
-    _CREDS[DEFAULT_ACCOUNT] = base_creds
-    return server
-
-
-def admin_creds(aws: LocalAws, account: str) -> dict[str, str]:
-    """Credentials of the harness's administrator role in ``account`` (as LocalAws does it)."""
-    if account not in _CREDS:
-        sts = _PLAIN.client("sts", endpoint_url=aws.endpoint, **keys(_CREDS[DEFAULT_ACCOUNT]))
-        role = f"arn:aws:iam::{account}:role/{ADMIN_ROLE}"
-        _CREDS[account] = sts.assume_role(RoleArn=role, RoleSessionName="test-admin")["Credentials"]
-    return _CREDS[account]
-
-
-def keys(creds: dict[str, str]) -> dict[str, str]:
-    return {
-        "aws_access_key_id": creds["AccessKeyId"],
-        "aws_secret_access_key": creds["SecretAccessKey"],
-        "aws_session_token": creds["SessionToken"],
-    }
+#: The module's LocalAws server, reset for each test (see _aws).
+server, base_creds, aws = _aws.server, _aws.base_creds, _aws.aws
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +44,9 @@ def strict(server: LocalAws) -> boto3.Session:
     return session
 
 
-_PLAIN = boto3.Session(region_name=LOCAL_REGION)
-
-
 def plain(aws: LocalAws, service: str, account: str = DEFAULT_ACCOUNT) -> Any:
     """A client without the hooks, acting as administrator of ``account``."""
-    key = (id(_PLAIN), service, account)
-    if key not in _CLIENTS:
-        _CLIENTS[key] = hooked(_PLAIN, aws, service, admin_creds(aws, account))
-    return _CLIENTS[key]
+    return plain_client(aws, service, account, LOCAL_CONFIG)
 
 
 def hooked(session: boto3.Session, aws: LocalAws, service: str, creds: dict[str, str] | None = None) -> Any:
