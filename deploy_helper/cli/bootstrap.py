@@ -220,56 +220,77 @@ def _consoles() -> tuple[Console, Console]:
     return Console(file=sys.stdout, soft_wrap=False), Console(file=sys.stderr)
 
 
-def _target_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option(
-            "--ou",
-            "ous",
-            multiple=True,
-            metavar="OU_ID",
-            help="StackSets path: an organizational unit (ou-xxxx-xxxxxxxx) or the root (r-xxxx). Repeatable.",
-        ),
-        click.option(
-            "--accounts",
-            "accounts_file",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Per-account path: a YAML/JSON file with an 'accounts' list (see above).",
-        ),
-        click.option(
-            "--account",
-            "account_ids",
-            multiple=True,
-            metavar="ID",
-            help="Per-account path: an account id. Repeatable.",
-        ),
-        click.option(
-            "--admin-role",
-            default=DEFAULT_ADMIN_ROLE,
-            show_default=True,
-            help="Per-account path: the administrator role assumed in each account.",
-        ),
-        click.option(
-            "--stack-set-name",
-            default=DEFAULT_STACK_SET_NAME,
-            show_default=True,
-            help="StackSets path: the stack set's name.",
-        ),
-        click.option(
-            "--call-as",
-            type=click.Choice(["self", "delegated-admin"]),
-            default="self",
-            show_default=True,
-            help="StackSets path: run as the management account or as a StackSets delegated administrator.",
-        ),
-        click.option(
-            "--region",
-            help="Region of the stack set or stacks (IAM roles are global: one region is enough).",
-        ),
-        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+def _options(*options: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[..., Any]:
+    """One decorator for several click options, listed in the order they are shown."""
+
+    def apply(function: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
+
+
+_target_options = _options(
+    click.option(
+        "--ou",
+        "ous",
+        multiple=True,
+        metavar="OU_ID",
+        help="StackSets path: an organizational unit (ou-xxxx-xxxxxxxx) or the root (r-xxxx). Repeatable.",
+    ),
+    click.option(
+        "--accounts",
+        "accounts_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Per-account path: a YAML/JSON file with an 'accounts' list (see above).",
+    ),
+    click.option(
+        "--account",
+        "account_ids",
+        multiple=True,
+        metavar="ID",
+        help="Per-account path: an account id. Repeatable.",
+    ),
+    click.option(
+        "--admin-role",
+        default=DEFAULT_ADMIN_ROLE,
+        show_default=True,
+        help="Per-account path: the administrator role assumed in each account.",
+    ),
+    click.option(
+        "--stack-set-name",
+        default=DEFAULT_STACK_SET_NAME,
+        show_default=True,
+        help="StackSets path: the stack set's name.",
+    ),
+    click.option(
+        "--call-as",
+        type=click.Choice(["self", "delegated-admin"]),
+        default="self",
+        show_default=True,
+        help="StackSets path: run as the management account or as a StackSets delegated administrator.",
+    ),
+    click.option(
+        "--region",
+        help="Region of the stack set or stacks (IAM roles are global: one region is enough).",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+)
+_role_name_options = _options(
+    click.option(
+        "--role-name",
+        default=DEFAULT_BROKER_ROLE_NAME,
+        show_default=True,
+        help="Name of the broker role.",
+    ),
+    click.option(
+        "--reader-role-name",
+        default=DEFAULT_READER_ROLE_NAME,
+        show_default=True,
+        help="Name of the reader role.",
+    ),
+)
 
 
 @click.group("bootstrap", invoke_without_command=True, context_settings={"max_content_width": 100})
@@ -287,18 +308,7 @@ def _target_options(function: Callable[..., Any]) -> Callable[..., Any]:
     help="The ExternalId the broker sends; prefer the environment variable to keep it out of "
     "shell history. [env: DEPLOY_HELPER_EXTERNAL_ID]",
 )
-@click.option(
-    "--role-name",
-    default=DEFAULT_BROKER_ROLE_NAME,
-    show_default=True,
-    help="Name of the broker role.",
-)
-@click.option(
-    "--reader-role-name",
-    default=DEFAULT_READER_ROLE_NAME,
-    show_default=True,
-    help="Name of the reader role.",
-)
+@_role_name_options
 @click.option(
     "--max-session-duration",
     type=click.IntRange(3600, 43200),
@@ -495,18 +505,7 @@ def _status_rows(statuses: Sequence[AccountStatus]) -> Iterator[tuple[str, ...]]
 
 @bootstrap.command("status")
 @_target_options
-@click.option(
-    "--role-name",
-    default=DEFAULT_BROKER_ROLE_NAME,
-    show_default=True,
-    help="Name of the broker role.",
-)
-@click.option(
-    "--reader-role-name",
-    default=DEFAULT_READER_ROLE_NAME,
-    show_default=True,
-    help="Name of the reader role.",
-)
+@_role_name_options
 @click.pass_context
 def status(ctx: click.Context, **options: Any) -> None:
     """Show which accounts are bootstrapped, and at which version.
