@@ -376,24 +376,7 @@ def build(
     s3 = local.client("s3", tooling)
     s3.create_bucket(Bucket=bucket)
     s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "deploy-helper:managed", "Value": "true"}]})
-    s3.put_bucket_policy(
-        Bucket=bucket,
-        Policy=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Sid": FOREIGN_SID,
-                        "Effect": "Deny",
-                        "Principal": "*",
-                        "Action": "s3:*",
-                        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                    }
-                ],
-            }
-        ),
-    )
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(_foreign_bucket_policy(bucket)))
     key_arn = local.client("kms", tooling).create_key(
         Description="pipeline artifacts", Tags=[{"TagKey": "deploy-helper:managed", "TagValue": "true"}]
     )["KeyMetadata"]["Arn"]
