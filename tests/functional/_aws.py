@@ -1,9 +1,9 @@
-"""Scaffolding shared by the tests of the local harness's botocore hooks (faults, strict_aws).
+"""Local AWS scaffolding shared by functional tests.
 
 A test module imports the fixtures ``server``, ``base_creds`` and ``aws``: it gets its
 own LocalAws server (module scope), reset before each test. ``admin_creds`` and
-``plain`` act as the harness's administrator role in any account, through a session
-that no hook touches.
+``plain_client`` act as the harness's administrator role in any account, through a
+session that no hook touches. ``exec_session`` acts as the broker's execution role.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
-from deploy_helper.local.server import ADMIN_ROLE, DEFAULT_ACCOUNT, LOCAL_REGION, LocalAws
+from deploy_helper.local import scenario as seed
+from deploy_helper.local.server import ADMIN_ROLE, DEFAULT_ACCOUNT, LOCAL_CONFIG, LOCAL_REGION, LocalAws
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,3 +79,15 @@ def plain_client(aws: LocalAws, service: str, account: str, config: Config) -> A
         creds = keys(admin_creds(aws, account))
         _CLIENTS[key] = PLAIN.client(service, endpoint_url=aws.endpoint, config=config, **creds)
     return _CLIENTS[key]
+
+
+def exec_session(local: LocalAws) -> boto3.Session:
+    """The broker's execution role: the only principal the target roles trust."""
+    sts = local.base_session().client("sts", endpoint_url=local.endpoint, config=LOCAL_CONFIG)
+    creds = sts.assume_role(RoleArn=seed.BROKER_EXEC_ROLE, RoleSessionName="deploy-helper-broker")["Credentials"]
+    return boto3.Session(
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+        region_name=LOCAL_REGION,
+    )

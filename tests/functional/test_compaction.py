@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+from _aws import exec_session
 from botocore.exceptions import ClientError
 
 from deploy_helper import PRODUCT_PREFIX
@@ -58,20 +59,9 @@ def exact_statement(bucket: str, principal: str, sid: str) -> dict[str, Any]:
     }
 
 
-def _exec_session(local: LocalAws) -> boto3.Session:
-    sts = local.base_session().client("sts", endpoint_url=local.endpoint, config=LOCAL_CONFIG)
-    creds = sts.assume_role(RoleArn=seed.BROKER_EXEC_ROLE, RoleSessionName="deploy-helper-broker")["Credentials"]
-    return boto3.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        region_name=LOCAL_REGION,
-    )
-
-
 def _setup(local: LocalAws, workdir: Path, aws_calls: Any, compaction: list[str] | None) -> tuple[Any, Broker]:
     sc = seed.build_scaled(local, workdir, N, compaction=compaction)
-    session = _exec_session(local)
+    session = exec_session(local)
     aws_calls.install(session)
     strict_aws.install(session, local)
     return sc, sc.broker(session=session)
@@ -94,7 +84,7 @@ def test_the_grant_set_exceeds_the_limit_by_exactly_one_statement(fresh_local: L
     assert aws_size({**foreign, "Statement": foreign["Statement"] + statements[:-1]}) <= LIMIT
     too_large = {**foreign, "Statement": foreign["Statement"] + statements}
     assert aws_size(too_large) > LIMIT
-    session = _exec_session(fresh_local)
+    session = exec_session(fresh_local)
     strict_aws.install(session, fresh_local)
     s3 = session.client("sts", endpoint_url=fresh_local.endpoint, config=LOCAL_CONFIG)
     role = s3.assume_role(

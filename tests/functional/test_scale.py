@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
+from _aws import exec_session
 from botocore.config import Config
 from botocore.retries.standard import ExponentialBackoff
 
 from deploy_helper.local import scenario as seed
 from deploy_helper.local import strict_aws
 from deploy_helper.local.faults import FaultInjector
-from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,18 +30,6 @@ if TYPE_CHECKING:
 N = 40
 BROKEN = "svc-013"
 WRITES = {"PutBucketPolicy", "DeleteBucketPolicy", "AddPermission", "RemovePermission", "CreateGrant", "RevokeGrant"}
-
-
-def _exec_session(local: LocalAws) -> boto3.Session:
-    """The broker's execution role: the only principal the target roles trust."""
-    sts = local.base_session().client("sts", endpoint_url=local.endpoint, config=LOCAL_CONFIG)
-    creds = sts.assume_role(RoleArn=seed.BROKER_EXEC_ROLE, RoleSessionName="deploy-helper-broker")["Credentials"]
-    return boto3.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        region_name=LOCAL_REGION,
-    )
 
 
 def _grants(sc: seed.Scenario) -> list[dict[str, Any]]:
@@ -71,7 +58,7 @@ def test_throttled_batch_with_a_broken_account(fresh_local: LocalAws, tmp_path: 
     broken_account = sc.accounts[BROKEN]
     fresh_local.client("iam", broken_account).delete_role(RoleName="deploy-helper-broker")
 
-    session = _exec_session(fresh_local)
+    session = exec_session(fresh_local)
     strict_aws.install(session, fresh_local)
     faults = FaultInjector(seed=6, endpoint_url=fresh_local.endpoint).install(session)
     for service in ("sts", "lambda", "s3", "kms"):
