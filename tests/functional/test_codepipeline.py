@@ -5,7 +5,7 @@ from the input artifact (a zip in the artifact bucket, read with the job's
 artifact credentials), resolves ``${stack:...}`` / ``${env:...}``, signs (with
 a KMS key or a key file), sends the request through the real Lambda handler,
 and ends the job. moto 5.2 does not implement CodePipeline's job APIs
-(``PutJobSuccessResult`` raises NotImplementedError), so the job results are
+(``PutJobSuccessResult``, ``PutJobFailureResult``), so the job results are
 recorded by a botocore hook on the action's CodePipeline client, after
 botocore has validated the call against CodePipeline's API model; the hook
 answers as AWS does (HTTP 200, empty body). Policies and KMS grants are read

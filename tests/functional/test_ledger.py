@@ -399,3 +399,20 @@ def test_checkpoints_signed_with_kms_verify_offline(scenario: Scenario) -> None:
     assert not verify_checkpoint(altered, algorithm, public)
     local_key = scenario.ledger().public_key
     assert local_key is not None and not verify_checkpoint(stored, *local_key)
+
+
+def test_scheduled_heartbeat_writes_a_checkpoint(scenario: Scenario) -> None:
+    from deploy_helper import handler
+
+    handler.set_broker(scenario.broker())
+    try:
+        first = handler.lambda_handler({"deploy_helper": "checkpoint"}, None)
+        second = handler.lambda_handler({"deploy_helper": "checkpoint"}, None)
+    finally:
+        handler.set_broker(None)
+    assert first["ok"] and second["ok"] and first["checkpoint"] != second["checkpoint"]
+    assert first["size"] == second["size"] == 0  # nothing happened: a heartbeat all the same
+    handle = scenario.ledger()
+    assert handle.checkpoints is not None
+    report = verify_ledger(handle.ledger, handle.checkpoints.list(), public_key=handle.public_key)
+    assert report.whole and report.checkpoints == 2
