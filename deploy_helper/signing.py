@@ -154,13 +154,17 @@ def seal(
 
 def verify(algorithm: Algorithm, public_key_pem: str, signed_text: bytes, signature: bytes) -> bool:
     """Whether ``signature`` by the registered key covers ``signed_text``."""
+    return verify_message(algorithm, public_key_pem, signing_input(signed_text), signature)
+
+
+def verify_message(algorithm: Algorithm, public_key_pem: str, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` over ``message`` verifies with the key, using the given algorithm only."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     key = load_pem_public_key(public_key_pem.encode("ascii"))
-    message = signing_input(signed_text)
     try:
         if algorithm == "ed25519":
             if not isinstance(key, ed25519.Ed25519PublicKey):

@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper.exceptions import LedgerError
 from deploy_helper.ledger.entries import now_iso
-from deploy_helper.signing import b64url, b64url_decode
+from deploy_helper.signing import b64url, b64url_decode, verify_message
 
 if TYPE_CHECKING:
     from deploy_helper.ledger.store import DynamoLedger
@@ -61,23 +61,7 @@ class Checkpoint:
 
 
 def verify_checkpoint(checkpoint: Checkpoint, algorithm: Algorithm, public_key_pem: str) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    key = load_pem_public_key(public_key_pem.encode("ascii"))
-    message = checkpoint_input(checkpoint.body)
-    try:
-        if algorithm == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(checkpoint.signature, message)
-            return True
-        if algorithm == "ecdsa-p256-sha256" and isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(checkpoint.signature, message, ec.ECDSA(hashes.SHA256()))
-            return True
-    except (InvalidSignature, ValueError):
-        return False
-    return False
+    return verify_message(algorithm, public_key_pem, checkpoint_input(checkpoint.body), checkpoint.signature)
 
 
 class Checkpoints:
