@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from deploy_helper.ledger import Ledger
     from deploy_helper.ledger.checkpoints import Checkpoints
     from deploy_helper.nonces import NonceStore
+    from deploy_helper.references import ReferenceStore
     from deploy_helper.rules import RuleSet
     from deploy_helper.sessions import TargetClients, TargetSessions
 
@@ -79,6 +80,7 @@ class Broker:
         locks: Locker | None = None,
         clock: Callable[[], float] = time.time,
         checkpoints: Checkpoints | None = None,
+        references: ReferenceStore | None = None,
     ) -> None:
         self.config = config
         self.checkpoints = checkpoints
@@ -87,6 +89,8 @@ class Broker:
         self.ledger = ledger
         self._group = GroupCommit(ledger)
         self.locks = locks or NoLock()
+        #: Who shares a widened Lambda permission; None: no reference table, so no widening.
+        self.references = references
         self.clock = clock
         self.authenticator = Authenticator(
             callers,
@@ -141,6 +145,11 @@ class Broker:
             from deploy_helper.locks import DynamoLocks
 
             locks = DynamoLocks(ddb, config.lock_table, clock=clock)
+        references = None
+        if config.reference_table:
+            from deploy_helper.references import DynamoReferences
+
+            references = DynamoReferences(ddb, config.reference_table)
         return cls(
             config,
             callers=callers,
@@ -151,6 +160,7 @@ class Broker:
             locks=locks,
             clock=clock,
             checkpoints=checkpoints,
+            references=references,
         )
 
     # -- entry ------------------------------------------------------------
@@ -337,7 +347,13 @@ class Broker:
         hold = self.locks.hold(resource) if kind.serialize_writes and not payload.dry_run else nullcontext()
         with hold:
             state = kind.read(client, resource)
-            plan = kind.plan(state, resource, [(spec, payload.action) for _, spec, _ in items], allowed)
+            asked = [(spec, payload.action) for _, spec, _ in items]
+            version = 0
+            if kind.uses_references:
+                references, version = self.references.read(resource) if self.references else (None, 0)
+                plan = kind.plan(state, resource, asked, allowed, references=references)  # type: ignore[call-arg]
+            else:
+                plan = kind.plan(state, resource, asked, allowed)
             before, after = digest(plan.before), digest(plan.after)
             if payload.dry_run:
                 return self._planned(request, kind.diff(plan), plan, rule_of, index_of, before, after)
@@ -391,9 +407,11 @@ class Broker:
                 return results
             error: str | None = None
             try:
-                kind.write(client, plan)
+                self._write(kind, client, plan, payload.action, version)
             except (ClientError, BotoCoreError) as exc:
                 error = _describe(exc)
+            except BrokerError as exc:
+                error = exc.message
             outcome_entries = []
             for p, intent_id in zip(changing, intent_ids, strict=True):
                 decision = "failed" if error else p.outcome
@@ -426,6 +444,18 @@ class Broker:
                 )
                 results[-1].compaction = p.compaction
             return results
+
+    def _write(self, kind: Any, client: Any, plan: ResourcePlan, action: str, version: int) -> None:
+        """Make the change; references first on apply and last on revoke (see ``deploy_helper.references``)."""
+        if plan.references is None or self.references is None:
+            kind.write(client, plan)
+            return
+        if action == "apply":
+            self.references.write(plan.resource, plan.references, version)
+            kind.write(client, plan)
+        else:
+            kind.write(client, plan)
+            self.references.write(plan.resource, plan.references, version)
 
     def _planned(
         self,

@@ -23,6 +23,8 @@ class BrokerConfig:
     nonce_table: str
     ledger_table: str | None = None
     lock_table: str | None = None
+    #: Who shares a widened Lambda permission (``widen-source-arn``); without it no widening.
+    reference_table: str | None = None
     checkpoint_bucket: str | None = None
     checkpoint_key: str | None = None
     target_role_name: str = DEFAULT_ROLE_NAME
@@ -49,6 +51,7 @@ class BrokerConfig:
             nonce_table=env["DEPLOY_HELPER_NONCE_TABLE"],
             ledger_table=env.get("DEPLOY_HELPER_LEDGER_TABLE") or None,
             lock_table=env.get("DEPLOY_HELPER_LOCK_TABLE") or None,
+            reference_table=env.get("DEPLOY_HELPER_REFERENCE_TABLE") or None,
             checkpoint_bucket=env.get("DEPLOY_HELPER_CHECKPOINT_BUCKET") or None,
             checkpoint_key=env.get("DEPLOY_HELPER_CHECKPOINT_KEY") or None,
             target_role_name=env.get("DEPLOY_HELPER_TARGET_ROLE", DEFAULT_ROLE_NAME),

@@ -41,7 +41,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from deploy_helper.exceptions import DeniedError
 from deploy_helper.grants import REGISTRY, kind_of
-from deploy_helper.grants.base import Allowed, Compaction
+from deploy_helper.grants.base import WIDEN_SOURCE_ARN, Allowed, Compaction, SourceScope
 from deploy_helper.grants.bucket_access import AccessLevel
 from deploy_helper.grants.kms_grant import KmsOperation
 from deploy_helper.identifiers import (
@@ -131,6 +131,9 @@ class Rule(_Strict):
     #: default): each grant keeps its own statement, and one that does not fit is refused.
     #: ``merge-principals``: grants with equal actions and resources may share one statement
     #: whose principal list holds each grant's principal (never wider than the grants).
+    #: ``widen-source-arn`` (lambda-invoke, service principals): grants from one source
+    #: account may share one permission whose SourceArn is this rule's ``source_arns``
+    #: pattern narrowed to that account (or, with no ``source_arns``, SourceAccount only).
     compaction: list[Compaction] = []
 
     @model_validator(mode="after")
@@ -225,7 +228,8 @@ class RuleSet(_Strict):
         for rule in candidates:
             stage, check, detail = self._evaluate(rule, spec)
             if check == "":
-                return Allowed(rule.id, frozenset(rule.compaction))
+                scope = self._source_scope(rule, spec) if WIDEN_SOURCE_ARN in rule.compaction else None
+                return Allowed(rule.id, frozenset(rule.compaction), scope)
             if best is None or stage > best[0]:
                 best = (stage, rule, check, detail)
         assert best is not None
@@ -318,28 +322,54 @@ class RuleSet(_Strict):
         services = [s for s in principals.services if s.service == principal]
         if not services:
             return f"service principal {principal} is not allowed by this rule"
+        reasons = [reason for svc in services if (reason := self._service_check(svc, spec))]
+        return "" if len(reasons) < len(services) else "; ".join(reasons)
+
+    def _service_check(self, svc: ServiceRule, spec: GrantSpec) -> str:
+        """Why ``svc`` does not allow the grant's source, or "" when it does."""
         source_account = getattr(spec, "source_account", None)
         source_arn = getattr(spec, "source_arn", None)
-        reasons = []
-        for svc in services:
-            allowed = self.resolve_all(svc.source_accounts)
-            if source_account is not None and source_account not in allowed:
-                reasons.append(f"source_account {source_account} is not among {svc.source_accounts}")
+        allowed = self.resolve_all(svc.source_accounts)
+        if source_account is not None and source_account not in allowed:
+            return f"source_account {source_account} is not among {svc.source_accounts}"
+        if source_arn is not None:
+            m = SOURCE_ARN_RE.fullmatch(source_arn)
+            arn_account = m.group("account") if m else None
+            if arn_account and arn_account not in allowed:
+                return f"source_arn account {arn_account} is not among {svc.source_accounts}"
+            if svc.source_arns and not any(arn_matches(p, source_arn) for p in svc.source_arns):
+                return f"source_arn {source_arn} matches none of {svc.source_arns}"
+        elif svc.source_arns:
+            return "this rule requires a source_arn"
+        return ""
+
+    def _source_scope(self, rule: Rule, spec: GrantSpec) -> SourceScope | None:
+        """How far ``widen-source-arn`` may widen the grant's SourceArn: to its account, within the rule.
+
+        The widened ARN keeps the grant's partition, service, region and account and takes
+        the resource part of the rule's pattern that matched the grant, so every ARN it
+        matches is one the rule would allow in that account. None when the grant has no
+        ``source_arn`` (it is bound to its account already).
+        """
+        source_arn = getattr(spec, "source_arn", None)
+        if source_arn is None:
+            return None
+        m = SOURCE_ARN_RE.fullmatch(source_arn)
+        account = getattr(spec, "source_account", None) or (m.group("account") if m else None)
+        if not account:
+            return None
+        principal = kind_of(spec).principal(spec)
+        for svc in rule.principals.services:
+            if svc.service != principal or self._service_check(svc, spec):
                 continue
-            if source_arn is not None:
-                m = SOURCE_ARN_RE.fullmatch(source_arn)
-                arn_account = m.group("account") if m else None
-                if arn_account and arn_account not in allowed:
-                    reasons.append(f"source_arn account {arn_account} is not among {svc.source_accounts}")
-                    continue
-                if svc.source_arns and not any(arn_matches(p, source_arn) for p in svc.source_arns):
-                    reasons.append(f"source_arn {source_arn} matches none of {svc.source_arns}")
-                    continue
-            elif svc.source_arns:
-                reasons.append("this rule requires a source_arn")
-                continue
-            return ""
-        return "; ".join(reasons)
+            if not svc.source_arns:
+                return SourceScope(account, None)
+            pattern = next(p for p in svc.source_arns if arn_matches(p, source_arn))
+            parts = source_arn.split(":", 5)
+            if parts[4] != account:  # a source ARN without an account part: keep it exact
+                return None
+            return SourceScope(account, ":".join([*parts[:5], pattern.split(":", 5)[5]]))
+        return None
 
 
 def describe(rules: RuleSet) -> list[dict[str, Any]]:

@@ -32,8 +32,24 @@ if TYPE_CHECKING:
 Operation = Literal["apply", "revoke"]
 Outcome = Literal["applied", "unchanged", "revoked", "absent", "failed"]
 #: Ways a rule may let the broker fit grants into a policy's size limit (``Rule.compaction``).
-Compaction = Literal["merge-principals"]
+Compaction = Literal["merge-principals", "widen-source-arn"]
 MERGE_PRINCIPALS: Compaction = "merge-principals"
+WIDEN_SOURCE_ARN: Compaction = "widen-source-arn"
+
+
+@dataclass(frozen=True)
+class SourceScope:
+    """The widest source the rule that allows a service-principal grant lets it have.
+
+    ``account`` is the grant's source account; ``source_arn`` the rule's ``source_arns``
+    pattern that matched the grant, with every part but the resource fixed to the
+    grant's own (so ``arn:aws:execute-api:*:*:*/authorizers/*`` becomes
+    ``arn:aws:execute-api:us-east-1:333333333333:*/authorizers/*``), or None when the
+    rule names no ``source_arns`` (any source in the account).
+    """
+
+    account: str
+    source_arn: str | None
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,8 @@ class Allowed:
 
     rule_id: str
     compaction: frozenset[str] = frozenset()
+    #: For ``widen-source-arn``: how far the rule lets the grant's source be widened.
+    source_scope: SourceScope | None = None
 
 
 class GrantSpec(StrictModel):
@@ -80,6 +98,9 @@ class ResourcePlan:
     items: list[ItemPlan]
     writes: list[Any] = field(default_factory=list)
     state: Any = None
+    #: For kinds that keep references (``GrantKind.uses_references``): the resource's
+    #: references after the change, or None when they do not change.
+    references: dict[str, list[str]] | None = None
 
     @property
     def changes(self) -> bool:
@@ -105,6 +126,10 @@ class GrantKind(ABC, Generic[SpecT]):
     compactions: ClassVar[tuple[str, ...]] = ()
     #: Whether writes rewrite a whole document (and so must be serialized per resource).
     serialize_writes: ClassVar[bool] = False
+    #: Whether several grants may share one statement that the resource's policy cannot
+    #: list them in, so the broker keeps who shares it in its reference table (see
+    #: ``deploy_helper.references``) and passes them to ``plan`` as ``references=``.
+    uses_references: ClassVar[bool] = False
     example: ClassVar[dict[str, Any]]
 
     # -- identity of a grant (pure) ---------------------------------------

@@ -19,8 +19,20 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from botocore.exceptions import ClientError
 from pydantic import model_validator
 
+from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.exceptions import PolicySizeError
-from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
+from deploy_helper.grants.base import (
+    WIDEN_SOURCE_ARN,
+    Allowed,
+    GrantKind,
+    GrantSpec,
+    ItemPlan,
+    Operation,
+    ResourcePlan,
+    SourceScope,
+    in_parallel,
+    managed_id,
+)
 from deploy_helper.identifiers import (
     ACCOUNT_RE,
     LAMBDA_ARN_RE,
@@ -36,8 +48,12 @@ from deploy_helper.policydoc import compact_size, empty_policy, find_statement, 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from deploy_helper.references import References
+
 INVOKE_ACTION = "lambda:InvokeFunction"
 LAMBDA_POLICY_LIMIT = 20 * 1024
+#: StatementId prefix of a permission shared by several grants (``widen-source-arn``).
+SHARED_PREFIX = f"{PRODUCT_PREFIX}Shared"
 
 
 class LambdaInvokeGrant(GrantSpec):
@@ -86,6 +102,10 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         "lambda:RemovePermission",
     )
     size_limit: ClassVar[int | None] = LAMBDA_POLICY_LIMIT
+    compactions: ClassVar[tuple[str, ...]] = (WIDEN_SOURCE_ARN,)
+    #: Leased per function: a shared permission and its references change together.
+    serialize_writes: ClassVar[bool] = True
+    uses_references: ClassVar[bool] = True
     example: ClassVar[dict[str, Any]] = {
         "kind": "lambda-invoke",
         "function": "arn:aws:lambda:us-east-1:222222222222:function:token-authorizer",
@@ -155,47 +175,221 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         resource: str,
         items: Sequence[tuple[LambdaInvokeGrant, Operation]],
         allowed: Sequence[Allowed] | None = None,
+        references: References | None = None,
     ) -> ResourcePlan:
+        """Apply or revoke ``items``; widen SourceArns (shared permissions) only if exact ones would not fit.
+
+        ``references`` (the broker's reference table for this function, None when it has
+        none) says which grants each shared permission stands for. Applying: a grant in
+        force (its own permission, or listed in a shared permission that exists) is
+        ``unchanged``. A grant whose rule allows ``widen-source-arn`` joins an existing
+        shared permission of its account and scope at no cost (no Lambda call). The rest
+        get their own permissions if the whole policy then fits; if not, each grant whose
+        rule allows widening joins or creates the shared permission of its source
+        account, and each other grant gets its own permission while it fits and is
+        refused, naming the limit and the remedy, when it does not. Revoking removes the
+        grant's own permission, or the grant from its shared permission's references (the
+        permission goes with its last grant).
+        """
+        allowances: list[Allowed | None] = list(allowed) if allowed is not None else [None] * len(items)
+        refs = {sid: set(members) for sid, members in (references or {}).items()}
+        refs_changed = False
         before = json.loads(json.dumps(state))
         after = json.loads(json.dumps(state))
-        plans: list[ItemPlan] = []
-        writes: list[tuple[str, LambdaInvokeGrant]] = []
-        for spec, operation in items:
-            sid = self.grant_id(spec)
-            current = find_statement(after, sid)
+        plans: list[ItemPlan | None] = [None] * len(items)
+        writes: list[tuple[str, str, dict[str, Any] | None]] = []
+        shared_in: dict[int, str] = {}  # item -> Sid of the shared permission it is in / left
+
+        def scope_of(i: int) -> SourceScope | None:
+            a = allowances[i]
+            if references is None or a is None or WIDEN_SOURCE_ARN not in a.compaction:
+                return None
+            return a.source_scope
+
+        def holder(spec: LambdaInvokeGrant) -> str | None:
+            gid = self.grant_id(spec)
+            return next((sid for sid, members in refs.items() if gid in members), None)
+
+        def fits(statements: list[dict[str, Any]]) -> tuple[bool, int]:
+            size = compact_size({**after, "Statement": [_as_lambda_stores(s) for s in statements]})
+            return size <= LAMBDA_POLICY_LIMIT, size
+
+        pending: list[int] = []
+        for i, (spec, operation) in enumerate(items):
+            gid = self.grant_id(spec)
+            exact = find_statement(after, gid)
+            exact_ok = exact is not None and self._same(exact, spec)
+            wsid = holder(spec)
             if operation == "apply":
-                if current is not None and self._same(current, spec):
-                    plans.append(ItemPlan(spec, operation, "unchanged", "permission already present"))
-                    continue
-                candidate = [s for s in after["Statement"] if s.get("Sid") != sid] + [self.statement(spec)]
-                size = compact_size({**after, "Statement": [_as_lambda_stores(s) for s in candidate]})
-                if size > LAMBDA_POLICY_LIMIT:
-                    plans.append(
-                        ItemPlan(
-                            spec,
-                            operation,
-                            "failed",
-                            PolicySizeError(
-                                f"the function policy of {resource} would grow to {size} bytes, over Lambda's "
-                                f"{LAMBDA_POLICY_LIMIT}-byte limit; bind principals by organization "
-                                "(principal_org_id) or remove unused permissions"
-                            ).message,
-                        )
-                    )
-                    continue
-                if current is not None:
-                    writes.append(("remove", spec))
-                writes.append(("add", spec))
-                after["Statement"] = candidate
-                plans.append(ItemPlan(spec, operation, "applied"))
+                if exact_ok:
+                    plans[i] = ItemPlan(spec, operation, "unchanged", "permission already present")
+                elif wsid is not None and find_statement(after, wsid) is not None:
+                    shared_in[i] = wsid
+                    plans[i] = ItemPlan(spec, operation, "unchanged", "in a shared permission already")
+                else:
+                    if wsid is not None:  # a reference left without its permission (an interrupted apply)
+                        refs[wsid].discard(gid)
+                        refs_changed = True
+                    pending.append(i)
+                continue
+            if exact is None and wsid is None:
+                plans[i] = ItemPlan(spec, operation, "absent", "permission not present")
+                continue
+            if exact is not None:
+                writes.append(("remove", gid, None))
+                after["Statement"] = [s for s in after["Statement"] if s.get("Sid") != gid]
+            if wsid is not None:
+                refs[wsid].discard(gid)
+                refs_changed = True
+                shared_in[i] = wsid
+                if not refs[wsid] and find_statement(after, wsid) is not None:
+                    writes.append(("remove", wsid, None))
+                    after["Statement"] = [s for s in after["Statement"] if s.get("Sid") != wsid]
+            plans[i] = ItemPlan(spec, operation, "revoked")
+
+        def join(i: int, scope: SourceScope) -> None:
+            nonlocal refs_changed
+            spec = items[i][0]
+            wsid = self.shared_sid(spec, scope)
+            refs.setdefault(wsid, set()).add(self.grant_id(spec))
+            refs_changed = True
+            shared_in[i] = wsid
+            plans[i] = ItemPlan(spec, "apply", "applied")
+
+        # 1. a grant whose rule allows widening joins an existing shared permission of its scope
+        rest: list[int] = []
+        for i in pending:
+            scope = scope_of(i)
+            spec = items[i][0]
+            if scope is not None and self._shared_present(after, spec, scope):
+                join(i, scope)
             else:
-                if current is None:
-                    plans.append(ItemPlan(spec, operation, "absent", "permission not present"))
+                rest.append(i)
+        # 2. the others each with its own permission, if the whole policy then fits
+        exact_sids = {self.grant_id(items[i][0]) for i in rest}
+        kept = [s for s in after["Statement"] if s.get("Sid") not in exact_sids]
+        if fits(kept + [self.statement(items[i][0]) for i in rest])[0]:
+            for i in rest:
+                self._add_exact(after, writes, items[i][0])
+                plans[i] = ItemPlan(items[i][0], "apply", "applied")
+        else:
+            # 3. compaction: widen what the rules allow, then each other grant while it fits
+            for i in rest:
+                spec = items[i][0]
+                scope = scope_of(i)
+                if scope is not None and self._shared_present(after, spec, scope):
+                    join(i, scope)
                     continue
-                writes.append(("remove", spec))
-                after["Statement"] = [s for s in after["Statement"] if s.get("Sid") != sid]
-                plans.append(ItemPlan(spec, operation, "revoked"))
-        return ResourcePlan(resource, before, after, plans, writes, state)
+                statement = self.shared_statement(spec, scope) if scope is not None else self.statement(spec)
+                others = [s for s in after["Statement"] if s.get("Sid") != statement["Sid"]]
+                ok, size = fits([*others, statement])
+                if not ok:
+                    reason = self._too_large(
+                        resource, size, allowances[i], spec, widened=scope is not None, shared=references is not None
+                    )
+                    plans[i] = ItemPlan(spec, "apply", "failed", reason)
+                    continue
+                if scope is None:
+                    self._add_exact(after, writes, spec)
+                    plans[i] = ItemPlan(spec, "apply", "applied")
+                    continue
+                if find_statement(after, statement["Sid"]) is not None:  # same Sid, other content
+                    writes.append(("remove", statement["Sid"], None))
+                writes.append(("add", statement["Sid"], self._add_kwargs(spec, scope)))
+                after["Statement"] = [*others, statement]
+                join(i, scope)
+        for i, sid in shared_in.items():
+            plan = plans[i]
+            assert plan is not None
+            members = len(refs.get(sid, ()))
+            if plan.outcome in ("applied", "unchanged"):
+                source = _source_of(find_statement(after, sid))
+                plan.compaction = f"widened into {sid} ({source}), shared by {members} grants"
+            elif plan.outcome == "revoked":
+                plan.compaction = f"removed from {sid}, {members} grants remain"
+        done = [p for p in plans if p is not None]
+        assert len(done) == len(items)
+        new_refs = {sid: sorted(m) for sid, m in refs.items() if m} if refs_changed else None
+        return ResourcePlan(resource, before, after, done, writes, state, references=new_refs)
+
+    # -- plan helpers (pure) -------------------------------------------------
+    def shared_sid(self, spec: LambdaInvokeGrant, scope: SourceScope) -> str:
+        """The StatementId of the permission shared by the grants of one source account and scope."""
+        identity = {
+            "function": spec.function,
+            "principal": spec.principal,
+            "source_account": scope.account,
+            "source_arn": scope.source_arn or "",
+        }
+        return managed_id(identity).replace(PRODUCT_PREFIX, SHARED_PREFIX, 1)
+
+    def shared_statement(self, spec: LambdaInvokeGrant, scope: SourceScope) -> dict[str, Any]:
+        """The shared permission: the grant's principal and function, its source widened to ``scope``."""
+        widened = spec.model_copy(update={"source_arn": scope.source_arn, "source_account": scope.account})
+        return {**self.statement(widened), "Sid": self.shared_sid(spec, scope)}
+
+    def _shared_present(self, doc: dict[str, Any], spec: LambdaInvokeGrant, scope: SourceScope) -> bool:
+        current = find_statement(doc, self.shared_sid(spec, scope))
+        if current is None:
+            return False
+        desired = self.shared_statement(spec, scope)
+        return normalize_principal(current.get("Principal")) == normalize_principal(
+            desired["Principal"]
+        ) and _conditions(current) == _conditions(desired)
+
+    def _add_exact(self, doc: dict[str, Any], writes: list[Any], spec: LambdaInvokeGrant) -> None:
+        sid = self.grant_id(spec)
+        if find_statement(doc, sid) is not None:  # same Sid, other content: replace it
+            writes.append(("remove", sid, None))
+        writes.append(("add", sid, self._add_kwargs(spec)))
+        doc["Statement"] = [s for s in doc["Statement"] if s.get("Sid") != sid] + [self.statement(spec)]
+
+    @staticmethod
+    def _add_kwargs(spec: LambdaInvokeGrant, scope: SourceScope | None = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"Action": INVOKE_ACTION, "Principal": spec.principal}
+        source_arn = scope.source_arn if scope is not None else spec.source_arn
+        source_account = scope.account if scope is not None else spec.source_account
+        if source_arn:
+            kwargs["SourceArn"] = source_arn
+        if source_account:
+            kwargs["SourceAccount"] = source_account
+        if spec.principal_org_id:
+            kwargs["PrincipalOrgID"] = spec.principal_org_id
+        return kwargs
+
+    @staticmethod
+    def _too_large(
+        resource: str, size: int, allowed: Allowed | None, spec: LambdaInvokeGrant, *, widened: bool, shared: bool
+    ) -> str:
+        """The refusal: the limit, and the remedy that applies to this grant under its rule."""
+        rule = f"rule {allowed.rule_id}" if allowed is not None else "the rule that allows the grant"
+        may_widen = allowed is not None and WIDEN_SOURCE_ARN in allowed.compaction
+        if widened:
+            remedy = (
+                "even with one permission per source account (widen-source-arn); spread the accounts over "
+                "more than one function, or remove unused permissions"
+            )
+        elif not spec.principal.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+            remedy = (
+                "grant to the organization (principal '*' with principal_org_id) under a rule that allows "
+                "organization principals, or remove unused permissions"
+            )
+        elif may_widen and not shared:
+            remedy = (
+                "the broker has no reference table (DEPLOY_HELPER_REFERENCE_TABLE) to share permissions; "
+                "configure it, or remove unused permissions"
+            )
+        elif may_widen:
+            remedy = "this grant is bound to its account already; remove unused permissions or use another function"
+        else:
+            remedy = (
+                f"allow compaction: [{WIDEN_SOURCE_ARN}] in {rule} (one permission per source account), "
+                "or remove unused permissions"
+            )
+        return PolicySizeError(
+            f"the function policy of {resource} would grow to {size} bytes, over Lambda's "
+            f"{LAMBDA_POLICY_LIMIT}-byte limit for a function policy; {remedy}"
+        ).message
 
     def write(self, client: Any, plan: ResourcePlan) -> None:
         """One call per permission; permissions with different ids are sent concurrently.
@@ -205,18 +399,20 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         stay in order.
         """
         name, qualifier = _name_and_qualifier(plan.resource)
-        by_sid: dict[str, list[tuple[str, LambdaInvokeGrant]]] = {}
-        for op, spec in plan.writes:
-            by_sid.setdefault(self.grant_id(spec), []).append((op, spec))
+        by_sid: dict[str, list[tuple[str, str, dict[str, Any] | None]]] = {}
+        for op in plan.writes:
+            by_sid.setdefault(op[1], []).append(op)
 
-        def send(ops: list[tuple[str, LambdaInvokeGrant]]) -> None:
-            for op, spec in ops:
-                self._send(client, name, qualifier, op, spec)
+        def send(ops: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+            for op, sid, kwargs in ops:
+                self._send(client, name, qualifier, op, sid, kwargs)
 
         in_parallel([functools.partial(send, ops) for ops in by_sid.values()])
 
-    def _send(self, client: Any, name: str, qualifier: str | None, op: str, spec: LambdaInvokeGrant) -> None:
-        base: dict[str, Any] = {"FunctionName": name, "StatementId": self.grant_id(spec)}
+    def _send(
+        self, client: Any, name: str, qualifier: str | None, op: str, sid: str, kwargs: dict[str, Any] | None
+    ) -> None:
+        base: dict[str, Any] = {"FunctionName": name, "StatementId": sid}
         if qualifier:
             base["Qualifier"] = qualifier
         if op == "remove":
@@ -226,23 +422,20 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
                 if exc.response["Error"]["Code"] != "ResourceNotFoundException":
                     raise
             return
-        kwargs = {**base, "Action": INVOKE_ACTION, "Principal": spec.principal}
-        if spec.source_arn:
-            kwargs["SourceArn"] = spec.source_arn
-        if spec.source_account:
-            kwargs["SourceAccount"] = spec.source_account
-        if spec.principal_org_id:
-            kwargs["PrincipalOrgID"] = spec.principal_org_id
         try:
-            client.add_permission(**kwargs)
+            client.add_permission(**base, **(kwargs or {}))
         except ClientError as exc:
             # A concurrent request added the same statement first: same Sid, same content.
             if exc.response["Error"]["Code"] != "ResourceConflictException":
                 raise
 
-    def present(self, state: dict[str, Any], spec: LambdaInvokeGrant) -> bool:
+    def present(self, state: dict[str, Any], spec: LambdaInvokeGrant, references: References | None = None) -> bool:
+        """In force as its own permission, or listed in ``references`` for a shared permission that exists."""
         current = find_statement(state, self.grant_id(spec))
-        return current is not None and self._same(current, spec)
+        if current is not None and self._same(current, spec):
+            return True
+        gid = self.grant_id(spec)
+        return any(gid in members and find_statement(state, sid) for sid, members in (references or {}).items())
 
     def _same(self, current: dict[str, Any], spec: LambdaInvokeGrant) -> bool:
         desired = self.statement(spec)
@@ -265,6 +458,14 @@ def _as_lambda_stores(statement: dict[str, Any]) -> dict[str, Any]:
     values = principal["AWS"] if isinstance(principal["AWS"], list) else [principal["AWS"]]
     values = [f"arn:aws:iam::{v}:root" if isinstance(v, str) and ACCOUNT_RE.fullmatch(v) else v for v in values]
     return {**statement, "Principal": {**principal, "AWS": values[0] if len(values) == 1 else values}}
+
+
+def _source_of(statement: dict[str, Any] | None) -> str:
+    """The source a shared permission admits, in words: "SourceArn …, SourceAccount …"."""
+    conditions = _conditions(statement or {})
+    arn = conditions.get("ArnLike", {}).get("aws:sourcearn")
+    account = conditions.get("StringEquals", {}).get("aws:sourceaccount")
+    return ", ".join(part for part in (arn and f"SourceArn {arn}", account and f"SourceAccount {account}") if part)
 
 
 def _conditions(statement: dict[str, Any]) -> dict[str, dict[str, str]]:

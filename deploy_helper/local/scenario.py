@@ -55,7 +55,12 @@ ORG_ID = "o-dhlocal0001"
 AUDIENCE = "deploy-helper:local"
 EXTERNAL_ID = "deploy-helper-local-external-id"
 BROKER_EXEC_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/deploy-helper-broker-exec"
-TABLES = {"nonce": "deploy-helper-nonces", "ledger": "deploy-helper-ledger", "lock": "deploy-helper-locks"}
+TABLES = {
+    "nonce": "deploy-helper-nonces",
+    "ledger": "deploy-helper-ledger",
+    "lock": "deploy-helper-locks",
+    "references": "deploy-helper-references",
+}
 CHECKPOINT_BUCKET = "deploy-helper-checkpoints-123456789012"
 CALLER = "ci-tooling"
 OTHER_CALLER = "ci-service-b"
@@ -202,6 +207,7 @@ class Scenario:
         for name, value in (
             ("DEPLOY_HELPER_LEDGER_TABLE", c.ledger_table),
             ("DEPLOY_HELPER_LOCK_TABLE", c.lock_table),
+            ("DEPLOY_HELPER_REFERENCE_TABLE", c.reference_table),
             ("DEPLOY_HELPER_CHECKPOINT_BUCKET", c.checkpoint_bucket),
             ("DEPLOY_HELPER_CHECKPOINT_KEY", c.checkpoint_key),
         ):
@@ -346,12 +352,13 @@ def create_tables(local: LocalAws) -> None:
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
-    ddb.create_table(
-        TableName=TABLES["lock"],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    for table in (TABLES["lock"], TABLES["references"]):
+        ddb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
     ddb.create_table(
         TableName=TABLES["ledger"],
         KeySchema=[{"AttributeName": "ledger", "KeyType": "HASH"}, {"AttributeName": "seq", "KeyType": "RANGE"}],
@@ -432,6 +439,7 @@ def build(
         nonce_table=TABLES["nonce"],
         ledger_table=TABLES["ledger"] if ledger else None,
         lock_table=TABLES["lock"] if locks else None,
+        reference_table=TABLES["references"] if locks else None,
         checkpoint_bucket=CHECKPOINT_BUCKET if ledger else None,
         checkpoint_key=f"file:{workdir / 'checkpoint-key.pem'}" if ledger else None,
         external_id=EXTERNAL_ID,
@@ -479,7 +487,8 @@ def build_scaled(
     ``pipeline``. The rules are the seed's, widened to the scaled accounts, plus
     ``service-artifacts``: tooling roles may access each service's own artifact bucket
     (``pipeline`` read-write, ``builder`` read). ``compaction`` is written into the
-    bucket-access rules (e.g. ``["merge-principals"]``).
+    rules of the kinds that offer it (``merge-principals`` for bucket-access,
+    ``widen-source-arn`` for lambda-invoke).
     """
     scenario = build(local, workdir, **kwargs)
     tooling = ACCOUNTS["tooling"]
@@ -574,7 +583,10 @@ def _scale_rules(path: Path, names: dict[str, str], compaction: list[str] | None
         }
     )
     if compaction:
+        from deploy_helper.grants import REGISTRY
+
         for rule in rules["rules"]:
-            if rule["kind"] == "bucket-access":
-                rule["compaction"] = list(compaction)
+            available = [c for c in compaction if c in REGISTRY[rule["kind"]].compactions]
+            if available:
+                rule["compaction"] = available
     path.write_text(yaml.safe_dump(rules, sort_keys=False))

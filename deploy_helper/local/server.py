@@ -121,11 +121,11 @@ def _snapshot_each_table_once() -> None:
             return self._copies[id(value)][1]
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        models.copy = _OncePerTable()  # type: ignore[attr-defined]  # requests are serialized
+        models.copy = _OncePerTable()  # type: ignore[assignment]  # requests are serialized
         try:
             original(self, transact_items)
         finally:
-            models.copy = copy  # type: ignore[attr-defined]
+            models.copy = copy
 
     transact_write_items._once_per_table = True  # type: ignore[attr-defined]
     backend.transact_write_items = transact_write_items  # type: ignore[method-assign]

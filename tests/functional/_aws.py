@@ -91,3 +91,16 @@ def exec_session(local: LocalAws) -> boto3.Session:
         aws_session_token=creds["SessionToken"],
         region_name=LOCAL_REGION,
     )
+
+
+def scaled_strict_broker(
+    local: LocalAws, workdir: Any, services: int, aws_calls: Any, compaction: list[str] | None
+) -> tuple[seed.Scenario, Any]:
+    """The scaled scenario and a broker acting as its execution role, AWS's refusals on, every call logged."""
+    from deploy_helper.local import strict_aws
+
+    sc = seed.build_scaled(local, workdir, services, compaction=compaction)
+    session = exec_session(local)
+    aws_calls.install(session)
+    strict_aws.install(session, local)
+    return sc, sc.broker(session=session)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
-from _aws import exec_session
+from _aws import exec_session, scaled_strict_broker
 from botocore.exceptions import ClientError
 
 from deploy_helper import PRODUCT_PREFIX
@@ -60,11 +60,7 @@ def exact_statement(bucket: str, principal: str, sid: str) -> dict[str, Any]:
 
 
 def _setup(local: LocalAws, workdir: Path, aws_calls: Any, compaction: list[str] | None) -> tuple[Any, Broker]:
-    sc = seed.build_scaled(local, workdir, N, compaction=compaction)
-    session = exec_session(local)
-    aws_calls.install(session)
-    strict_aws.install(session, local)
-    return sc, sc.broker(session=session)
+    return scaled_strict_broker(local, workdir, N, aws_calls, compaction)
 
 
 def _roles(sc: Any) -> list[str]:

@@ -487,3 +487,91 @@ def test_rules_file_refuses_duplicate_yaml_keys(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(RULES, sort_keys=False) + "version: 1\n")
     with pytest.raises(PolicyFileError, match="duplicate key"):
         RuleSet.load(path)
+
+
+# -- widen-source-arn: how far a rule lets a service principal's source be widened --------
+
+
+def _widening(source_arns: list[str] | None) -> RuleSet:
+    data = copy.deepcopy(RULES)
+    rule = data["rules"][0]
+    rule["compaction"] = ["widen-source-arn"]
+    if source_arns is None:
+        rule["principals"]["services"][0].pop("source_arns")
+    else:
+        rule["principals"]["services"][0]["source_arns"] = source_arns
+    return RuleSet.model_validate(data)
+
+
+def _authorizer(source_arn: str | None, source_account: str | None = SVC_A) -> LambdaInvokeGrant:
+    fields = {"kind": "lambda-invoke", "function": FUNCTION, "principal": "apigateway.amazonaws.com"}
+    fields |= {"source_arn": source_arn} if source_arn else {}
+    fields |= {"source_account": source_account} if source_account else {}
+    return LambdaInvokeGrant.model_validate(fields)
+
+
+def test_widening_is_offered_only_by_a_rule_that_allows_it(rules: RuleSet) -> None:
+    grant = _authorizer(f"arn:aws:execute-api:us-east-1:{SVC_A}:a1b2c3d4e5/authorizers/*")
+    assert rules.authorize("ci-tooling", grant).source_scope is None
+    allowed = _widening(["arn:aws:execute-api:*:*:*/authorizers/*"]).authorize("ci-tooling", grant)
+    assert "widen-source-arn" in allowed.compaction
+    assert allowed.source_scope is not None
+    assert allowed.source_scope.account == SVC_A
+    assert allowed.source_scope.source_arn == f"arn:aws:execute-api:us-east-1:{SVC_A}:*/authorizers/*"
+
+
+def test_widening_keeps_the_rule_pattern_that_allowed_the_grant() -> None:
+    rules = _widening([f"arn:aws:execute-api:us-east-1:{SVC_B}:*/*", "arn:aws:execute-api:*:*:*/authorizers/tok*"])
+    grant = _authorizer(f"arn:aws:execute-api:us-east-1:{SVC_A}:a1b2c3d4e5/authorizers/tok1")
+    scope = rules.authorize("ci-tooling", grant).source_scope
+    assert scope is not None
+    assert scope.source_arn == f"arn:aws:execute-api:us-east-1:{SVC_A}:*/authorizers/tok*"
+
+
+def test_a_rule_without_source_arns_widens_to_the_account() -> None:
+    grant = _authorizer(f"arn:aws:execute-api:us-east-1:{SVC_A}:a1b2c3d4e5/authorizers/*", source_account=None)
+    scope = _widening(None).authorize("ci-tooling", grant).source_scope
+    assert scope is not None and scope.account == SVC_A and scope.source_arn is None
+
+
+def test_a_grant_bound_by_account_only_has_nothing_to_widen() -> None:
+    assert _widening(None).authorize("ci-tooling", _authorizer(None)).source_scope is None
+
+
+def test_widening_is_not_offered_for_other_kinds() -> None:
+    data = copy.deepcopy(RULES)
+    data["rules"][2]["compaction"] = ["widen-source-arn"]  # bucket-access
+    with pytest.raises(ValidationError, match="widen-source-arn"):
+        RuleSet.model_validate(data)
+
+
+_PART = st.sampled_from(["*", "a*", "ab?d*", "abcd1234ef", "*x*"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    region=st.sampled_from(["*", "us-east-1", "us-*"]),
+    api=st.from_regex(r"[a-z0-9]{10}", fullmatch=True),
+    resource_pattern=st.tuples(_PART, st.sampled_from(["authorizers", "*", "autho*"]), _PART),
+    account=st.sampled_from([SVC_A, SVC_B]),
+)
+def test_a_widened_source_never_leaves_the_rule_or_the_account(
+    region: str, api: str, resource_pattern: tuple[str, str, str], account: str
+) -> None:
+    """Every ARN the widened SourceArn admits is one the rule admits, in the grant's own account."""
+    pattern = f"arn:aws:execute-api:{region}:*:{'/'.join(resource_pattern)}"
+    source_arn = f"arn:aws:execute-api:us-east-1:{account}:{api}/authorizers/tok"
+    grant = _authorizer(source_arn, source_account=account)
+    rules = _widening([pattern])
+    if not arn_matches(pattern, source_arn):
+        with pytest.raises(DeniedError):
+            rules.authorize("ci-tooling", grant)
+        return
+    scope = rules.authorize("ci-tooling", grant).source_scope
+    assert scope is not None and scope.source_arn is not None
+    assert scope.account == account
+    widened = scope.source_arn.split(":", 5)
+    assert widened[:5] == ["arn", "aws", "execute-api", "us-east-1", account]
+    # the resource part is the rule's own, so whatever it matches the rule matches
+    assert widened[5] == pattern.split(":", 5)[5]
+    assert arn_matches(pattern, scope.source_arn)

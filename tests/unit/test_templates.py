@@ -84,6 +84,8 @@ def test_the_broker_role_may_do_only_what_the_broker_does(template: dict[str, An
     assert allowed["NonceTable"] == {"dynamodb:PutItem"}
     # Leases: taken with a conditional put, given back with a conditional delete.
     assert allowed["LockTable"] == {"dynamodb:PutItem", "dynamodb:DeleteItem"}
+    # References of shared permissions: read, and replaced with a conditional put.
+    assert allowed["ReferenceTable"] == {"dynamodb:GetItem", "dynamodb:PutItem"}
     # Append-only: the ledger can be added to and read, never changed or emptied.
     assert allowed["LedgerTable"] == {
         "dynamodb:PutItem",
@@ -120,6 +122,7 @@ def test_the_function_is_small_capped_and_configured(template: dict[str, Any]) -
         "DEPLOY_HELPER_NONCE_TABLE",
         "DEPLOY_HELPER_LEDGER_TABLE",
         "DEPLOY_HELPER_LOCK_TABLE",
+        "DEPLOY_HELPER_REFERENCE_TABLE",
         "DEPLOY_HELPER_EXTERNAL_ID",
         "DEPLOY_HELPER_CHECKPOINT_BUCKET",
         "DEPLOY_HELPER_CHECKPOINT_KEY",
@@ -135,6 +138,10 @@ def test_state_is_kept_as_the_ledger_needs(template: dict[str, Any]) -> None:
         table = resources[name]["Properties"]
         assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
         assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    # Revoking a shared permission's grants needs its references: kept like the ledger.
+    references = resources["ReferenceTable"]
+    assert references["DeletionPolicy"] == references["UpdateReplacePolicy"] == "Retain"
+    assert "TimeToLiveSpecification" not in references["Properties"]
     ledger = resources["LedgerTable"]
     assert ledger["DeletionPolicy"] == ledger["UpdateReplacePolicy"] == "Retain"
     props = ledger["Properties"]
