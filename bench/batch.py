@@ -125,7 +125,11 @@ def run_broker(sc: Any, grants: list[dict[str, Any]], args: argparse.Namespace) 
             else:
                 writes += 1
     lower = len(accounts) + len(resources) + len(bucket_written) + len(shared_permissions) + writes
-    reasons = Counter(r.reason.split(";")[0][:90] for r in response.results if r.decision == "failed")
+    # refusals grouped by resource; one full reason each (the sizes in them differ)
+    reasons: dict[str, list[Any]] = {}
+    for r in response.results:
+        if r.decision == "failed":
+            reasons.setdefault(r.target, [0, r.reason])[0] += 1
     return {
         "wall_s": round(wall, 3),
         "aws_calls": meter.total,
@@ -133,7 +137,7 @@ def run_broker(sc: Any, grants: list[dict[str, Any]], args: argparse.Namespace) 
         "ledger_calls": meter.ledger_calls,
         "lower_bound": lower,
         "decisions": dict(decisions),
-        "failed_reasons": dict(reasons),
+        "failed_reasons": {target: {"count": n, "example": reason} for target, (n, reason) in reasons.items()},
     }
 
 
@@ -265,8 +269,8 @@ def main() -> None:
         f"{contender['ledger_calls']}"
     )
     print(f"outcomes: {contender['decisions']}")
-    for reason, n in contender["failed_reasons"].items():
-        print(f"  failed x{n}: {reason}")
+    for failed in contender["failed_reasons"].values():
+        print(f"  failed x{failed['count']}, e.g.: {failed['example']}")
 
 
 if __name__ == "__main__":
