@@ -20,7 +20,6 @@ permission is removed before the reference is.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
@@ -79,23 +78,3 @@ class DynamoReferences:
                     "nothing more was changed — retry the request"
                 ) from exc
             raise ExecutionError(f"cannot record the references of {resource} ({code}); retry the request") from exc
-
-
-class MemoryReferences:
-    """References in this process (tests and one-shot local use)."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[References, int]] = {}
-        self._lock = threading.Lock()
-
-    def read(self, resource: str) -> tuple[References, int]:
-        with self._lock:
-            refs, version = self._items.get(resource, ({}, 0))
-            return {sid: list(m) for sid, m in refs.items()}, version
-
-    def write(self, resource: str, references: References, version: int) -> None:
-        with self._lock:
-            current = self._items.get(resource, ({}, 0))[1]
-            if current != version:
-                raise ExecutionError(f"the references of {resource} changed; retry the request")
-            self._items[resource] = ({sid: sorted(set(m)) for sid, m in references.items() if m}, version + 1)

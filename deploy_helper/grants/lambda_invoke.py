@@ -330,12 +330,7 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
 
     def _shared_present(self, doc: dict[str, Any], spec: LambdaInvokeGrant, scope: SourceScope) -> bool:
         current = find_statement(doc, self.shared_sid(spec, scope))
-        if current is None:
-            return False
-        desired = self.shared_statement(spec, scope)
-        return normalize_principal(current.get("Principal")) == normalize_principal(
-            desired["Principal"]
-        ) and _conditions(current) == _conditions(desired)
+        return current is not None and _equivalent(current, self.shared_statement(spec, scope))
 
     def _add_exact(self, doc: dict[str, Any], writes: list[Any], spec: LambdaInvokeGrant) -> None:
         sid = self.grant_id(spec)
@@ -438,10 +433,14 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         return any(gid in members and find_statement(state, sid) for sid, members in (references or {}).items())
 
     def _same(self, current: dict[str, Any], spec: LambdaInvokeGrant) -> bool:
-        desired = self.statement(spec)
-        return normalize_principal(current.get("Principal")) == normalize_principal(
-            desired["Principal"]
-        ) and _conditions(current) == _conditions(desired)
+        return _equivalent(current, self.statement(spec))
+
+
+def _equivalent(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """The same principal and conditions, whichever shape AWS (or moto) returned them in."""
+    return normalize_principal(current.get("Principal")) == normalize_principal(desired["Principal"]) and _conditions(
+        current
+    ) == _conditions(desired)
 
 
 def _as_lambda_stores(statement: dict[str, Any]) -> dict[str, Any]:

@@ -82,8 +82,8 @@ def first_overflow(sc: Any, grants: list[dict[str, Any]]) -> int:
     """K: the number of exact permissions that no longer fit next to the foreign one."""
     foreign = sc.function_policy()
     assert foreign is not None
+    statements = [exact_statement(sc.authorizer_arn, g, f"{PRODUCT_PREFIX}{i:024x}") for i, g in enumerate(grants)]
     for k in range(1, len(grants) + 1):
-        statements = [exact_statement(sc.authorizer_arn, g, f"{PRODUCT_PREFIX}{i:024x}") for i, g in enumerate(grants)]
         if lambda_size({**foreign, "Statement": foreign["Statement"] + statements[:k]}) > LIMIT:
             return k
     raise AssertionError("the grant set fits: make it larger")
