@@ -30,9 +30,10 @@ from deploy_helper.exceptions import DeniedError
 WILDCARDS = frozenset("*?")
 #: Characters tried, in order, to spell a character that appears in neither pattern.
 _SPARE = "xyzXYZ0123456789-_.qjkQJK~!#%&"
-#: Product states explored before giving up (refusing): far above what a rule's
-#: pattern and a grant's value of bounded length need.
-MAX_STATES = 200_000
+#: Product states explored before giving up (refusing the grant): far above what a
+#: rule's pattern and a source ARN (at most 900 characters of resource) need, and
+#: reached only by contrived patterns; it bounds the work one grant can cause.
+MAX_STATES = 20_000
 
 _Other = None  # the stand-in symbol: any character that appears in neither pattern
 _Positions = frozenset[int]
@@ -106,6 +107,8 @@ def witness(pattern: str, value: str) -> str | None:
         parent[(i, start)] = None
         queue.append((i, start))
     end_p, end_v = len(pattern), len(value)
+    # where the grant's pattern can be after reading one character at each position
+    moves = [_closure(value, (i if c == "*" else i + 1,)) for i, c in enumerate(value)]
     while queue:
         state = queue.popleft()
         i, states = state
@@ -116,7 +119,7 @@ def witness(pattern: str, value: str) -> str | None:
         here = value[i]
         read: str | None = _Other if here in WILDCARDS or here not in pattern else here
         after = p_step(states, read)
-        for j in _closure(value, (i if here == "*" else i + 1,)):
+        for j in moves[i]:
             successor = (j, after)
             if successor not in parent:
                 parent[successor] = (state, None if here in WILDCARDS else here)

@@ -178,3 +178,32 @@ def test_no_rule_or_grant_can_carry_a_character_class(annotation: str, value: st
 
     with pytest.raises(ValidationError):
         TypeAdapter(getattr(rules, annotation, None) or getattr(identifiers, annotation)).validate_python(value)
+
+
+def test_widen_source_arn_scope_holds_every_arn_the_grant_admits() -> None:
+    """``widen-source-arn``: a wildcard grant joins a shared permission only within its rule, and inside it."""
+    from test_rules import SVC_A, _authorizer, _widening
+
+    from deploy_helper.exceptions import DeniedError
+
+    grant = _authorizer(f"arn:aws:execute-api:us-east-1:{SVC_A}:a1b2c3d4e*/authorizers/*")
+    with pytest.raises(DeniedError) as caught:
+        _widening(["arn:aws:execute-api:*:*:a1b2c3d4e?/authorizers/*"]).authorize("ci-tooling", grant)
+    assert caught.value.check == "principal"
+    scope = _widening(["arn:aws:execute-api:*:*:*/authorizers/*"]).authorize("ci-tooling", grant).source_scope
+    assert scope is not None and scope.source_arn is not None
+    assert arn_matches(scope.source_arn, grant.source_arn)
+    assert arn_matches("arn:aws:execute-api:*:*:*/authorizers/*", scope.source_arn)
+
+
+def test_a_comparison_too_large_is_a_denial_of_the_grant(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_rules import SVC_A, _authorizer, _widening
+
+    from deploy_helper.exceptions import DeniedError
+
+    monkeypatch.setattr(patterns, "MAX_STATES", 20)
+    grant = _authorizer(f"arn:aws:execute-api:us-east-1:{SVC_A}:{'a*' * 30}/authorizers/*")
+    with pytest.raises(DeniedError) as caught:
+        _widening(["arn:aws:execute-api:*:*:*a??????*/authorizers/*"]).authorize("ci-tooling", grant)
+    assert caught.value.check == "pattern-too-complex"
+    assert "use a simpler pattern" in caught.value.message
