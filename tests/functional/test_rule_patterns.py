@@ -16,9 +16,12 @@ import pytest
 import yaml
 from test_attacks import Attack, case, payload, signed
 
+from deploy_helper import handler
 from deploy_helper.local.server import LOCAL_REGION
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import boto3
 
     from deploy_helper.local.scenario import Scenario
@@ -40,8 +43,10 @@ def rule_pattern(scenario: Scenario) -> str:
 
 
 @pytest.fixture
-def attack(scenario: Scenario, rule_pattern: str, strict_session: boto3.Session, aws_calls: Any) -> Attack:
-    return Attack(scenario, scenario.broker(session=strict_session), aws_calls)
+def attack(scenario: Scenario, rule_pattern: str, strict_session: boto3.Session, aws_calls: Any) -> Iterator[Attack]:
+    """The broker reads the narrowed rule; the handler is left without a broker afterwards."""
+    yield Attack(scenario, scenario.broker(session=strict_session), aws_calls)
+    handler.set_broker(None)
 
 
 def _source(scenario: Scenario, resource: str) -> dict[str, Any]:
