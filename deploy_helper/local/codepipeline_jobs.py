@@ -65,7 +65,14 @@ OPERATIONS = frozenset(
 )
 JOB_ID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 FAILURE_TYPES = frozenset(
-    {"JobFailed", "ConfigurationError", "PermissionError", "RevisionOutOfSync", "RevisionUnavailable", "SystemUnavailable"}
+    {
+        "JobFailed",
+        "ConfigurationError",
+        "PermissionError",
+        "RevisionOutOfSync",
+        "RevisionUnavailable",
+        "SystemUnavailable",
+    }
 )
 _ACCESS_KEY = re.compile(r"Credential=(?P<key>[A-Za-z0-9]{16,128})/\d{8}/(?P<region>[a-z0-9-]+)/")
 _DEFAULT_REGION = "us-east-1"
@@ -201,21 +208,21 @@ class JobRegistry:
             raise _not_found()
         return job
 
-    def _GetJobDetails(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _GetJobDetails(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:
         job = self._job(account, region, params)
         return {"jobDetails": {"id": job.id, "data": json.loads(json.dumps(job.data)), "accountId": job.account}}
 
-    def _AcknowledgeJob(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _AcknowledgeJob(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:
         job = self._job(account, region, params)
         if params.get("nonce") != job.nonce:
             raise CodePipelineFault("InvalidNonceException", "The nonce was specified in an invalid format.")
         job.acknowledged = True
         return {"status": job.status}
 
-    def _PutJobSuccessResult(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _PutJobSuccessResult(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:
         return self._finish(self._job(account, region, params), "Succeeded", "PutJobSuccessResult", params)
 
-    def _PutJobFailureResult(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _PutJobFailureResult(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:
         job = self._job(account, region, params)
         details = params.get("failureDetails") or {}
         if details.get("type") not in FAILURE_TYPES:
@@ -233,7 +240,7 @@ class JobRegistry:
         job.result = {"operation": operation, **{k: v for k, v in params.items() if k != "jobId"}}
         return {}
 
-    def _GetPipelineState(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _GetPipelineState(self, account: str, region: str, params: dict[str, Any]) -> dict[str, Any]:
         from moto.codepipeline.models import codepipeline_backends
 
         stored = codepipeline_backends[account][region].pipelines.get(str(params.get("name")))
@@ -289,7 +296,10 @@ def _action_execution(job: Job) -> dict[str, Any]:
     if "summary" in details:
         execution["summary"] = details["summary"]
     if "failureDetails" in result:
-        execution["errorDetails"] = {"code": result["failureDetails"]["type"], "message": result["failureDetails"]["message"]}
+        execution["errorDetails"] = {
+            "code": result["failureDetails"]["type"],
+            "message": result["failureDetails"]["message"],
+        }
     return execution
 
 
