@@ -1,15 +1,24 @@
 """The pipeline step: CodePipeline Lambda action and ``deploy-helper request`` with stack outputs.
 
-The action runs as it would in the tooling account: it reads the grants file
-from the input artifact (a zip in the artifact bucket, read with the job's
-artifact credentials), resolves ``${stack:...}`` / ``${env:...}``, signs (with
-a KMS key or a key file), sends the request through the real Lambda handler,
-and ends the job. moto 5.2 does not implement CodePipeline's job APIs
-(``PutJobSuccessResult``, ``PutJobFailureResult``), so the job results are
-recorded by a botocore hook on the action's CodePipeline client, after
-botocore has validated the call against CodePipeline's API model; the hook
-answers as AWS does (HTTP 200, empty body). Policies and KMS grants are read
-back from the moto server.
+The action runs as it would in the tooling account, through its real entry point
+``pipeline_hooks.codepipeline.handler``: it confirms the job with CodePipeline
+(``GetJobDetails``, ``GetPipelineState``), reads the grants file from the input
+artifact (a zip in the artifact bucket, read with CodePipeline's artifact
+credentials), resolves ``${stack:...}`` / ``${env:...}``, signs (with a KMS key or a
+key file), sends the request through the real broker handler, and ends the job.
+
+moto 5.2 keeps pipelines and executions but not jobs; the local server serves
+CodePipeline's job API in front of moto (``deploy_helper.local.codepipeline_jobs``),
+so the step makes its real boto3 ``codepipeline`` calls over HTTP. Jobs are made by
+the harness as CodePipeline makes them, from a pipeline created with moto
+(``create_pipeline``, ``start_pipeline_execution``); the job's result and every job
+API call are read back from the server, policies and KMS grants from moto.
+
+Attacks are sent as someone who may invoke the step function and knows this code:
+a forged job id, a real job id with the event's data swapped, a job of a pipeline
+the step does not serve, a replayed finished job. Each shows nothing signed or sent
+(no broker ledger entry), every policy and grant unchanged, and no answer to a job
+that is not this step's.
 """
 
 from __future__ import annotations
@@ -25,17 +34,19 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 import yaml
-from botocore.awsrequest import AWSResponse
 from click.testing import CliRunner
 
 from deploy_helper import handler
 from deploy_helper.cli import main
+from deploy_helper.exceptions import RequestError
+from deploy_helper.local import codepipeline_jobs as jobs
 from deploy_helper.local import scenario as seed
 from deploy_helper.local import strict_aws
 from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION
 from deploy_helper.signing import public_pem_from_der
+from pipeline_hooks import codepipeline
 from pipeline_hooks.client import InProcessTransport
-from pipeline_hooks.codepipeline import PipelineStep
+from pipeline_hooks.codepipeline import JobNotConfirmedError, PipelineStep
 from pipeline_hooks.grants_file import default_resolvers, load_grants_file
 
 if TYPE_CHECKING:
@@ -48,6 +59,7 @@ if TYPE_CHECKING:
 TOOLING = seed.ACCOUNTS["tooling"]
 KMS_KEY_ID = "ci-tooling-kms-local"
 ARTIFACT_KEY = "service-a-pipeline/BuildOutput/build.zip"
+STEP_FUNCTION = "deploy-helper-step"
 
 STORE_TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"
@@ -80,27 +92,16 @@ grants:
 """
 
 
-class _Empty:
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield b""
-
-
 @dataclass
-class JobResults:
-    """Stands in for CodePipeline's job API on one session: records, answers 200."""
+class RecordingTransport:
+    """The broker in this process, through its real handler; keeps every envelope sent."""
 
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    broker: Broker
+    sent: list[dict[str, str]] = field(default_factory=list)
 
-    def install(self, session: boto3.Session) -> None:
-        for operation in ("PutJobSuccessResult", "PutJobFailureResult"):
-            session.events.register(f"before-parameter-build.codepipeline.{operation}", self._record)
-            session.events.register(f"before-call.codepipeline.{operation}", self._answer)
-
-    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        self.calls.append((model.name, dict(params)))
-
-    def _answer(self, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
-        return AWSResponse(params["url"], 200, {}, _Empty()), {"ResponseMetadata": {"HTTPStatusCode": 200}}
+    def send(self, envelope: dict[str, str]) -> dict[str, Any]:
+        self.sent.append(envelope)
+        return InProcessTransport(self.broker).send(envelope)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class World:
     kms_key: str
     sentinel: str
     artifact_store: str
+    pipeline_role: str
 
     def alive(self) -> bool:
         s3 = self.local.client("s3")
@@ -139,36 +141,75 @@ class World:
         self.local.client("s3", TOOLING).put_object(Bucket=self.artifact_store, Key=key, Body=buf.getvalue())
         return key
 
-    def job(self, user_parameters: str, artifact_key: str) -> dict[str, Any]:
-        frozen = self.local.admin_session(TOOLING).get_credentials().get_frozen_credentials()
-        return {
-            "CodePipeline.job": {
-                "id": str(uuid.uuid4()),
-                "accountId": TOOLING,
-                "data": {
-                    "actionConfiguration": {
-                        "configuration": {"FunctionName": "deploy-helper-step", "UserParameters": user_parameters}
-                    },
-                    "inputArtifacts": [
-                        {
-                            "name": "BuildOutput",
-                            "revision": None,
-                            "location": {
-                                "type": "S3",
-                                "s3Location": {"bucketName": self.artifact_store, "objectKey": artifact_key},
-                            },
-                        }
-                    ],
-                    "outputArtifacts": [],
-                    "artifactCredentials": {
-                        "accessKeyId": frozen.access_key,
-                        "secretAccessKey": frozen.secret_key,
-                        "sessionToken": frozen.token,
-                        "expirationTime": 1_900_000_000_000,
-                    },
-                },
+    def pipeline(self, user_parameters: str, *, account: str = TOOLING, function: str = STEP_FUNCTION) -> str:
+        """A pipeline (in moto) whose Grants stage invokes ``function`` with ``user_parameters``."""
+        name = f"service-a-{secrets.token_hex(4)}"
+        source = {"category": "Source", "owner": "AWS", "provider": "S3", "version": "1"}
+        invoke = {"category": "Invoke", "owner": "AWS", "provider": "Lambda", "version": "1"}
+        stages = [
+            {
+                "name": "Source",
+                "actions": [
+                    {
+                        "name": "Source",
+                        "actionTypeId": source,
+                        "configuration": {"S3Bucket": self.artifact_store, "S3ObjectKey": "source.zip"},
+                        "outputArtifacts": [{"name": "BuildOutput"}],
+                    }
+                ],
+            },
+            {
+                "name": "Grants",
+                "actions": [
+                    {
+                        "name": "Grants",
+                        "actionTypeId": invoke,
+                        "configuration": {"FunctionName": function, "UserParameters": user_parameters},
+                        "inputArtifacts": [{"name": "BuildOutput"}],
+                    }
+                ],
+            },
+        ]
+        self.local.client("codepipeline", account).create_pipeline(
+            pipeline={
+                "name": name,
+                "roleArn": self.pipeline_role.replace(TOOLING, account),
+                "artifactStore": {"type": "S3", "location": self.artifact_store},
+                "stages": stages,
             }
-        }
+        )
+        return name
+
+    def job(self, pipeline: str, artifact_key: str, *, account: str = TOOLING, stage: str = "Grants") -> dict[str, Any]:
+        """The job CodePipeline makes when a new execution of ``pipeline`` reaches ``stage``."""
+        client = self.local.client("codepipeline", account)
+        execution = client.start_pipeline_execution(name=pipeline)["pipelineExecutionId"]
+        frozen = self.local.admin_session(account).get_credentials().get_frozen_credentials()
+        return jobs.create_job(
+            self.local.endpoint,
+            account,
+            pipeline=pipeline,
+            execution_id=execution,
+            stage=stage,
+            action=stage,
+            input_artifacts=[{"name": "BuildOutput", "bucketName": self.artifact_store, "objectKey": artifact_key}]
+            if stage == "Grants"
+            else [],
+            artifact_credentials={
+                "accessKeyId": frozen.access_key,
+                "secretAccessKey": frozen.secret_key,
+                "sessionToken": frozen.token,
+            },
+        )
+
+    def record(self, job_id: str) -> dict[str, Any] | None:
+        return jobs.job_record(self.local.endpoint, job_id)
+
+    def calls_for(self, job_id: str) -> list[str]:
+        return [c["operation"] for c in jobs.job_calls(self.local.endpoint) if c["jobId"] == job_id]
+
+    def ledger_size(self) -> int:
+        return sum(1 for _ in self.scenario.ledger().ledger.entries())
 
 
 def _store_stack(local: LocalAws, account: str, bucket: str, key_arn: str) -> None:
@@ -214,7 +255,21 @@ def build_world(local: LocalAws, workdir: Path) -> World:
         region_name=LOCAL_REGION,
     )
     strict_aws.install(session, local)
-    return World(local, scenario, scenario.broker(session=session), signing_key, sentinel, artifact_store)
+    # CodePipeline's service role, in the tooling account and in a service account (whose
+    # own pipelines' jobs the tooling account's step must not see).
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "codepipeline.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    for account in (TOOLING, seed.ACCOUNTS["service-a"]):
+        role = local.client("iam", account).create_role(
+            RoleName="codepipeline-service", AssumeRolePolicyDocument=json.dumps(trust)
+        )["Role"]["Arn"]
+    pipeline_role = role.replace(seed.ACCOUNTS["service-a"], TOOLING)
+    broker = scenario.broker(session=session)
+    return World(local, scenario, broker, signing_key, sentinel, artifact_store, pipeline_role)
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +283,7 @@ def world(world_box: dict[str, World], local: LocalAws, tmp_path_factory: pytest
         world_box["world"] = build_world(local, tmp_path_factory.mktemp("cp-world"))
     yield world_box["world"]
     handler.set_broker(None)
+    codepipeline.set_step(None)
 
 
 @pytest.fixture
@@ -238,10 +294,14 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def step(world: World, results: JobResults, *, kms: bool) -> PipelineStep:
-    session = world.tooling_session()
-    results.install(session)
-    environ = {"DEPLOY_HELPER_CALLER": "ci-tooling", "DEPLOY_HELPER_AUDIENCE": seed.AUDIENCE}
+def step(world: World, *, kms: bool, pipelines: str, transport: RecordingTransport | None = None) -> PipelineStep:
+    """The step as its function's environment configures it, serving ``pipelines``; installed for ``handler``."""
+    environ = {
+        "AWS_LAMBDA_FUNCTION_NAME": STEP_FUNCTION,
+        "DEPLOY_HELPER_PIPELINES": pipelines,
+        "DEPLOY_HELPER_CALLER": "ci-tooling",
+        "DEPLOY_HELPER_AUDIENCE": seed.AUDIENCE,
+    }
     if kms:
         environ |= {"DEPLOY_HELPER_KEY_ID": KMS_KEY_ID, "DEPLOY_HELPER_KMS_KEY_ID": world.kms_key}
     else:
@@ -249,7 +309,11 @@ def step(world: World, results: JobResults, *, kms: bool) -> PipelineStep:
             "DEPLOY_HELPER_KEY_ID": "ci-tooling-local",
             "DEPLOY_HELPER_KEY_FILE": str(world.scenario.workdir / "ci-tooling.pem"),
         }
-    return PipelineStep.from_env(environ, session=session, transport=InProcessTransport(world.broker))
+    configured = PipelineStep.from_env(
+        environ, session=world.tooling_session(), transport=transport or RecordingTransport(world.broker)
+    )
+    codepipeline.set_step(configured)
+    return configured
 
 
 def _statement_for(world: World, principal: str) -> dict[str, Any] | None:
@@ -257,43 +321,106 @@ def _statement_for(world: World, principal: str) -> dict[str, Any] | None:
     return next((s for s in policy["Statement"] if s.get("Principal") == {"AWS": principal}), None)
 
 
-def test_the_action_applies_the_artifact_grants_and_reports_success(world: World, env: pytest.MonkeyPatch) -> None:
-    results = JobResults()
-    key = world.artifact({"deploy/grants.yaml": GRANTS})
-    params = json.dumps({"grants_file": "deploy/grants.yaml", "context": {"execution_id": "exec-0001"}})
-    outcome = step(world, results, kms=True).run(world.job(params, key))
-
-    assert outcome["ok"] is True, outcome["message"]
-    ((operation, call),) = results.calls
-    assert operation == "PutJobSuccessResult"
-    assert call["executionDetails"]["summary"] == "2 grant(s): 2 applied"
-    assert call["executionDetails"]["externalExecutionId"] == outcome["request_id"]
-    role = f"arn:aws:iam::{seed.ACCOUNTS['service-a']}:role/deploy"
-    statement = _statement_for(world, role)
-    assert statement is not None and "s3:GetObject" in statement["Action"]
-    assert any(g["GranteePrincipal"] == role for g in world.scenario.key_grants())
-    outcome_entries = [
+def _entries(world: World, request_id: str, kind: str | None = "outcome") -> list[dict[str, Any]]:
+    """The request's ledger entries of type ``kind`` (None: every entry about a grant)."""
+    return [
         e.entry
         for e in world.scenario.ledger().ledger.entries()
-        if e.entry.get("request_id") == outcome["request_id"] and e.entry["type"] == "outcome"
+        if e.entry.get("request_id") == request_id
+        and (e.entry["type"] == kind if kind else e.entry.get("grant") is not None)
     ]
+
+
+def _role(service: str) -> str:
+    return f"arn:aws:iam::{seed.ACCOUNTS[service]}:role/deploy"
+
+
+def _forged_data(world: World, grants: list[dict[str, Any]]) -> dict[str, Any]:
+    """Job data as an attacker writes it: the grants it wants, an artifact of its own, its credentials."""
+    frozen = world.local.admin_session(TOOLING).get_credentials().get_frozen_credentials()
+    key = world.artifact({"grants.yaml": json.dumps({"grants": grants})})
+    return {
+        "actionConfiguration": {
+            "configuration": {
+                "FunctionName": STEP_FUNCTION,
+                "UserParameters": json.dumps(
+                    {"grants": grants, "context": {"pipeline": "prod-release", "execution_id": "forged"}}
+                ),
+            }
+        },
+        "inputArtifacts": [
+            {
+                "name": "BuildOutput",
+                "location": {"type": "S3", "s3Location": {"bucketName": world.artifact_store, "objectKey": key}},
+            }
+        ],
+        "outputArtifacts": [],
+        "artifactCredentials": {
+            "accessKeyId": frozen.access_key,
+            "secretAccessKey": frozen.secret_key,
+            "sessionToken": frozen.token,
+        },
+    }
+
+
+# -- the action as CodePipeline runs it ---------------------------------------------
+
+
+def test_the_action_applies_the_artifact_grants_and_reports_success(world: World, env: pytest.MonkeyPatch) -> None:
+    key = world.artifact({"deploy/grants.yaml": GRANTS})
+    pipeline = world.pipeline(json.dumps({"grants_file": "deploy/grants.yaml", "context": {"commit": "0a1b2c3"}}))
+    job = world.job(pipeline, key)
+    transport = RecordingTransport(world.broker)
+    step(world, kms=True, pipelines=f"unrelated,{pipeline}", transport=transport)
+
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
+
+    assert outcome["ok"] is True, outcome["message"]
+    record = world.record(job["id"])
+    assert record is not None and record["status"] == "Succeeded"
+    details = record["result"]["executionDetails"]
+    assert details["summary"] == "2 grant(s): 2 applied"
+    assert details["externalExecutionId"] == outcome["request_id"]
+    assert world.calls_for(job["id"]) == ["GetJobDetails", "PutJobSuccessResult"]
+    assert len(transport.sent) == 1
+    statement = _statement_for(world, _role("service-a"))
+    assert statement is not None and "s3:GetObject" in statement["Action"]
+    assert any(g["GranteePrincipal"] == _role("service-a") for g in world.scenario.key_grants())
+    outcome_entries = _entries(world, outcome["request_id"])
     assert {e["key_id"] for e in outcome_entries} == {KMS_KEY_ID}
-    assert outcome_entries[0]["context"] == {"repository": "service-a", "execution_id": "exec-0001"}
+    context = job["data"]["pipelineContext"]
+    assert outcome_entries[0]["context"] == {
+        "repository": "service-a",
+        "commit": "0a1b2c3",
+        "pipeline": context["pipelineArn"],
+        "execution_id": context["pipelineExecutionId"],
+    }
+
+
+def test_a_pipeline_named_by_its_arn_is_served(world: World, env: pytest.MonkeyPatch) -> None:
+    key = world.artifact({"grants.yaml": GRANTS})
+    job = world.job(world.pipeline('{"grants_file": "grants.yaml", "plan": true}'), key)
+    step(world, kms=False, pipelines=job["data"]["pipelineContext"]["pipelineArn"])
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
+    assert outcome["ok"] is True, outcome["message"]
+    assert world.record(job["id"])["status"] == "Succeeded"  # type: ignore[index]
 
 
 def test_a_denied_grant_fails_the_job_and_says_why(world: World, env: pytest.MonkeyPatch) -> None:
     env.setenv("TARGET_ACCOUNT", seed.ACCOUNTS["service-b"])
     env.setenv("ACCESS", "write")  # the rule allows read only
-    results = JobResults()
     key = world.artifact({"grants.yaml": GRANTS})
+    pipeline = world.pipeline(json.dumps({"grants_file": "grants.yaml"}))
+    job = world.job(pipeline, key)
     before = world.scenario.snapshot()
-    outcome = step(world, results, kms=False).run(world.job(json.dumps({"grants_file": "grants.yaml"}), key))
+    step(world, kms=False, pipelines=pipeline)
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
 
     assert outcome["ok"] is False
-    ((operation, call),) = results.calls
-    assert operation == "PutJobFailureResult"
-    assert call["failureDetails"]["type"] == "JobFailed"
-    message = call["failureDetails"]["message"]
+    record = world.record(job["id"])
+    assert record is not None and record["status"] == "Failed"
+    assert record["result"]["failureDetails"]["type"] == "JobFailed"
+    message = record["result"]["failureDetails"]["message"]
     assert message.startswith("2 grant(s): 1 applied, 1 denied\n")
     assert "denied: bucket-access on arn:aws:s3:::dh-artifacts-111111111111" in message
     assert "rule 'artifact-read' refused the grant: access: access 'write' is not among ['read']" in message
@@ -326,16 +453,185 @@ def test_a_denied_grant_fails_the_job_and_says_why(world: World, env: pytest.Mon
 def test_a_misconfigured_action_fails_the_job_with_what_to_fix(
     world: World, env: pytest.MonkeyPatch, files: dict[str, str], params: str, expected: str
 ) -> None:
-    results = JobResults()
     key = world.artifact(files)
+    pipeline = world.pipeline(params)
+    job = world.job(pipeline, key)
     before = world.scenario.snapshot()
-    outcome = step(world, results, kms=False).run(world.job(params, key))
+    step(world, kms=False, pipelines=pipeline)
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
     assert outcome["ok"] is False
-    ((operation, call),) = results.calls
-    assert operation == "PutJobFailureResult"
-    assert call["failureDetails"]["type"] == "ConfigurationError"
-    assert expected in call["failureDetails"]["message"]
+    record = world.record(job["id"])
+    assert record is not None and record["status"] == "Failed"
+    assert record["result"]["failureDetails"]["type"] == "ConfigurationError"
+    assert expected in record["result"]["failureDetails"]["message"]
     assert world.scenario.snapshot() == before
+
+
+# -- attacks by someone who may invoke the step function ----------------------------
+
+
+@pytest.mark.parametrize("which", ["unknown", "another account's job", "another action's job", "not a job id"])
+def test_a_forged_job_signs_and_sends_nothing(world: World, env: pytest.MonkeyPatch, which: str) -> None:
+    """The event lists grants the caller's rules allow; CodePipeline does not confirm the job as the step's."""
+    served = world.pipeline('{"grants_file": "grants.yaml"}')
+    if which == "unknown":
+        job_id = str(uuid.uuid4())
+    elif which == "another account's job":
+        other = world.pipeline('{"grants_file": "grants.yaml"}', account=seed.ACCOUNTS["service-a"])
+        job_id = world.job(other, world.artifact({"grants.yaml": GRANTS}), account=seed.ACCOUNTS["service-a"])["id"]
+    elif which == "another action's job":  # the Source action of a pipeline the step serves
+        job_id = world.job(served, "", stage="Source")["id"]
+    else:
+        job_id = "../../" + str(uuid.uuid4())
+    wanted = [world.scenario.bucket_grant("service-b"), world.scenario.key_grant("service-b")]
+    event = {"CodePipeline.job": {"id": job_id, "accountId": TOOLING, "data": _forged_data(world, wanted)}}
+    transport = RecordingTransport(world.broker)
+    step(world, kms=True, pipelines=served, transport=transport)
+    before, ledger_before = world.scenario.snapshot(), world.ledger_size()
+
+    error = JobNotConfirmedError if which != "not a job id" else RequestError
+    with pytest.raises(error) as refused:
+        codepipeline.handler(event, None)
+
+    assert "nothing was signed" in refused.value.message or which == "not a job id"
+    assert transport.sent == []  # nothing signed, nothing sent
+    assert world.ledger_size() == ledger_before  # the broker saw no request at all
+    assert world.scenario.snapshot() == before
+    assert _statement_for(world, _role("service-b")) is None
+    calls = world.calls_for(job_id)
+    assert not [c for c in calls if c.startswith("PutJob")]  # no answer to a job that is not the step's
+    assert calls == ([] if which == "not a job id" else ["GetJobDetails"])
+    if which != "unknown" and which != "not a job id":
+        assert world.record(job_id)["status"] == "InProgress"  # type: ignore[index]  # left to its own worker
+
+
+def test_a_real_job_with_swapped_event_data_runs_only_what_codepipeline_says(
+    world: World, env: pytest.MonkeyPatch
+) -> None:
+    """The attacker takes a running job's id and writes its own UserParameters, artifact and credentials."""
+    key = world.artifact({"grants.yaml": GRANTS})
+    pipeline = world.pipeline('{"grants_file": "grants.yaml"}')
+    job = world.job(pipeline, key)
+    wanted = [world.scenario.bucket_grant("service-b"), world.scenario.key_grant("service-b")]
+    event = {"CodePipeline.job": {"id": job["id"], "accountId": TOOLING, "data": _forged_data(world, wanted)}}
+    transport = RecordingTransport(world.broker)
+    step(world, kms=False, pipelines=pipeline, transport=transport)
+    grants_before = world.scenario.key_grants()
+
+    outcome = codepipeline.handler(event, None)
+
+    assert outcome["ok"] is True, outcome["message"]
+    assert len(transport.sent) == 1
+    outcomes = _entries(world, outcome["request_id"], kind=None)
+    assert sorted({e["grant"]["kind"] for e in outcomes}) == ["bucket-access", "kms-grant"]
+    principals = {e["grant"].get("principal") or e["grant"].get("grantee") for e in outcomes}
+    assert principals == {_role("service-a")}  # the job's grants file, not the event's grants
+    context = job["data"]["pipelineContext"]
+    assert {e["context"]["pipeline"] for e in outcomes} == {context["pipelineArn"]}
+    assert {e["context"]["execution_id"] for e in outcomes} == {context["pipelineExecutionId"]}
+    assert _statement_for(world, _role("service-b")) is None
+    service_b = [g for g in world.scenario.key_grants() if g["GranteePrincipal"] == _role("service-b")]
+    assert service_b == [g for g in grants_before if g["GranteePrincipal"] == _role("service-b")]
+    assert world.record(job["id"])["status"] == "Succeeded"  # type: ignore[index]
+
+
+def test_a_job_of_a_pipeline_the_step_does_not_serve_is_refused_and_answered(
+    world: World, env: pytest.MonkeyPatch
+) -> None:
+    served = world.pipeline('{"grants_file": "grants.yaml"}')
+    other = world.pipeline('{"grants_file": "grants.yaml"}')
+    job = world.job(other, world.artifact({"grants.yaml": GRANTS}))
+    transport = RecordingTransport(world.broker)
+    step(world, kms=False, pipelines=served, transport=transport)
+    before, ledger_before = world.scenario.snapshot(), world.ledger_size()
+
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
+
+    assert outcome["ok"] is False
+    record = world.record(job["id"])
+    assert record is not None and record["status"] == "Failed"
+    failure = record["result"]["failureDetails"]
+    assert failure["type"] == "ConfigurationError"
+    arn = job["data"]["pipelineContext"]["pipelineArn"]
+    assert (
+        f"this step does not serve pipeline {arn}: add its name or ARN to DEPLOY_HELPER_PIPELINES"
+        in (failure["message"])
+    )
+    assert world.calls_for(job["id"]) == ["GetJobDetails", "PutJobFailureResult"]
+    assert transport.sent == []
+    assert world.ledger_size() == ledger_before
+    assert world.scenario.snapshot() == before
+
+
+def test_a_finished_job_replayed_is_not_run_again(world: World, env: pytest.MonkeyPatch) -> None:
+    """A revoke step's old job, replayed after the grant was applied again, must not revoke it."""
+    key = world.artifact({"grants.yaml": GRANTS})
+    pipeline = world.pipeline('{"grants_file": "grants.yaml", "action": "revoke"}')
+    job = world.job(pipeline, key)
+    transport = RecordingTransport(world.broker)
+    step(world, kms=False, pipelines=pipeline, transport=transport)
+    assert codepipeline.handler(jobs.lambda_event(job), None)["ok"] is True
+    # The grants are applied again afterwards (another pipeline, or the CLI).
+    world.scenario.client(world.broker).request(
+        [world.scenario.bucket_grant("service-a"), world.scenario.key_grant("service-a")]
+    )
+    before, ledger_before, sent = world.scenario.snapshot(), world.ledger_size(), len(transport.sent)
+    assert _statement_for(world, _role("service-a")) is not None
+
+    with pytest.raises(JobNotConfirmedError, match="is not running"):
+        codepipeline.handler(jobs.lambda_event(job), None)
+
+    assert len(transport.sent) == sent
+    assert world.ledger_size() == ledger_before
+    assert world.scenario.snapshot() == before
+    assert world.calls_for(job["id"]).count("PutJobSuccessResult") == 1  # only the real run's answer
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        {"CodePipeline.job": {"id": "x"}},
+        {"CodePipeline.job": {"id": str(uuid.uuid4()), "extra": 1}},
+        {"CodePipeline.job": {"id": str(uuid.uuid4())}, "RequestType": "Create"},
+        [],
+    ],
+)
+def test_an_event_that_is_not_a_job_event_is_refused_before_any_call(world: World, event: Any) -> None:
+    calls = len(jobs.job_calls(world.local.endpoint))
+    with pytest.raises(RequestError, match="not a CodePipeline job event"):
+        codepipeline.handler(event, None)
+    assert len(jobs.job_calls(world.local.endpoint)) == calls
+
+
+def test_a_misconfigured_step_answers_only_a_confirmed_job_of_its_function(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEPLOY_HELPER_PIPELINES unset: a real job is failed with what to fix; a forged one is not answered."""
+    frozen = world.local.admin_session(TOOLING).get_credentials().get_frozen_credentials()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": frozen.access_key,
+        "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+        "AWS_SESSION_TOKEN": frozen.token,
+        "AWS_LAMBDA_FUNCTION_NAME": STEP_FUNCTION,
+        "DEPLOY_HELPER_KEY_ID": "ci-tooling-local",
+        "DEPLOY_HELPER_KEY_FILE": str(world.scenario.workdir / "ci-tooling.pem"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DEPLOY_HELPER_PIPELINES", raising=False)
+    codepipeline.set_step(None)
+    job = world.job(world.pipeline('{"grants_file": "grants.yaml"}'), world.artifact({"grants.yaml": GRANTS}))
+
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
+    assert outcome["ok"] is False
+    record = world.record(job["id"])
+    assert record is not None and record["result"]["failureDetails"]["type"] == "ConfigurationError"
+    assert "set DEPLOY_HELPER_PIPELINES to the pipelines this step serves" in outcome["message"]
+
+    forged = str(uuid.uuid4())
+    with pytest.raises(JobNotConfirmedError):
+        codepipeline.handler({"CodePipeline.job": {"id": forged, "data": {}}}, None)
+    assert world.calls_for(forged) == ["GetJobDetails"]
 
 
 def test_the_stack_resolver_reads_outputs_once_per_stack(world: World, env: pytest.MonkeyPatch, tmp_path: Path) -> None:
