@@ -290,8 +290,8 @@ class PipelineStep:
         s3 = self.session.client(
             "s3",
             aws_access_key_id=credentials.accessKeyId,
-            aws_secret_access_key=credentials.secretAccessKey,
-            aws_session_token=credentials.sessionToken,
+            aws_secret_access_key=credentials.secretAccessKey.get_secret_value(),
+            aws_session_token=credentials.sessionToken.get_secret_value(),
         )
         head = s3.head_object(Bucket=location.bucketName, Key=location.objectKey)
         if int(head.get("ContentLength", 0)) > MAX_ARTIFACT_BYTES:

@@ -26,7 +26,7 @@ import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
 
 from deploy_helper.auth import short_errors
 from deploy_helper.exceptions import AuthenticationError, BrokerError, RequestError
@@ -92,7 +92,8 @@ def job_id_from_event(event: Any) -> str:
 
 class _Aws(BaseModel):
     # CodePipeline's own answer: the fields read are validated, fields AWS adds are ignored.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # It holds the artifact credentials: errors never echo the input.
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
 
 class _S3Location(_Aws):
@@ -112,8 +113,8 @@ class Artifact(_Aws):
 
 class ArtifactCredentials(_Aws):
     accessKeyId: str
-    secretAccessKey: str
-    sessionToken: str
+    secretAccessKey: SecretStr
+    sessionToken: SecretStr
 
 
 class _ActionTypeId(_Aws):

@@ -273,11 +273,13 @@ class JobRegistry:
 
 
 def _artifact(spec: dict[str, Any]) -> dict[str, Any]:
-    return {
+    artifact: dict[str, Any] = {
         "name": spec["name"],
-        "revision": spec.get("revision"),
         "location": {"type": "S3", "s3Location": {"bucketName": spec["bucketName"], "objectKey": spec["objectKey"]}},
     }
+    if spec.get("revision"):
+        artifact["revision"] = spec["revision"]
+    return artifact
 
 
 def _latest(jobs: Iterable[Job]) -> Job | None:
