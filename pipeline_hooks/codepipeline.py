@@ -323,7 +323,13 @@ def fail_job(
     details: dict[str, Any] = {"type": failure_type, "message": _fit(message, MAX_FAILURE_MESSAGE)}
     if request_id:
         details["externalExecutionId"] = request_id
-    codepipeline.put_job_failure_result(jobId=job.id, failureDetails=details)
+    try:
+        codepipeline.put_job_failure_result(jobId=job.id, failureDetails=details)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "InvalidJobStateException":
+            raise
+        # A finished job (a replayed id): CodePipeline keeps its result; nothing was signed.
+        message = f"{message} (not answered: the job is no longer in progress)"
     logger.warning("%s failed (%s): %s", job.describe(), failure_type, message)
     return {"job_id": job.id, "ok": False, "message": message, "request_id": request_id}
 

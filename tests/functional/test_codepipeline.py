@@ -563,6 +563,25 @@ def test_a_job_of_a_pipeline_the_step_does_not_serve_is_refused_and_answered(
     assert world.scenario.snapshot() == before
 
 
+def test_a_finished_job_of_a_pipeline_not_served_is_refused_without_an_answer(
+    world: World, env: pytest.MonkeyPatch
+) -> None:
+    job = world.job(world.pipeline('{"grants_file": "grants.yaml"}'), world.artifact({"grants.yaml": GRANTS}))
+    world.local.client("codepipeline", TOOLING).put_job_success_result(jobId=job["id"])  # its own run ended it
+    transport = RecordingTransport(world.broker)
+    step(world, kms=False, pipelines="some-other-pipeline", transport=transport)
+    before, ledger_before = world.scenario.snapshot(), world.ledger_size()
+
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
+
+    assert outcome["ok"] is False
+    assert "not answered: the job is no longer in progress" in outcome["message"]
+    assert world.record(job["id"])["result"]["operation"] == "PutJobSuccessResult"  # type: ignore[index]
+    assert transport.sent == []
+    assert world.ledger_size() == ledger_before
+    assert world.scenario.snapshot() == before
+
+
 def test_a_finished_job_replayed_is_not_run_again(world: World, env: pytest.MonkeyPatch) -> None:
     """A revoke step's old job, replayed after the grant was applied again, must not revoke it."""
     key = world.artifact({"grants.yaml": GRANTS})
