@@ -225,14 +225,20 @@ class PipelineStep:
         message = summarize(response)
         if response.failed:
             return self._fail(job, "JobFailed", message, request_id)
-        self.codepipeline.put_job_success_result(
-            jobId=job.id,
-            executionDetails={
-                "summary": _fit(message, MAX_SUMMARY),
-                "externalExecutionId": request_id,
-                "percentComplete": 100,
-            },
-        )
+        try:
+            self.codepipeline.put_job_success_result(
+                jobId=job.id,
+                executionDetails={
+                    "summary": _fit(message, MAX_SUMMARY),
+                    "externalExecutionId": request_id,
+                    "percentComplete": 100,
+                },
+            )
+        except ClientError as exc:
+            if not _ended(exc):
+                raise
+            # Answered already: the same running job sent twice (its data, its grants, its context).
+            message = f"{message} (not answered: the job is no longer in progress)"
         logger.info("%s succeeded: %s", job.describe(), message)
         return {"job_id": job.id, "ok": True, "message": message, "request_id": request_id}
 
@@ -326,12 +332,17 @@ def fail_job(
     try:
         codepipeline.put_job_failure_result(jobId=job.id, failureDetails=details)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "InvalidJobStateException":
+        if not _ended(exc):
             raise
         # A finished job (a replayed id): CodePipeline keeps its result; nothing was signed.
         message = f"{message} (not answered: the job is no longer in progress)"
     logger.warning("%s failed (%s): %s", job.describe(), failure_type, message)
     return {"job_id": job.id, "ok": False, "message": message, "request_id": request_id}
+
+
+def _ended(exc: ClientError) -> bool:
+    """CodePipeline refused an answer because the job is no longer in progress."""
+    return bool(exc.response.get("Error", {}).get("Code") == "InvalidJobStateException")
 
 
 def _parameters(text: str) -> ActionParameters:

@@ -242,3 +242,30 @@ def test_a_misconfigured_step_answers_only_a_confirmed_job_of_its_function(
     with pytest.raises(JobNotConfirmedError):
         codepipeline.handler({"CodePipeline.job": {"id": forged, "data": {}}}, None)
     assert world.calls_for(forged) == ["GetJobDetails"]
+
+
+def test_a_running_job_sent_twice_at_once_sends_only_the_jobs_own_request(
+    world: World, env: pytest.MonkeyPatch
+) -> None:
+    """A twin invocation with the same job id answers first while this one is sending (a race, made here)."""
+    job = world.job(
+        world.pipeline('{"grants_file": "grants.yaml", "plan": true}'), world.artifact({"grants.yaml": GRANTS})
+    )
+
+    class TwinAnswersFirst(RecordingTransport):
+        def send(self, envelope: dict[str, str]) -> dict[str, Any]:
+            answer = super().send(envelope)
+            world.local.client("codepipeline", TOOLING).put_job_success_result(jobId=job["id"])
+            return answer
+
+    transport = TwinAnswersFirst(world.broker)
+    step(world, kms=False, pipelines=job["data"]["pipelineContext"]["pipelineName"], transport=transport)
+
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
+
+    assert outcome["ok"] is True
+    assert outcome["message"].endswith("(not answered: the job is no longer in progress)")
+    assert len(transport.sent) == 1
+    (sent,) = entries(world, outcome["request_id"], kind=None)[:1]
+    assert sent["context"]["execution_id"] == job["data"]["pipelineContext"]["pipelineExecutionId"]
+    assert world.calls_for(job["id"]).count("PutJobSuccessResult") == 2  # the twin's, then this one's (refused)
