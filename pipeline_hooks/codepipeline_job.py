@@ -62,7 +62,9 @@ class JobNotConfirmedError(AuthenticationError):
 
 
 class _EventJob(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Only ``id`` is used; whatever else the event carries (now or in fields AWS adds later)
+    # is never read, so it is ignored rather than refused.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: JobId
     accountId: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9]{12}$")] | None = None
