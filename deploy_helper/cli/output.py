@@ -18,6 +18,7 @@ DECISION_STYLE = {
     "revoked": "green",
     "unchanged": "cyan",
     "absent": "cyan",
+    "kept": "cyan",
     "would-apply": "yellow",
     "would-revoke": "yellow",
     "denied": "red",
