@@ -163,7 +163,8 @@ class OwnerBook:
             if self.acting.owner not in base:
                 after = [*base, self.acting.owner]
                 self._set(plan.spec, grant_id, after)
-                plan.reason = _joined(plan.reason, f"owner {self.acting.owner} added ({len(after)} owners)")
+                counted = f"{len(after)} owner{'s' if len(after) > 1 else ''}"
+                plan.reason = _joined(plan.reason, f"owner {self.acting.owner} added ({counted})")
         elif plan.operation == "revoke" and plan.outcome in ("revoked", "absent") and recorded is not None:
             self._set(plan.spec, grant_id, [])
             plan.reason = _joined(plan.reason, f"last owner {self.acting.owner} removed")

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -66,6 +66,9 @@ STACKS_CALLER = "stacks-service-a"
 DEPLOY_ROLE = f"arn:aws:iam::{SERVICE}:role/cfn-deploy"
 FUNCTION_NAME = "deploy-helper"
 SERVICE_TOKEN = f"arn:aws:lambda:{LOCAL_REGION}:{seed.ACCOUNTS['broker']}:function:{FUNCTION_NAME}"
+#: The broker of another environment (staging): another function of the broker's account.
+STAGING_FUNCTION_NAME = "deploy-helper-staging"
+STAGING_TOKEN = SERVICE_TOKEN.replace(f":function:{FUNCTION_NAME}", f":function:{STAGING_FUNCTION_NAME}")
 
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"
@@ -269,6 +272,15 @@ class World:
         if (service, account) not in self._clients:
             self._clients[(service, account)] = self.local.client(service, account)
         return self._clients[(service, account)]
+
+    def another_broker(self, **changes: Any) -> Broker:
+        """A broker on this world's AWS, as the world's runs, with its configuration changed."""
+        from deploy_helper.broker import Broker
+
+        session = _exec_session(self.local)
+        strict_aws.install(session, self.local)
+        self.waiting.install(session)
+        return Broker.from_config(replace(self.scenario.config, **changes), session=session)
 
     def alive(self) -> bool:
         s3 = self.client("s3")
@@ -474,13 +486,14 @@ def build_world(local: LocalAws, workdir: Path, *, shared_callers: tuple[str, ..
     # moto looks a ServiceToken up by function *name* in the stack's own account, so a
     # stand-in of that name lives in service-a; the token still names the broker's account.
     fn_role = iam.create_role(RoleName="stand-in", AssumeRolePolicyDocument=json.dumps(_trust("*")))["Role"]["Arn"]
-    local.client("lambda", SERVICE).create_function(
-        FunctionName=FUNCTION_NAME,
-        Runtime="python3.12",
-        Role=fn_role,
-        Handler="index.handler",
-        Code={"ZipFile": _function_zip()},
-    )
+    for name in (FUNCTION_NAME, STAGING_FUNCTION_NAME):
+        local.client("lambda", SERVICE).create_function(
+            FunctionName=name,
+            Runtime="python3.12",
+            Role=fn_role,
+            Handler="index.handler",
+            Code={"ZipFile": _function_zip()},
+        )
     sentinel = f"dh-cr-world-{secrets.token_hex(6)}"
     local.client("s3").create_bucket(Bucket=sentinel)
     session = _exec_session(local)
@@ -527,7 +540,7 @@ class LambdaContext:
 
     remaining_ms: int = 60_000
     started: float = field(default_factory=time.monotonic)
-    invoked_function_arn: str = SERVICE_TOKEN
+    invoked_function_arn: str | None = SERVICE_TOKEN
 
     def get_remaining_time_in_millis(self) -> int:
         return int(self.remaining_ms - (time.monotonic() - self.started) * 1000)
