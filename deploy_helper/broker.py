@@ -368,7 +368,8 @@ class Broker:
             state = kind.read(client, resource)
             record = self.references.read_record(resource) if self.references else ResourceRecord()
             version = record.version
-            book = OwnerBook(record.owners if self.references else None, acting or Acting(request["owner"]))
+            acting = acting or Acting(request.get("owner") or pipeline_owner(str(request.get("caller")), None))
+            book = OwnerBook(record.owners if self.references else None, acting)
             plan = self._plan(kind, state, resource, items, allowed, record, book, payload.action)
             owners_of = {id(p.spec): book.after(p.spec, kind.grant_id(p.spec)) for p in plan.items}
             before, after = digest(plan.before), digest(plan.after)
