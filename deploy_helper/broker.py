@@ -12,6 +12,13 @@ Deadline: ``handle``/``execute`` take ``remaining_ms`` (the Lambda context's
 left, no new resource is started; its grants are reported ``failed`` with
 ``NOT_ATTEMPTED`` and re-sending the same request finishes only what is left.
 
+Owners: between planning and the grant kinds sits one kind-agnostic layer,
+``deploy_helper.owners.OwnerBook``: a revoke removes only the requester's
+ownership (``kept`` while others own the grant, ``denied`` for a non-owner) and
+reaches the kind only for the last owner. Owners are kept in the reference
+table, changed in the same version-conditional write as references, under the
+resource's lease.
+
 Fail closed: a change is sent to AWS only after its intent entry is in the
 ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
