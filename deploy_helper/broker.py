@@ -433,8 +433,9 @@ class Broker:
             if not changing:
                 return results
             error: str | None = None
+            recorded: list[bool] = []  # whether the owners were written (before a failure)
             try:
-                self._write(kind, client, plan, payload.action, version)
+                self._write(kind, client, plan, payload.action, version, recorded)
             except (ClientError, BotoCoreError) as exc:
                 error = _describe(exc)
             except BrokerError as exc:
@@ -455,7 +456,9 @@ class Broker:
                         after=before if error else after,
                         intent=intent_id,
                         compaction=p.compaction,
-                        owners=book.before(p.spec, kind.grant_id(p.spec)) if error else owners_of[id(p.spec)],
+                        owners=owners_of[id(p.spec)]
+                        if recorded or not error
+                        else book.before(p.spec, kind.grant_id(p.spec)),
                     )
                 )
             try:
@@ -500,13 +503,19 @@ class Broker:
         plan.owners = book.result()
         return plan
 
-    def _write(self, kind: Any, client: Any, plan: ResourcePlan, action: str, version: int) -> None:
-        """Make the change; references and owners first on apply and last on revoke (``deploy_helper.owners``)."""
+    def _write(
+        self, kind: Any, client: Any, plan: ResourcePlan, action: str, version: int, recorded: list[bool]
+    ) -> None:
+        """Make the change; references and owners first on apply and last on revoke (``deploy_helper.owners``).
+
+        ``recorded`` gets an item once the owners are written, so a failure after it is told apart.
+        """
         if (plan.references is None and plan.owners is None) or self.references is None:
             kind.write(client, plan)
             return
         if action == "apply":
             self.references.write(plan.resource, plan.references, version, owners=plan.owners)
+            recorded.append(True)
             kind.write(client, plan)
         else:
             kind.write(client, plan)

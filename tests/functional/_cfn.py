@@ -54,7 +54,7 @@ from deploy_helper.local import strict_aws
 from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from deploy_helper.broker import Broker
@@ -273,11 +273,14 @@ class World:
             self._clients[(service, account)] = self.local.client(service, account)
         return self._clients[(service, account)]
 
-    def another_broker(self, **changes: Any) -> Broker:
-        """A broker on this world's AWS, as the world's runs, with its configuration changed."""
+    def another_broker(self, hooks: dict[str, Callable[..., Any]] | None = None, **changes: Any) -> Broker:
+        """A broker on this world's AWS, as the world's runs, with its configuration changed
+        and ``hooks`` (botocore event name → handler) installed first, for fault injection."""
         from deploy_helper.broker import Broker
 
         session = _exec_session(self.local)
+        for name, hook in (hooks or {}).items():
+            session.events.register(name, hook)
         strict_aws.install(session, self.local)
         self.waiting.install(session)
         return Broker.from_config(replace(self.scenario.config, **changes), session=session)

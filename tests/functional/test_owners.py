@@ -32,6 +32,7 @@ from _cfn import (
     grant_id,
     world,
 )
+from botocore.exceptions import ClientError
 
 from deploy_helper import handler
 from deploy_helper.local import scenario as seed
@@ -219,6 +220,39 @@ def test_a_pipeline_caller_cannot_remove_a_stacks_or_another_callers_ownership(
     assert send(service_b, grant, "revoke")[0] == "kept"
     assert delete(world, bucket, stack, sid)[0]["Data"]["Decision"] == "revoked"
     assert world.statement(sid) is None
+
+
+def test_owners_are_written_before_an_apply_and_after_a_revoke_so_no_grant_is_left_unowned(
+    world: World, bucket: ResponseBucket
+) -> None:
+    stack = world.deploy(api_id=new_api(world))
+    grant = as_grant(stack.properties)
+    sid = grant_id(world, stack.properties)
+    owner = "pipeline:ci-tooling/default"
+
+    def refuse(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "ServiceException", "Message": "injected"}}, "Injected")
+
+    # AddPermission fails after the owner was recorded: an owner without a grant ...
+    failing = world.scenario.client(world.another_broker({"before-call.lambda.AddPermission": refuse}))
+    decision, request_id = send(failing, grant, "apply")
+    assert decision == "failed"
+    assert world.statement(sid) is None
+    assert owners(world, sid) == [owner]
+    assert entries(world, request_id, "outcome")[0]["owners"] == [owner]  # the ledger says what was written
+    # ... which re-sending the request repairs.
+    assert send(pipeline(world), grant, "apply")[0] == "applied"
+    assert world.statement(sid) is not None and owners(world, sid) == [owner]
+
+    # RemovePermission fails: the owner stays recorded with its grant.
+    failing = world.scenario.client(world.another_broker({"before-call.lambda.RemovePermission": refuse}))
+    decision, request_id = send(failing, grant, "revoke")
+    assert decision == "failed"
+    assert world.statement(sid) is not None
+    assert owners(world, sid) == [owner]
+    assert entries(world, request_id, "outcome")[0]["owners"] == [owner]
+    assert send(pipeline(world), grant, "revoke")[0] == "revoked"
+    assert world.statement(sid) is None and owners(world, sid) == []
 
 
 # -- clean-up Deletes ----------------------------------------------------------------
