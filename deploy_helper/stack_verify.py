@@ -33,7 +33,7 @@ compared too when the stack is being deleted or rolled back as a whole. In
 the clean-up phases of an update, CloudFormation deletes *old* physical ids
 whose properties are no longer in the template, so there the properties
 cannot be compared. Instead: the physical id must not be the logical
-resource's current one (``DescribeStackResources``: CloudFormation deletes in
+resource's current one (``DescribeStackResource``: CloudFormation deletes in
 clean-up only what the update replaced or removed), and the broker acts only
 for the owner ``stack/logical/physical`` it recorded when it created that
 grant (``deploy_helper.owners``). For a grant applied before owners were kept,
@@ -255,28 +255,34 @@ class StackVerifier:
         return dict(exact[0])
 
     def _not_current(self, cfn: Any, claim: StackClaim, physical: str, status: str) -> None:
-        """A clean-up Delete must not name the resource's current physical id (still in use)."""
+        """A clean-up Delete must not name the resource's current physical id (still in use).
+
+        A resource being deleted shows ``DELETE_IN_PROGRESS``; one the update removed is gone.
+        """
         try:
-            found = cfn.describe_stack_resources(StackName=claim.stack_id).get("StackResources") or []
-        except (ClientError, BotoCoreError) as exc:
+            resource = cfn.describe_stack_resource(
+                StackName=claim.stack_id, LogicalResourceId=claim.logical_resource_id
+            ).get("StackResourceDetail", {})
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") == "ValidationError" and "does not exist" in str(error.get("Message", "")):
+                return  # removed from the stack by the update being cleaned up
             raise StackNotConfirmed(
-                f"cannot list the resources of stack {_name(claim.stack_id)}: {exc}",
+                f"cannot read {claim.logical_resource_id} of stack {_name(claim.stack_id)}: {exc}",
                 check="stack-unreadable",
                 status=status,
             ) from exc
-        for resource in found:
-            if (
-                resource.get("LogicalResourceId") == claim.logical_resource_id
-                and resource.get("PhysicalResourceId") == physical
-                and not str(resource.get("ResourceStatus", "")).startswith("DELETE")
-            ):
-                raise StackNotConfirmed(
-                    f"{physical} is still the current physical id of {claim.logical_resource_id} in stack "
-                    f"{_name(claim.stack_id)}; CloudFormation's clean-up deletes only what an update replaced "
-                    "or removed: the event is forged",
-                    check="cleanup-current-resource",
-                    status=status,
-                )
+        except BotoCoreError as exc:
+            raise StackNotConfirmed(f"cannot reach CloudFormation: {exc}", check="stack-unreadable") from exc
+        deleting = str(resource.get("ResourceStatus", "")).startswith("DELETE")
+        if resource.get("PhysicalResourceId") == physical and not deleting:
+            raise StackNotConfirmed(
+                f"{physical} is still the current physical id of {claim.logical_resource_id} in stack "
+                f"{_name(claim.stack_id)}; CloudFormation's clean-up deletes only what an update replaced "
+                "or removed: the event is forged",
+                check="cleanup-current-resource",
+                status=status,
+            )
 
     def _had(self, cfn: Any, claim: StackClaim, physical: str) -> bool:
         """Whether the stack's events show its logical resource created or updated as ``physical``."""

@@ -200,7 +200,7 @@ class StatusWhileWaiting:
     """Reports what CloudFormation shows while it waits for a custom resource.
 
     ``statuses``: a stack's status (DescribeStacks). ``resources``: a custom resource's
-    current physical id and status, by (stack id, logical id) (DescribeStackResources).
+    current physical id and status, by (stack id, logical id) (DescribeStackResource).
     ``had``: physical ids a custom resource was created with, by (stack id, logical id),
     shown as ``CREATE_COMPLETE`` events (DescribeStackEvents).
     """
@@ -212,7 +212,7 @@ class StatusWhileWaiting:
 
     def install(self, session: boto3.Session) -> None:
         session.events.register("after-call.cloudformation.DescribeStacks", self._report)
-        session.events.register("after-call.cloudformation.DescribeStackResources", self._report_resources)
+        session.events.register("after-call.cloudformation.DescribeStackResource", self._report_resource)
         session.events.register("after-call.cloudformation.DescribeStackEvents", self._report_events)
 
     def _report(self, parsed: dict[str, Any], **_: Any) -> None:
@@ -220,11 +220,11 @@ class StatusWhileWaiting:
             if stack.get("StackId") in self.statuses:
                 stack["StackStatus"] = self.statuses[stack["StackId"]]
 
-    def _report_resources(self, parsed: dict[str, Any], **_: Any) -> None:
-        for resource in parsed.get("StackResources") or []:
-            key = (resource.get("StackId"), resource.get("LogicalResourceId"))
-            if key in self.resources:
-                resource["PhysicalResourceId"], resource["ResourceStatus"] = self.resources[key]
+    def _report_resource(self, parsed: dict[str, Any], **_: Any) -> None:
+        resource = parsed.get("StackResourceDetail") or {}
+        key = (resource.get("StackId"), resource.get("LogicalResourceId"))
+        if key in self.resources:
+            resource["PhysicalResourceId"], resource["ResourceStatus"] = self.resources[key]
 
     def _report_events(self, parsed: dict[str, Any], **_: Any) -> None:
         events = parsed.get("StackEvents")
