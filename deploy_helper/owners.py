@@ -21,7 +21,9 @@ write made under the resource's lease. Order (as for references): on apply
 the owners are written before AWS is changed, on revoke after, so a crash
 leaves at worst an owner without a grant (re-sending the request repairs it),
 never a grant that nobody owns. Without a reference table the broker keeps
-no owners and behaves as before (the first revoke removes the grant).
+no owners and behaves as before (the first revoke removes the grant). One
+item holds a resource's owners, so DynamoDB's 400 KB item limit bounds them
+(some 2,000 owners of a stack's length per function, bucket or key).
 
 Decisions (pure, in ``OwnerBook``), for an acting owner O:
 
