@@ -259,7 +259,7 @@ class Broker:
         for index, spec in enumerate(payload.grants):
             kind = kind_of(spec)
             try:
-                allowed = self.rules.authorize(auth.caller, spec)
+                allowed = self.rules.authorize(auth.caller, spec, now=self.clock())
             except DeniedError as exc:
                 results[index] = self._result(index, spec, "denied", exc.message, exc.rule_id)
                 denied_entries.append(

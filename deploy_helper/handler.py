@@ -88,6 +88,13 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if is_checkpoint_heartbeat(event):
         return checkpoint_heartbeat(broker)
+    if isinstance(event, dict) and set(event) == {"deploy_helper"}:
+        from deploy_helper.audit import scheduled  # drift check and expiry sweep (template.yaml schedules)
+
+        if scheduled.is_drift_check(event):
+            return scheduled.drift_check(broker)
+        if scheduled.is_sweep(event):
+            return scheduled.sweep_expired(broker)
     if is_function_url(event):
         from deploy_helper.function_url import handle_function_url
 

@@ -34,13 +34,14 @@ A refusal names the rule and the check that failed.
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from deploy_helper.exceptions import DeniedError
 from deploy_helper.grants import REGISTRY, kind_of
-from deploy_helper.grants.base import WIDEN_SOURCE_ARN, Allowed, Compaction, SourceScope
+from deploy_helper.grants.base import WIDEN_SOURCE_ARN, Allowed, Compaction, Duration, SourceScope, duration_seconds
 from deploy_helper.grants.bucket_access import AccessLevel
 from deploy_helper.grants.kms_grant import KmsOperation
 from deploy_helper.identifiers import (
@@ -148,6 +149,10 @@ class Rule(_Strict):
     #: account may share one permission whose SourceArn is this rule's ``source_arns``
     #: pattern narrowed to that account (or, with no ``source_arns``, SourceAccount only).
     compaction: list[Compaction] = []
+    #: The longest lifetime this rule allows (``8h``); a grant without an expiry is then refused.
+    max_ttl: Duration | None = None
+    #: Lifecycle fields a grant must carry under this rule (``expiry`` = ``expires_at`` or ``ttl``).
+    requires: list[Literal["reason", "ticket", "expiry"]] = []
 
     @model_validator(mode="after")
     def _fits_kind(self) -> Rule:
@@ -228,9 +233,20 @@ class RuleSet(_Strict):
         return frozenset(out)
 
     # -- authorization ------------------------------------------------------
-    def authorize(self, caller: str, spec: GrantSpec) -> Allowed:
-        """The rule that allows ``spec`` for ``caller``; raises ``DeniedError`` naming the failed check."""
+    def authorize(self, caller: str, spec: GrantSpec, *, now: float | None = None) -> Allowed:
+        """The rule that allows ``spec`` for ``caller``; raises ``DeniedError`` naming the failed check.
+
+        ``now`` (default: the clock) is the request's time, against which a grant's
+        expiry and a rule's ``max_ttl`` are measured.
+        """
+        now = time.time() if now is None else now
         self._guardrails(spec)
+        expiry = spec.expiry(now)
+        if expiry is not None and expiry <= now:
+            raise DeniedError(
+                f"guardrail: the grant's expiry ({spec.expires_at or spec.ttl}) is already past; send a later one",
+                check="guardrail-expired",
+            )
         candidates = [r for r in self.rules if r.kind == spec.kind and caller in r.callers]
         if not candidates:
             raise DeniedError(
@@ -240,6 +256,8 @@ class RuleSet(_Strict):
         best: tuple[int, Rule, str, str] | None = None
         for rule in candidates:
             stage, check, detail = self._evaluate(rule, spec)
+            if check == "":
+                stage, check, detail = _lifecycle(rule, spec, expiry, now)
             if check == "":
                 scope = self._source_scope(rule, spec) if WIDEN_SOURCE_ARN in rule.compaction else None
                 return Allowed(rule.id, frozenset(rule.compaction), scope)
@@ -383,6 +401,22 @@ class RuleSet(_Strict):
                 return None
             return SourceScope(account, ":".join([*parts[:5], pattern.split(":", 5)[5]]))
         return None
+
+
+def _lifecycle(rule: Rule, spec: GrantSpec, expiry: float | None, now: float) -> tuple[int, str, str]:
+    """The rule's lifecycle checks (stage 4): a maximum lifetime, required reason/ticket/expiry."""
+    if rule.max_ttl is not None:
+        limit = duration_seconds(rule.max_ttl)
+        if expiry is None:
+            return 4, "max-ttl", f"grants under this rule must expire within {rule.max_ttl}; add ttl or expires_at"
+        if expiry - now > limit:
+            return 4, "max-ttl", f"the grant would live {int(expiry - now)}s, longer than max_ttl {rule.max_ttl}"
+    for field in rule.requires:
+        missing = expiry is None if field == "expiry" else getattr(spec, field) is None
+        if missing:
+            hint = "ttl or expires_at" if field == "expiry" else field
+            return 4, f"requires-{field}", f"grants under this rule must carry {hint}"
+    return 5, "", ""
 
 
 def describe(rules: RuleSet) -> list[dict[str, Any]]:

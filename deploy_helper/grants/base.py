@@ -17,11 +17,14 @@ locking, retries and the ledger.
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import rfc8785
+from pydantic import StringConstraints
 
 from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.models import StrictModel
@@ -63,10 +66,57 @@ class Allowed:
     source_scope: SourceScope | None = None
 
 
+#: An absolute expiry: ISO 8601 in UTC to the second, e.g. ``2026-12-02T18:00:00Z``.
+ExpiresAt = Annotated[str, StringConstraints(strict=True, pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")]
+#: A lifetime counted from the request's time: a number and a unit (``90m``, ``8h``, ``7d``).
+Duration = Annotated[str, StringConstraints(strict=True, pattern=r"^[1-9][0-9]{0,5}[smhd]$")]
+#: Free text for people (why, which change ticket): printable characters only, bounded.
+Note = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+TicketRef = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,99}$")]
+#: Fields every grant may carry that say *how long* and *why*, not *what*: they never
+#: change a grant's identity, so renewing a grant is re-sending it with a new expiry.
+LIFECYCLE_FIELDS = frozenset({"expires_at", "ttl", "reason", "ticket"})
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str) -> int:
+    """``8h`` → 28800 (a ``Duration``)."""
+    m = re.fullmatch(r"(\d+)([smhd])", value)
+    if m is None:
+        raise ValueError(f"{value!r} is not a duration such as 90m, 8h or 7d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_expiry(value: str) -> float:
+    """An ``ExpiresAt`` as a POSIX time."""
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
 class GrantSpec(StrictModel):
-    """Fields common to every grant kind; each kind adds its own."""
+    """Fields common to every grant kind; each kind adds its own.
+
+    ``expires_at`` (absolute) or ``ttl`` (from the request's time) give a grant a
+    lifetime: the scheduled sweeper revokes it once that has passed (ledger decision
+    ``expired``). ``reason`` and ``ticket`` say why it exists; rules may require any of
+    them (``Rule.max_ttl``, ``Rule.requires``). None of them is part of the grant's
+    identity (``GrantKind.identity``).
+    """
 
     kind: str
+    expires_at: ExpiresAt | None = None
+    ttl: Duration | None = None
+    reason: Note | None = None
+    ticket: TicketRef | None = None
+
+    def expiry(self, at: float) -> float | None:
+        """When the grant expires, for a request made at ``at`` (None: it does not)."""
+        if self.expires_at is not None and self.ttl is not None:
+            return min(parse_expiry(self.expires_at), at + duration_seconds(self.ttl))
+        if self.expires_at is not None:
+            return parse_expiry(self.expires_at)
+        if self.ttl is not None:
+            return at + duration_seconds(self.ttl)
+        return None
 
 
 SpecT = TypeVar("SpecT", bound=GrantSpec)
@@ -159,7 +209,7 @@ class GrantKind(ABC, Generic[SpecT]):
 
     def identity(self, spec: SpecT) -> dict[str, Any]:
         """The fields that make a grant what it is; a change to any of them is a new grant."""
-        return spec.model_dump(mode="json", exclude_none=True)
+        return spec.model_dump(mode="json", exclude_none=True, exclude=set(LIFECYCLE_FIELDS))
 
     # -- resource operations --------------------------------------------
     @abstractmethod
@@ -187,6 +237,27 @@ class GrantKind(ABC, Generic[SpecT]):
     @abstractmethod
     def present(self, state: Any, spec: SpecT) -> bool:
         """Whether the grant is in force in ``state``."""
+
+    # -- drift (pure): what is on a resource besides what the ledger says ----
+    def managed(self, state: Any) -> dict[str, Any]:
+        """Every statement/grant on the resource that carries the broker's prefix, by its id."""
+        return {}
+
+    def accounts_for(self, state: Any, spec: SpecT, references: dict[str, list[str]] | None = None) -> set[str]:
+        """The managed ids (``managed``) that the in-force grant ``spec`` explains."""
+        return {self.grant_id(spec)}
+
+    def altered(self, state: Any, spec: SpecT, references: dict[str, list[str]] | None = None) -> bool:
+        """Whether a grant not in force still has its managed statement/grant on the resource (other content)."""
+        return self.grant_id(spec) in self.managed(state)
+
+    def foreign(self, state: Any, specs: Sequence[SpecT]) -> list[dict[str, Any]]:
+        """Statements/grants the broker did not write that grant to the principals of ``specs`` (informational)."""
+        return []
+
+    def plan_removal(self, state: Any, resource: str, ids: Sequence[str]) -> ResourcePlan:
+        """Pure: remove the managed statements/grants ``ids`` that no grant explains (unknown-managed)."""
+        raise NotImplementedError(f"{self.kind} cannot remove unknown managed statements")
 
     def diff(self, plan: ResourcePlan) -> str:
         from deploy_helper.policydoc import unified_diff

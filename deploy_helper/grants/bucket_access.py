@@ -28,7 +28,7 @@ from deploy_helper.grants.base import (
     managed_id,
 )
 from deploy_helper.identifiers import AccountId, BucketName, Region, RoleArn, S3Prefix
-from deploy_helper.policydoc import compact_size, find_statement, load_policy, normalize_principal
+from deploy_helper.policydoc import compact_size, find_statement, is_managed_sid, load_policy, normalize_principal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -333,6 +333,37 @@ class BucketAccess(GrantKind[BucketAccessGrant]):
     def present(self, state: dict[str, Any] | None, spec: BucketAccessGrant) -> bool:
         """In force as its own statement or as a principal of its shared statement."""
         return state is not None and self._where(state, spec) is not None
+
+    # -- drift (pure) -----------------------------------------------------------
+    def managed(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        return {s["Sid"]: s for s in (state or {}).get("Statement", []) if is_managed_sid(s.get("Sid"))}
+
+    def accounts_for(
+        self, state: dict[str, Any] | None, spec: BucketAccessGrant, references: dict[str, list[str]] | None = None
+    ) -> set[str]:
+        explained = {self.grant_id(spec)}
+        shared = find_statement(state or {"Statement": []}, self.shared_sid(spec))
+        if shared is not None and _aws_principal(spec) in _members(shared):
+            explained.add(self.shared_sid(spec))
+        return explained
+
+    def foreign(self, state: dict[str, Any] | None, specs: Sequence[BucketAccessGrant]) -> list[dict[str, Any]]:
+        wanted = {_aws_principal(s) for s in specs} | {"*"}
+        return [
+            s
+            for s in (state or {}).get("Statement", [])
+            if not is_managed_sid(s.get("Sid"))
+            and s.get("Effect") == "Allow"
+            and normalize_principal(s.get("Principal")) & wanted
+        ]
+
+    def plan_removal(self, state: dict[str, Any] | None, resource: str, ids: Sequence[str]) -> ResourcePlan:
+        gone = set(ids)
+        current = state or {"Version": "2012-10-17", "Statement": []}
+        kept = [s for s in current.get("Statement", []) if s.get("Sid") not in gone]
+        after = {**current, "Statement": kept} if kept else None
+        changed = len(kept) != len(current.get("Statement", []))
+        return ResourcePlan(resource, state, after if changed else state, [], [after] if changed else [], state)
 
     def _same(self, current: dict[str, Any], spec: BucketAccessGrant) -> bool:
         desired = self.statement(spec)

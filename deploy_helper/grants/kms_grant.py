@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from botocore.exceptions import ClientError
 from pydantic import Field, field_validator
 
+from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
 from deploy_helper.identifiers import KMS_KEY_ARN_RE, AccountId, KmsKeyArn, RoleArn
 
@@ -168,6 +169,38 @@ class KmsGrant(GrantKind[KmsGrantSpec]):
     def present(self, state: list[dict[str, Any]], spec: KmsGrantSpec) -> bool:
         name = self.grant_id(spec)
         return any(g.get("Name") == name and self._same(g, spec) for g in state)
+
+    # -- drift (pure): grants are keyed by GrantId (KMS does not make names unique) --
+    def managed(self, state: list[dict[str, Any]]) -> dict[str, Any]:
+        return {g["GrantId"]: g for g in state if str(g.get("Name", "")).startswith(PRODUCT_PREFIX)}
+
+    def accounts_for(
+        self, state: list[dict[str, Any]], spec: KmsGrantSpec, references: dict[str, list[str]] | None = None
+    ) -> set[str]:
+        """The exact copies when the grant is in force (other copies are unexplained); else every copy."""
+        name = self.grant_id(spec)
+        copies = [g for g in state if g.get("Name") == name and g.get("GrantId")]
+        exact = [g for g in copies if self._same(g, spec)]
+        return {g["GrantId"] for g in (exact or copies)}
+
+    def altered(self, state: list[dict[str, Any]], spec: KmsGrantSpec, references: Any = None) -> bool:
+        return any(g.get("Name") == self.grant_id(spec) for g in state)
+
+    def foreign(self, state: list[dict[str, Any]], specs: Sequence[KmsGrantSpec]) -> list[dict[str, Any]]:
+        wanted = {self.grantee_principal(s) for s in specs}
+        return [
+            g
+            for g in state
+            if not str(g.get("Name", "")).startswith(PRODUCT_PREFIX) and g.get("GranteePrincipal") in wanted
+        ]
+
+    def plan_removal(self, state: list[dict[str, Any]], resource: str, ids: Sequence[str]) -> ResourcePlan:
+        gone = set(ids)
+        managed = self.managed(state)
+        before = _summary(managed.values())
+        after = _summary(g for gid, g in managed.items() if gid not in gone)
+        writes = [("revoke", gid) for gid in sorted(gone) if gid in managed]
+        return ResourcePlan(resource, before, after, [], writes, state)
 
     def _same(self, grant: dict[str, Any], spec: KmsGrantSpec) -> bool:
         return grant.get("GranteePrincipal") == self.grantee_principal(spec) and sorted(

@@ -43,7 +43,14 @@ from deploy_helper.identifiers import (
     ServicePrincipal,
     SourceArn,
 )
-from deploy_helper.policydoc import compact_size, empty_policy, find_statement, load_policy, normalize_principal
+from deploy_helper.policydoc import (
+    compact_size,
+    empty_policy,
+    find_statement,
+    is_managed_sid,
+    load_policy,
+    normalize_principal,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -434,6 +441,32 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
 
     def _same(self, current: dict[str, Any], spec: LambdaInvokeGrant) -> bool:
         return _equivalent(current, self.statement(spec))
+
+    # -- drift (pure) -----------------------------------------------------------
+    def managed(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {s["Sid"]: s for s in state.get("Statement", []) if is_managed_sid(s.get("Sid"))}
+
+    def accounts_for(
+        self, state: dict[str, Any], spec: LambdaInvokeGrant, references: dict[str, list[str]] | None = None
+    ) -> set[str]:
+        gid = self.grant_id(spec)
+        return {gid} | {sid for sid, members in (references or {}).items() if gid in members}
+
+    def foreign(self, state: dict[str, Any], specs: Sequence[LambdaInvokeGrant]) -> list[dict[str, Any]]:
+        wanted = set().union(*(normalize_principal(self.statement(s)["Principal"]) for s in specs)) if specs else set()
+        return [
+            s
+            for s in state.get("Statement", [])
+            if not is_managed_sid(s.get("Sid"))
+            and s.get("Effect") == "Allow"
+            and (normalize_principal(s.get("Principal")) & (wanted | {"*"}))
+        ]
+
+    def plan_removal(self, state: dict[str, Any], resource: str, ids: Sequence[str]) -> ResourcePlan:
+        gone = set(ids)
+        after = {**state, "Statement": [s for s in state.get("Statement", []) if s.get("Sid") not in gone]}
+        writes = [("remove", sid, None) for sid in sorted(gone) if find_statement(state, sid) is not None]
+        return ResourcePlan(resource, state, after, [], writes, state)
 
 
 def _equivalent(current: dict[str, Any], desired: dict[str, Any]) -> bool:

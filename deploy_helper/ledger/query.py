@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,8 @@ DECISIONS = (
     "failed",
     "would-apply",
     "would-revoke",
+    "reconciled",
+    "expired",
 )
 
 
@@ -78,8 +81,10 @@ def active_grants(stored: Iterable[StoredEntry]) -> list[dict[str, Any]]:
     """The grants in force now, derived from the entries.
 
     A grant is in force when its latest settled entry says it is
-    (``applied``/``unchanged`` after an apply); ``revoked``/``absent`` take it
-    out. Dry runs, denials, failures and intents do not change what is in force.
+    (``applied``/``unchanged`` after an apply); ``revoked``/``absent``/``expired``
+    take it out. Dry runs, denials, failures and intents do not change what is in
+    force. Each grant carries its spec and expiry as of its latest apply (renewing
+    is re-sending it with a new expiry) and its owners as last recorded.
     """
     state: dict[tuple[str, str], dict[str, Any]] = {}
     for item in stored:
@@ -105,7 +110,33 @@ def active_grants(stored: Iterable[StoredEntry]) -> list[dict[str, Any]]:
                 "caller": entry.get("caller"),
                 "rule_id": entry.get("rule_id"),
                 "entry": entry.get("seq"),
+                "spec": grant.get("spec"),
+                "expires_at": _expiry(grant.get("spec") or {}, entry.get("time")),
+                "reason": (grant.get("spec") or {}).get("reason"),
+                "ticket": (grant.get("spec") or {}).get("ticket"),
+                "owners": entry.get("owners", state.get(key, {}).get("owners")),
             }
-        elif decision in ("revoked", "absent"):
+        elif decision in ("revoked", "absent", "expired"):
             state.pop(key, None)
+        elif key in state and "owners" in entry and decision in ("kept", "reconciled"):
+            state[key]["owners"] = entry["owners"]
     return sorted(state.values(), key=lambda g: (str(g["account"]), str(g["target"]), str(g["principal"])))
+
+
+def _expiry(spec: dict[str, Any], time: Any) -> str | None:
+    """The grant's expiry as ISO 8601 (``expires_at``, or ``ttl`` counted from the entry's time)."""
+    from deploy_helper.grants.base import duration_seconds, parse_expiry
+
+    when = parse_time(str(time or ""))
+    candidates: list[float] = []
+    if isinstance(spec.get("expires_at"), str):
+        with contextlib.suppress(ValueError):
+            candidates.append(parse_expiry(spec["expires_at"]))
+    if isinstance(spec.get("ttl"), str) and when is not None:
+        with contextlib.suppress(ValueError):
+            candidates.append(when.timestamp() + duration_seconds(spec["ttl"]))
+    if not candidates:
+        return None
+    from datetime import UTC
+
+    return datetime.fromtimestamp(min(candidates), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

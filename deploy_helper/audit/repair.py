@@ -1,0 +1,470 @@
+"""Repairs the broker makes on its own: ``reconcile`` and the expiry sweeper.
+
+Both go through the broker's own execution pieces — its sessions (the broker role),
+its per-resource lease (``Broker.locks``), its rules, the kinds' size-checked plans,
+its reference/owner table and its ledger (intent before the change, outcome after,
+fail closed) — and differ from a request only in who acts (``deploy-helper:reconcile``,
+``deploy-helper:sweeper``, recorded as the entries' caller with ``authenticated:
+internal``) and in the decision they record:
+
+- ``reconcile``: under the resource's lease the resource is read again and
+  classified again (``deploy_helper.audit.drift.classify``), so only drift that is
+  still there is repaired: a ``missing`` or ``altered`` grant is applied again —
+  if the current rules still allow it for the caller that asked for it (otherwise
+  it is reported, and a ``denied`` entry names the rule check), and if it fits the
+  policy's size limit — and an ``unknown-managed`` statement or grant is removed.
+  Foreign statements are never touched. Each change is an entry with decision
+  ``reconciled`` whose reason names the drift repaired. Owners are not changed.
+- ``sweep``: every active grant whose expiry (``expires_at``/``ttl``, as the ledger
+  recorded it) has passed is revoked, whoever owns it; its owners are cleared and
+  the entry's decision is ``expired``. The sweeper only ever removes grants the
+  ledger says have expired, so triggering it early is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from deploy_helper.audit.drift import DRIFTED, Filters, LedgerView, classify
+from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError
+from deploy_helper.grants import REGISTRY, GrantSpec, ResourcePlan
+from deploy_helper.ledger import entries
+from deploy_helper.ledger.query import parse_time
+from deploy_helper.policydoc import digest
+
+if TYPE_CHECKING:
+    from deploy_helper.audit.drift import ResourceKey
+    from deploy_helper.broker import Broker
+
+logger = logging.getLogger(__name__)
+
+RECONCILER = "deploy-helper:reconcile"
+SWEEPER = "deploy-helper:sweeper"
+
+
+@dataclass
+class RepairResult:
+    """What was done (or would be done) about one finding."""
+
+    account: str
+    kind: str
+    resource: str
+    grant_id: str | None
+    drift: str
+    #: ``reconciled`` / ``expired`` (done), ``would-reconcile`` / ``would-expire`` (plan),
+    #: ``denied`` (no longer allowed: reported, not restored), ``failed``, ``settled`` (no longer drifted).
+    decision: str
+    reason: str = ""
+    ledger_entry: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Item:
+    """One repair on a resource."""
+
+    op: Literal["restore", "remove", "expire"]
+    drift: str
+    grant_id: str
+    spec: GrantSpec | None = None
+    active: dict[str, Any] | None = None
+    principal: str | None = None
+    rule_id: str | None = None
+
+
+class Repairer:
+    """Runs repairs through the broker's locks, rules, plans, references and ledger."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    # -- entry points ------------------------------------------------------------------
+    def reconcile(self, view: LedgerView, filters: Filters | None = None, *, apply: bool) -> list[RepairResult]:
+        """Repair the drift of every resource admitted by ``filters`` (``apply=False``: only say what)."""
+        from deploy_helper.audit.drift import DriftChecker
+
+        checker = DriftChecker(self.broker.sessions, self.broker.references, clock=self.broker.clock)
+        work = checker.plan(view, filters or Filters())
+        return self._run(work, "reconcile", apply=apply)
+
+    def sweep(self, view: LedgerView, *, apply: bool = True) -> list[RepairResult]:
+        """Revoke every active grant whose expiry has passed at the broker's clock."""
+        from deploy_helper.audit.drift import parse_spec
+        from deploy_helper.grants import kind_of
+
+        now = self.broker.clock()
+        work: dict[str, dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]]] = defaultdict(dict)
+        for active in view.active:
+            when = parse_time(str(active.get("expires_at") or ""))
+            if when is None or when.timestamp() > now:
+                continue
+            spec = parse_spec(active.get("spec"))
+            kind = kind_of(spec)
+            key = (kind.target_account(spec), kind.kind, kind.resource(spec), kind.region(spec))
+            work[key[0]].setdefault(key, []).append((spec, active))
+        return self._run(work, "expire", apply=apply)
+
+    # -- execution ---------------------------------------------------------------------
+    def _run(
+        self,
+        work: dict[str, dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]]],
+        mode: Literal["reconcile", "expire"],
+        *,
+        apply: bool,
+    ) -> list[RepairResult]:
+        results: list[RepairResult] = []
+        run_id = f"{mode}-{int(self.broker.clock())}"
+        for account in sorted(work):
+            try:
+                clients = self.broker.sessions.for_account(account, run_id)
+            except BrokerError as exc:
+                for key, grants in work[account].items():
+                    results.extend(
+                        RepairResult(
+                            account, key[1], key[2], REGISTRY[key[1]].grant_id(s), "unknown", "failed", exc.message
+                        )
+                        for s, _ in grants
+                    )
+                continue
+            for key, grants in sorted(work[account].items()):
+                try:
+                    results.extend(self._resource(clients, key, grants, mode, run_id, apply=apply))
+                except LedgerError:
+                    raise
+                except (BrokerError, ClientError, BotoCoreError) as exc:
+                    message = exc.message if isinstance(exc, BrokerError) else f"AWS call failed: {exc}"
+                    results.append(RepairResult(account, key[1], key[2], None, "unknown", "failed", message))
+        return results
+
+    def _resource(
+        self,
+        clients: Any,
+        key: ResourceKey,
+        grants: list[tuple[GrantSpec, dict[str, Any]]],
+        mode: Literal["reconcile", "expire"],
+        run_id: str,
+        *,
+        apply: bool,
+    ) -> list[RepairResult]:
+        from deploy_helper.references import ResourceRecord
+
+        account, kind_name, resource, region = key
+        kind = REGISTRY[kind_name]
+        client = clients.client(kind.service, region)
+        broker = self.broker
+        hold = broker.locks.hold(resource) if apply else nullcontext()
+        with hold:
+            state = kind.read(client, resource)
+            record = broker.references.read_record(resource) if broker.references else ResourceRecord()
+            refs = record.references if kind.uses_references and broker.references else None
+            items = self._items(kind, account, resource, state, grants, refs, mode)
+            if not items:
+                return []
+            request = _request(mode, run_id)
+            results: list[RepairResult] = []
+            restorable: list[_Item] = []
+            refused: list[tuple[_Item, DeniedError]] = []
+            for item in items:
+                if item.op != "restore":
+                    continue
+                assert item.spec is not None and item.active is not None
+                try:
+                    allowed = broker.rules.authorize(str(item.active.get("caller")), item.spec, now=broker.clock())
+                except DeniedError as exc:
+                    refused.append((item, exc))
+                    continue
+                item.rule_id = allowed.rule_id
+                restorable.append(item)
+            removals = [i for i in items if i.op == "remove"]
+            expiring = [i for i in items if i.op == "expire"]
+            # 1. unknown-managed statements go first; 2. restores are planned on what is left.
+            removal = kind.plan_removal(state, resource, [i.grant_id for i in removals]) if removals else None
+            base = state if removal is None else _after_state(kind, state, removal)
+            restore_plan = self._plan(kind, base, resource, restorable, "apply", refs, broker)
+            expire_plan = self._plan(kind, state, resource, expiring, "revoke", refs, broker)
+            too_large = {
+                id(p.spec): p.reason for p in (restore_plan.items if restore_plan else []) if p.outcome == "failed"
+            }
+            decision = "reconciled" if mode == "reconcile" else "expired"
+            changes = [i for i in items if i.op != "restore" or (i in restorable and id(i.spec) not in too_large)]
+            for item, refusal in refused:
+                results.append(self._denied(request, account, resource, item, refusal, apply))
+            for item in restorable:
+                if id(item.spec) in too_large:
+                    results.append(
+                        self._record(
+                            request, account, resource, kind_name, item, "failed", too_large[id(item.spec)], apply
+                        )
+                    )
+            if not changes:
+                return results
+            if not apply:
+                for item in changes:
+                    results.append(
+                        RepairResult(
+                            account, kind_name, resource, item.grant_id, item.drift, f"would-{mode}", _why(item)
+                        )
+                    )
+                return results
+            before = digest(_doc(kind, state))
+            plans = [p for p in (removal, restore_plan, expire_plan) if p is not None and p.writes]
+            after = digest(plans[-1].after) if plans else before
+            intents = [
+                self._entry(request, "intent", kind_name, account, resource, i, decision, before, after)
+                for i in changes
+            ]
+            intent_ids = broker.ledger.append_many(intents)
+            error: str | None = None
+            try:
+                self._write(kind, client, resource, record, refs, removal, restore_plan, expire_plan, expiring)
+            except (ClientError, BotoCoreError) as exc:
+                error = f"AWS refused the change: {exc}"
+            except BrokerError as exc:
+                error = exc.message
+            outcomes = [
+                {
+                    **self._entry(
+                        request,
+                        "outcome",
+                        kind_name,
+                        account,
+                        resource,
+                        i,
+                        "failed" if error else decision,
+                        before,
+                        before if error else after,
+                        reason=error,
+                    ),
+                    "intent": intent_id,
+                }
+                for i, intent_id in zip(changes, intent_ids, strict=True)
+            ]
+            try:
+                ids = broker.ledger.append_many(outcomes)
+            except LedgerError:
+                logger.exception("could not record repair outcomes for %s", resource)
+                ids = intent_ids
+            for item, entry_id in zip(changes, ids, strict=True):
+                results.append(
+                    RepairResult(
+                        account,
+                        kind_name,
+                        resource,
+                        item.grant_id,
+                        item.drift,
+                        "failed" if error else decision,
+                        error or _why(item),
+                        entry_id,
+                    )
+                )
+            return results
+
+    def _items(
+        self,
+        kind: Any,
+        account: str,
+        resource: str,
+        state: Any,
+        grants: list[tuple[GrantSpec, dict[str, Any]]],
+        refs: dict[str, list[str]] | None,
+        mode: str,
+    ) -> list[_Item]:
+        if mode == "expire":
+            now = self.broker.clock()
+            items = []
+            for spec, active in grants:
+                when = parse_time(str(active.get("expires_at") or ""))
+                if when is not None and when.timestamp() <= now:
+                    items.append(_Item("expire", "expired", kind.grant_id(spec), spec, active, kind.principal(spec)))
+            return items
+        specs = {kind.grant_id(s): (s, a) for s, a in grants}
+        out: list[_Item] = []
+        for finding in classify(kind, account, resource, state, grants, refs):
+            if finding.status not in DRIFTED or finding.grant_id is None:
+                continue
+            if finding.status == "unknown-managed":
+                out.append(_Item("remove", finding.status, finding.grant_id, principal=finding.principal))
+                continue
+            spec, active = specs[finding.grant_id]
+            expiry = parse_time(str(active.get("expires_at") or ""))
+            if expiry is not None and expiry.timestamp() <= self.broker.clock():
+                continue  # expired: the sweeper revokes it, reconcile does not bring it back
+            out.append(_Item("restore", finding.status, finding.grant_id, spec, active, finding.principal))
+        return out
+
+    @staticmethod
+    def _plan(
+        kind: Any, state: Any, resource: str, items: list[_Item], op: str, refs: Any, broker: Broker
+    ) -> ResourcePlan | None:
+        if not items:
+            return None
+        from deploy_helper.grants import Allowed
+
+        asked = [(i.spec, op) for i in items]
+        allowed = [Allowed(i.rule_id or "") for i in items]
+        if kind.uses_references:
+            refs_arg = refs if broker.references is not None else None
+            return kind.plan(state, resource, asked, allowed, references=refs_arg)
+        return kind.plan(state, resource, asked, allowed)
+
+    def _write(
+        self,
+        kind: Any,
+        client: Any,
+        resource: str,
+        record: Any,
+        refs: Any,
+        removal: ResourcePlan | None,
+        restore: ResourcePlan | None,
+        expire: ResourcePlan | None,
+        expiring: list[_Item],
+    ) -> None:
+        """Removals, then restores (references first, as on apply), then expiries (owners last, as on revoke)."""
+        store = self.broker.references
+        version = record.version
+        if removal is not None and removal.writes:
+            kind.write(client, removal)
+        if restore is not None and restore.writes:
+            if store is not None and restore.references is not None:
+                store.write(resource, restore.references, version)
+                version += 1
+            kind.write(client, restore)
+        if expire is not None:
+            if expire.writes:
+                kind.write(client, expire)
+            if store is not None:
+                owners = {g: o for g, o in record.owners.items() if g not in {i.grant_id for i in expiring}}
+                changed_owners = owners if owners != record.owners else None
+                if expire.references is not None or changed_owners is not None:
+                    store.write(resource, expire.references, version, owners=changed_owners)
+
+    # -- ledger ----------------------------------------------------------------------
+    def _entry(
+        self,
+        request: dict[str, Any],
+        entry_type: str,
+        kind_name: str,
+        account: str,
+        resource: str,
+        item: _Item,
+        decision: str,
+        before: str,
+        after: str,
+        *,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        why = reason or (_why(item) if entry_type == "outcome" else f"about to {request['action']}: {_why(item)}")
+        if item.spec is not None:
+            return entries.grant_entry(
+                self.broker.clock(),
+                entry_type,
+                request,
+                item.spec,
+                decision=decision,
+                reason=why,
+                rule_id=item.rule_id or (item.active or {}).get("rule_id"),
+                before=before,
+                after=after,
+                owners=_owners_after(item, decision),
+            )
+        return {
+            "type": entry_type,
+            "time": entries.now_iso(self.broker.clock()),
+            **request,
+            "grant": {
+                "kind": kind_name,
+                "grant_id": item.grant_id,
+                "account": account,
+                "target": resource,
+                "principal": item.principal,
+                "spec": None,
+            },
+            "decision": decision,
+            "reason": why,
+            "rule_id": None,
+            "policy_before": before,
+            "policy_after": after,
+            "intent": None,
+            "compaction": None,
+        }
+
+    def _denied(
+        self, request: dict[str, Any], account: str, resource: str, item: _Item, exc: DeniedError, apply: bool
+    ) -> RepairResult:
+        reason = f"{item.drift} grant not restored: the current rules no longer allow it: {exc.message}"
+        item.rule_id = exc.rule_id
+        return self._record(
+            request, account, resource, item.spec.kind if item.spec else "", item, "denied", reason, apply
+        )
+
+    def _record(
+        self,
+        request: dict[str, Any],
+        account: str,
+        resource: str,
+        kind_name: str,
+        item: _Item,
+        decision: str,
+        reason: str,
+        apply: bool,
+    ) -> RepairResult:
+        entry_id = None
+        if apply:
+            entry = self._entry(
+                request, "decision", kind_name, account, resource, item, decision, "", "", reason=reason
+            )
+            entry["policy_before"] = entry["policy_after"] = None
+            entry_id = self.broker.ledger.append_many([entry])[0]
+        return RepairResult(account, kind_name, resource, item.grant_id, item.drift, decision, reason, entry_id)
+
+
+def _owners_after(item: _Item, decision: str) -> list[str] | None:
+    """Reconcile leaves owners as they are; an expiry clears them (unless it failed)."""
+    owners = (item.active or {}).get("owners")
+    if item.op == "expire" and decision != "failed":
+        return []
+    return list(owners) if isinstance(owners, list) else None
+
+
+def _request(mode: str, run_id: str) -> dict[str, Any]:
+    return {
+        "request_id": run_id,
+        "caller": RECONCILER if mode == "reconcile" else SWEEPER,
+        "key_id": None,
+        "authenticated": "internal",
+        "request_digest": None,
+        "context": {},
+        "action": mode,
+    }
+
+
+def _why(item: _Item) -> str:
+    return {
+        "missing": "restored a missing grant (removed outside the broker)",
+        "altered": "restored an altered grant (its managed statement/grant had other content)",
+        "unknown-managed": f"removed unknown-managed {item.grant_id} (it carried the broker's prefix; "
+        "no grant explains it)",
+        "expired": f"revoked: expired at {(item.active or {}).get('expires_at')}",
+    }.get(item.drift, item.drift)
+
+
+def _doc(kind: Any, state: Any) -> Any:
+    """The document whose digest the entries carry (the broker's grants for KMS, as its plans do)."""
+    plan = kind.plan_removal(state, "", [])
+    return plan.before
+
+
+def _after_state(kind: Any, state: Any, removal: ResourcePlan) -> Any:
+    """The live state once ``removal`` is made, as the kind's ``plan`` reads state."""
+    if isinstance(state, list):  # KMS: grants by id
+        gone = {gid for op, gid in removal.writes if op == "revoke"}
+        return [g for g in state if g.get("GrantId") not in gone]
+    return removal.after
