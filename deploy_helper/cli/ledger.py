@@ -287,7 +287,7 @@ def active(handle: LedgerHandle, as_json: bool, **filters: Any) -> None:
     else:
         table(
             f"{len(grants)} grants in force",
-            ("kind", "account", "target", "principal", "since", "caller", "rule", "entry"),
+            ("kind", "account", "target", "principal", "since", "expires", "caller", "rule", "entry"),
             [
                 [
                     g["kind"],
@@ -295,6 +295,7 @@ def active(handle: LedgerHandle, as_json: bool, **filters: Any) -> None:
                     g["target"],
                     g["principal"],
                     g["since"],
+                    g.get("expires_at") or "",
                     g["caller"],
                     g["rule_id"],
                     g["entry"],
