@@ -7,6 +7,8 @@ One function, dispatched by the event's shape:
   ``deploy_helper.custom_resource`` (verified against the real stack first);
 - a function-URL event (``AWS_IAM`` auth) → the broker, with the SigV4 caller
   account checked against the signing key's account.
+- the constant events of the schedules in ``template.yaml`` (checkpoint, drift check,
+  expiry sweep; ``deploy_helper.audit.scheduled`` says why each is safe to trigger).
 
 The broker is built once per execution environment and reused; a
 configuration error is reported on every request rather than crashing the

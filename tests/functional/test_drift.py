@@ -211,3 +211,26 @@ def test_drift_filters_and_table(scenario: Scenario) -> None:
     assert shown.exit_code == 1
     assert "unknown-managed" in shown.output and "DRIFT" in shown.output
     assert "[1/2] account" in shown.stderr and "[1/2] account" not in shown.stdout
+
+
+def test_scheduled_drift_check_keeps_the_report_for_drift_last_and_publishes_metrics(scenario: Scenario) -> None:
+    from deploy_helper import handler
+
+    apply_seed(scenario)
+    plant_all(scenario)
+    handler.set_broker(scenario.broker())
+    try:
+        answer = handler.lambda_handler({"deploy_helper": "drift-check"}, None)
+    finally:
+        handler.set_broker(None)
+    assert answer["ok"] and not answer["clean"], answer
+    assert answer["counts"]["missing"] == 2 and answer["counts"]["unknown-managed"] == 1
+    last = cli(["drift", "--last", "--json"], scenario)
+    assert last.exit_code == 1
+    kept = json.loads(last.stdout)
+    assert by_status(kept)["unknown-managed"] == {("bucket-access", PLANTED_SID)}
+    cloudwatch = scenario.local.client("cloudwatch", seed.ACCOUNTS["broker"])
+    metrics = cloudwatch.list_metrics(Namespace="DeployHelper/Drift")["Metrics"]
+    assert {"Missing", "Altered", "UnknownManaged", "Foreign", "InForce", "ReadErrors"} <= {
+        m["MetricName"] for m in metrics
+    }
