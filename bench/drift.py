@@ -1,0 +1,152 @@
+"""``drift`` over 200 accounts: one read per resource, and little more time than the reads.
+
+The seed scenario at scale (``build_scaled``): each of ``--services`` service accounts
+gets the shared authorizer's invoke permission, read on the shared artifact bucket, a
+grant on its key, and two statements on its own artifact bucket (one request through
+the broker). Then, with every broker-role session already assumed (both runs share
+them), it times:
+
+- reads: every resource the ledger has grants on read once with the kind's own
+  ``read``, with the same concurrency as drift (accounts x resources at once);
+- drift: ``DriftChecker.run`` — the same reads plus the ledger view, the references
+  and the classification.
+
+Printed: both wall times, their ratio (the target is at most 1.5), and the AWS calls
+drift made per operation (one per resource). ``--latency S`` adds S seconds to every
+target-account call (a ``before-send`` sleep; real control-plane calls take ~50 ms).
+
+    python bench/drift.py [--services 200] [--latency 0.05] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+TARGET_SERVICES = {"lambda", "s3", "kms"}
+
+
+class Meter:
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def install(self, session: Any) -> None:
+        session.events.register("before-call", self._count)
+        session.events.register("before-send", self._delay)
+
+    def _count(self, model: Any, params: Any, context: dict[str, Any], **_: Any) -> None:
+        from deploy_helper.local.scenario import CHECKPOINT_BUCKET
+
+        service = model.service_model.service_name
+        own = service == "s3" and CHECKPOINT_BUCKET in str(params.get("url_path", ""))
+        context["bench.target"] = service in TARGET_SERVICES and not own
+        if context["bench.target"]:
+            with self._lock:
+                self.calls[f"{service}.{model.name}"] += 1
+
+    def _delay(self, request: Any, **_: Any) -> None:
+        if self.latency and (getattr(request, "context", None) or {}).get("bench.target"):
+            time.sleep(self.latency)
+
+
+def grants_of(sc: Any) -> list[dict[str, Any]]:
+    from deploy_helper.local import scenario as seed
+
+    out: list[dict[str, Any]] = []
+    for s in sc.services:
+        out += [sc.authorizer_grant(s), sc.bucket_grant(s), sc.key_grant(s)]
+        out += [sc.service_bucket_grant(s, role) for role in seed.TOOLING_ROLES]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--services", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds added to each target-account call")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from deploy_helper.audit.drift import ACCOUNT_WORKERS, RESOURCE_WORKERS, DriftChecker, LedgerView
+    from deploy_helper.audit.scheduled import stored_entries
+    from deploy_helper.broker import Broker
+    from deploy_helper.grants import REGISTRY
+    from deploy_helper.local import scenario as seed
+    from deploy_helper.local.server import LocalAws
+
+    with LocalAws() as local, tempfile.TemporaryDirectory() as tmp:
+        sc = seed.build_scaled(local, Path(tmp), args.services, compaction=["merge-principals", "widen-source-arn"])
+        grants = grants_of(sc)
+        response = sc.client(sc.broker()).request(grants, request_id="bench-drift-setup")
+        applied = Counter(r.decision for r in response.results)
+        meter = Meter(args.latency)
+        session = sc.local.base_session()
+        meter.install(session)
+        broker = Broker.from_config(sc.config, session=session)
+        view = LedgerView.of(stored_entries(broker.ledger))
+        checker = DriftChecker(broker.sessions, broker.references, clock=broker.clock)
+        work = checker.plan(view)
+        for account in work:  # assume every broker role once, for both runs
+            broker.sessions.for_account(account, "bench-drift")
+
+        def read_account(account: str) -> int:
+            clients = broker.sessions.for_account(account, "bench-drift")
+
+            def read(key: Any) -> int:
+                kind = REGISTRY[key[1]]
+                kind.read(clients.client(kind.service, key[3]), key[2])
+                return 1
+
+            keys = list(work[account])
+            with ThreadPoolExecutor(max(1, min(RESOURCE_WORKERS, len(keys)))) as pool:
+                return sum(pool.map(read, keys))
+
+        meter.calls.clear()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(min(ACCOUNT_WORKERS, len(work))) as pool:
+            reads = sum(pool.map(read_account, list(work)))
+        reads_s = time.perf_counter() - t0
+        read_calls = dict(meter.calls)
+
+        meter.calls.clear()
+        t0 = time.perf_counter()
+        report = checker.run(LedgerView.of(stored_entries(broker.ledger)))
+        drift_s = time.perf_counter() - t0
+        drift_calls = dict(meter.calls)
+
+    out = {
+        "accounts": len(work),
+        "resources": reads,
+        "active_grants": len(view.active),
+        "setup_decisions": dict(applied),
+        "latency_s": args.latency,
+        "reads_s": round(reads_s, 3),
+        "drift_s": round(drift_s, 3),
+        "ratio": round(drift_s / reads_s, 3),
+        "drift_reads": report.reads,
+        "drift_calls": drift_calls,
+        "read_calls": read_calls,
+        "clean": report.clean,
+        "counts": report.counts(),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"bench/drift.py: {out['accounts']} accounts, {reads} resources, {len(view.active)} active grants")
+    print(f"latency per target-account call: {args.latency * 1000:.0f} ms")
+    print(f"  reading every resource once:  {reads_s:8.2f} s  ({sum(read_calls.values())} calls)")
+    print(f"  drift (read + classify):      {drift_s:8.2f} s  ({sum(drift_calls.values())} calls: {drift_calls})")
+    print(f"  ratio drift / reads:          {drift_s / reads_s:8.2f}  (target <= 1.5)")
+    print(f"  findings: {report.counts()}; unreadable: {len(report.errors)}")
+
+
+if __name__ == "__main__":
+    main()
