@@ -234,3 +234,38 @@ def test_scheduled_drift_check_keeps_the_report_for_drift_last_and_publishes_met
     assert {"Missing", "Altered", "UnknownManaged", "Foreign", "InForce", "ReadErrors"} <= {
         m["MetricName"] for m in metrics
     }
+
+
+def test_a_condition_removed_and_a_kms_grant_remade_wider_are_altered_and_restored(scenario: Scenario) -> None:
+    apply_seed(scenario)
+    token, tooling = seed.ACCOUNTS["token-service"], seed.ACCOUNTS["tooling"]
+    lam = scenario.local.client("lambda", token)
+    sid = gid(scenario.authorizer_grant("service-b"))
+    lam.remove_permission(FunctionName="token-authorizer", StatementId=sid)
+    lam.add_permission(  # same Sid, SourceArn condition gone: any API in the account may invoke
+        FunctionName="token-authorizer",
+        StatementId=sid,
+        Action="lambda:InvokeFunction",
+        Principal="apigateway.amazonaws.com",
+        SourceAccount=seed.ACCOUNTS["service-b"],
+    )
+    kms = scenario.local.client("kms", tooling)
+    name = gid(scenario.key_grant("service-a"))
+    (grant,) = [g for g in scenario.key_grants() if g.get("Name") == name]
+    kms.revoke_grant(KeyId=scenario.key_arn, GrantId=grant["GrantId"])
+    kms.create_grant(  # same name, an extra operation
+        KeyId=scenario.key_arn,
+        GranteePrincipal=scenario.deploy_roles["service-a"],
+        Operations=["Decrypt", "DescribeKey", "Encrypt"],
+        Name=name,
+    )
+    found = by_status(json.loads(cli(["drift", "--json"], scenario).stdout))
+    assert found["altered"] == {("lambda-invoke", sid), ("kms-grant", name)}
+    assert "unknown-managed" not in found and "missing" not in found
+
+    assert cli(["reconcile", "--apply"], scenario).exit_code == 0
+    assert set(by_status(json.loads(cli(["drift", "--json"], scenario).stdout))) == {"in-force"}
+    (statement,) = [s for s in scenario.function_policy()["Statement"] if s["Sid"] == sid]  # type: ignore[index]
+    assert "ArnLike" in statement["Condition"]
+    copies = [g for g in scenario.key_grants() if g.get("Name") == name]
+    assert [sorted(g["Operations"]) for g in copies] == [["Decrypt", "DescribeKey"]]
