@@ -142,29 +142,86 @@ class DriftReport:
 
 @dataclass
 class LedgerView:
-    """What the ledger says: the active grants and every resource it ever changed."""
+    """What the ledger says: the active grants and every resource it ever changed.
+
+    Built from the entries read so far (``entries``, oldest first, up to ``last_seq``);
+    ``extended`` adds the entries appended since, so a repair made under a resource's
+    lease sees every change the broker made to that resource before it took the lease.
+    """
 
     active: list[dict[str, Any]]
     resources: dict[ResourceKey, None]
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    last_seq: int = 0
+    _index: dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, stored: Iterable[StoredEntry]) -> LedgerView:
-        from deploy_helper.ledger.query import active_grants
+        return cls.of_parsed([json.loads(item.body) for item in stored])
 
-        items = list(stored)
+    @classmethod
+    def of_parsed(cls, parsed: list[dict[str, Any]]) -> LedgerView:
+        from deploy_helper.ledger.query import active_from
+
         resources: dict[ResourceKey, None] = {}
-        for item in items:
-            grant = json.loads(item.body).get("grant") or {}
-            kind = REGISTRY.get(str(grant.get("kind")))
-            spec = grant.get("spec")
-            if kind is None or not isinstance(spec, dict):
-                continue
-            try:
-                region = kind.region(parse_spec(spec))
-            except (ValidationError, RuntimeError):
-                continue
-            resources[(str(grant.get("account")), kind.kind, str(grant.get("target")), region)] = None
-        return cls(active_grants(items), resources)
+        seen: set[tuple[str, str]] = set()
+        for entry in parsed:
+            key = resource_of(entry, seen)
+            if key is not None:
+                resources[key] = None
+        last = max((int(e.get("seq") or 0) for e in parsed), default=0)
+        return cls(active_from(parsed), resources, parsed, last)
+
+    def extended(self, stored: Iterable[StoredEntry]) -> LedgerView:
+        """This view with ``stored`` (entries after ``last_seq``) added; itself when there are none."""
+        new = [json.loads(item.body) for item in stored if item.seq > self.last_seq]
+        return self if not new else LedgerView.of_parsed([*self.entries, *new])
+
+    def work(
+        self, filters: Filters | None = None
+    ) -> dict[str, dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]]]:
+        """The resources to read, per account, with the active grants on each."""
+        filters = filters or Filters()
+        work: dict[str, dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]]] = defaultdict(dict)
+        for key, grants in self._indexed().items():
+            if filters.admit(key):
+                work[key[0]][key] = list(grants)
+        return work
+
+    def _indexed(self) -> dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]]:
+        """Every resource with its active grants (specs parsed once per view)."""
+        if self._index is None:
+            index: dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]] = {k: [] for k in self.resources}
+            for active in self.active:
+                try:
+                    spec = parse_spec(active.get("spec"))
+                except ValidationError:
+                    logger.warning("active grant %s has no readable spec in the ledger", active.get("grant_id"))
+                    continue
+                kind = kind_of(spec)
+                key = (kind.target_account(spec), kind.kind, kind.resource(spec), kind.region(spec))
+                index.setdefault(key, []).append((spec, active))
+            self._index = index
+        return self._index
+
+
+def resource_of(entry: dict[str, Any], seen: set[tuple[str, str]] | None = None) -> ResourceKey | None:
+    """The resource a ledger entry's grant is on (None for refusals, unknown kinds, or already ``seen``)."""
+    grant = entry.get("grant") or {}
+    kind = REGISTRY.get(str(grant.get("kind")))
+    spec = grant.get("spec")
+    name = (str(grant.get("kind")), str(grant.get("target")))
+    if kind is None or not isinstance(spec, dict) or (seen is not None and name in seen):
+        return None
+    if seen is not None:
+        seen.add(name)
+    try:
+        region = kind.region(parse_spec(spec))
+    except (ValidationError, RuntimeError):
+        return None
+    return (str(grant.get("account")), kind.kind, str(grant.get("target")), region)
 
 
 @dataclass(frozen=True)
@@ -193,6 +250,7 @@ def classify(
     """Pure: the findings on one resource, given its live ``state`` and the active grants on it."""
     findings: list[Finding] = []
     explained: set[str] = set()
+    managed = kind.managed(state)
     for spec, active in grants:
         if kind.uses_references:
             present = kind.present(state, spec, references=references)  # type: ignore[call-arg]
@@ -201,31 +259,27 @@ def classify(
         status: DriftClass = (
             "in-force" if present else "altered" if kind.altered(state, spec, references) else "missing"
         )
-        explained |= kind.accounts_for(state, spec, references)
-        managed = kind.managed(state)
-        live = [managed[i] for i in sorted(kind.accounts_for(state, spec, references)) if i in managed]
+        accounted = kind.accounts_for(state, spec, references)
+        explained |= accounted
+        live = [managed[i] for i in sorted(accounted) if i in managed] if status == "altered" else []
         findings.append(
             Finding(
                 status=status,
                 account=account,
                 kind=kind.kind,
                 resource=resource,
-                grant_id=kind.grant_id(spec),
+                grant_id=str(active.get("grant_id") or kind.grant_id(spec)),
                 principal=kind.principal(spec),
-                detail={
-                    "in-force": "",
-                    "missing": "not on the resource: removed outside the broker",
-                    "altered": "the managed statement/grant differs from what the broker wrote",
-                }[status],
+                detail=_DETAIL[status],
                 expires_at=active.get("expires_at"),
                 owners=active.get("owners"),
                 caller=active.get("caller"),
                 rule_id=active.get("rule_id"),
                 spec=active.get("spec"),
-                live=(live[0] if len(live) == 1 else live) if status == "altered" and live else None,
+                live=(live[0] if len(live) == 1 else live) or None,
             )
         )
-    for managed_id, item in kind.managed(state).items():
+    for managed_id, item in managed.items():
         if managed_id in explained:
             continue
         findings.append(
@@ -256,6 +310,13 @@ def classify(
     return findings
 
 
+_DETAIL = {
+    "in-force": "",
+    "missing": "not on the resource: removed outside the broker",
+    "altered": "the managed statement/grant differs from what the broker wrote",
+}
+
+
 def _principal_text(item: Any) -> str | None:
     if not isinstance(item, dict):
         return None
@@ -284,23 +345,8 @@ class DriftChecker:
     def plan(
         self, view: LedgerView, filters: Filters | None = None
     ) -> dict[str, dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]]]:
-        """The resources to read, per account, with the active grants on each."""
-        filters = filters or Filters()
-        work: dict[str, dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]]] = defaultdict(dict)
-        for key in view.resources:
-            if filters.admit(key):
-                work[key[0]].setdefault(key, [])
-        for active in view.active:
-            try:
-                spec = parse_spec(active.get("spec"))
-            except ValidationError:
-                logger.warning("active grant %s has no readable spec in the ledger", active.get("grant_id"))
-                continue
-            kind = kind_of(spec)
-            key = (kind.target_account(spec), kind.kind, kind.resource(spec), kind.region(spec))
-            if filters.admit(key):
-                work[key[0]].setdefault(key, []).append((spec, active))
-        return work
+        """The resources to read, per account, with the active grants on each (``LedgerView.work``)."""
+        return view.work(filters)
 
     def run(
         self,

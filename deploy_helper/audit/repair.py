@@ -85,15 +85,13 @@ class Repairer:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        self.view: LedgerView | None = None
 
     # -- entry points ------------------------------------------------------------------
     def reconcile(self, view: LedgerView, filters: Filters | None = None, *, apply: bool) -> list[RepairResult]:
         """Repair the drift of every resource admitted by ``filters`` (``apply=False``: only say what)."""
-        from deploy_helper.audit.drift import DriftChecker
-
-        checker = DriftChecker(self.broker.sessions, self.broker.references, clock=self.broker.clock)
-        work = checker.plan(view, filters or Filters())
-        return self._run(work, "reconcile", apply=apply)
+        self.view = view
+        return self._run(view.work(filters or Filters()), "reconcile", apply=apply)
 
     def sweep(self, view: LedgerView, *, apply: bool = True) -> list[RepairResult]:
         """Revoke every active grant whose expiry has passed at the broker's clock."""
@@ -110,6 +108,7 @@ class Repairer:
             kind = kind_of(spec)
             key = (kind.target_account(spec), kind.kind, kind.resource(spec), kind.region(spec))
             work[key[0]].setdefault(key, []).append((spec, active))
+        self.view = view
         return self._run(work, "expire", apply=apply)
 
     # -- execution ---------------------------------------------------------------------
@@ -134,9 +133,9 @@ class Repairer:
                         for s, _ in grants
                     )
                 continue
-            for key, grants in sorted(work[account].items()):
+            for key in sorted(work[account]):
                 try:
-                    results.extend(self._resource(clients, key, grants, mode, run_id, apply=apply))
+                    results.extend(self._resource(clients, key, mode, run_id, apply=apply))
                 except LedgerError:
                     raise
                 except (BrokerError, ClientError, BotoCoreError) as exc:
@@ -148,7 +147,6 @@ class Repairer:
         self,
         clients: Any,
         key: ResourceKey,
-        grants: list[tuple[GrantSpec, dict[str, Any]]],
         mode: Literal["reconcile", "expire"],
         run_id: str,
         *,
@@ -162,6 +160,9 @@ class Repairer:
         broker = self.broker
         hold = broker.locks.hold(resource) if apply else nullcontext()
         with hold:
+            # Under the lease: every change the broker made to this resource is in the ledger
+            # now (intents go in before AWS is changed), so read the entries appended since.
+            grants = self._fresh(key)
             state = kind.read(client, resource)
             record = broker.references.read_record(resource) if broker.references else ResourceRecord()
             refs = record.references if kind.uses_references and broker.references else None
@@ -299,6 +300,14 @@ class Repairer:
                 continue  # expired: the sweeper revokes it, reconcile does not bring it back
             out.append(_Item("restore", finding.status, finding.grant_id, spec, active, finding.principal))
         return out
+
+    def _fresh(self, key: ResourceKey) -> list[tuple[GrantSpec, dict[str, Any]]]:
+        """The active grants on ``key`` by the ledger as it is now."""
+        from deploy_helper.audit.scheduled import stored_entries
+
+        assert self.view is not None
+        self.view = self.view.extended(stored_entries(self.broker.ledger, self.view.last_seq + 1))
+        return self.view.work(Filters(account=key[0], kind=key[1])).get(key[0], {}).get(key, [])
 
     @staticmethod
     def _plan(

@@ -63,16 +63,16 @@ def is_sweep(event: Any) -> bool:
     return isinstance(event, dict) and event == SWEEP_EVENT
 
 
-def stored_entries(ledger: Any) -> Iterable[StoredEntry]:
-    """The entries of the broker's ledger (DynamoDB, or the in-memory one of unit tests)."""
+def stored_entries(ledger: Any, start: int = 1) -> Iterable[StoredEntry]:
+    """The entries of the broker's ledger from ``start`` on (DynamoDB, or the in-memory one of unit tests)."""
     if callable(getattr(ledger, "entries", None)):
-        return list(ledger.entries())
+        return list(ledger.entries(start))
     import rfc8785
 
     from deploy_helper.ledger.store import StoredEntry, entry_hash
 
     out = []
-    for entry in getattr(ledger, "entries", []):
+    for entry in getattr(ledger, "entries", [])[start - 1 :]:
         body = rfc8785.dumps(entry)
         out.append(StoredEntry(int(entry.get("seq", 0)), body, entry_hash(body)))
     return out

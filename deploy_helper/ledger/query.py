@@ -86,9 +86,13 @@ def active_grants(stored: Iterable[StoredEntry]) -> list[dict[str, Any]]:
     force. Each grant carries its spec and expiry as of its latest apply (renewing
     is re-sending it with a new expiry) and its owners as last recorded.
     """
+    return active_from(json.loads(item.body) for item in stored)
+
+
+def active_from(parsed: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``active_grants`` of entries already parsed (oldest first)."""
     state: dict[tuple[str, str], dict[str, Any]] = {}
-    for item in stored:
-        entry = json.loads(item.body)
+    for entry in parsed:
         grant = entry.get("grant")
         if not grant or entry.get("type") == "intent":
             continue

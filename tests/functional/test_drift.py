@@ -269,3 +269,17 @@ def test_a_condition_removed_and_a_kms_grant_remade_wider_are_altered_and_restor
     assert "ArnLike" in statement["Condition"]
     copies = [g for g in scenario.key_grants() if g.get("Name") == name]
     assert [sorted(g["Operations"]) for g in copies] == [["Decrypt", "DescribeKey"]]
+
+
+def test_reconcile_never_removes_a_grant_made_after_its_view_of_the_ledger(scenario: Scenario) -> None:
+    """Under the resource's lease the ledger is read again: a grant made meanwhile is not 'unknown'."""
+    from deploy_helper.audit.repair import Repairer
+
+    apply_seed(scenario)
+    broker = scenario.broker()
+    stale = LedgerView.of(stored_entries(broker.ledger))
+    newer = {**scenario.key_grant("service-a"), "operations": ["Decrypt"]}
+    assert scenario.client(broker).request([newer], context={"pipeline": "late"}).ok
+    results = Repairer(broker).reconcile(stale, apply=True)
+    assert results == []  # nothing drifted: the late grant is explained by the ledger as it is now
+    assert gid(newer) in {g.get("Name") for g in scenario.key_grants()}
