@@ -7,9 +7,10 @@ the broker). Then, with every broker-role session already assumed (both runs sha
 them), it times:
 
 - reads: every resource the ledger has grants on read once with the kind's own
-  ``read``, with the same concurrency as drift (accounts x resources at once);
-- drift: ``DriftChecker.run`` — the same reads plus the ledger view, the references
-  and the classification.
+  ``read``, with as many reads at once as drift makes;
+- drift: ``DriftChecker.check`` — streams the ledger, starts each resource's read as
+  soon as an entry names it, then classifies (the same reads, plus the ledger's own
+  read, the references and the classification).
 
 Printed: both wall times, their ratio (the target is at most 1.5), and the AWS calls
 drift made per operation (one per resource). ``--latency S`` adds S seconds to every
@@ -94,34 +95,32 @@ def main() -> None:
         view = LedgerView.of(stored_entries(broker.ledger))
         checker = DriftChecker(broker.sessions, broker.references, clock=broker.clock)
         work = checker.plan(view)
-        for account in work:  # assume every broker role once, for both runs
+
+        for account in work:  # assume every broker role once; both runs use these sessions
             broker.sessions.for_account(account, "bench-drift")
+        keys = [key for resources in work.values() for key in resources]
 
-        def read_account(account: str) -> int:
-            clients = broker.sessions.for_account(account, "bench-drift")
+        def read(key: Any) -> int:
+            kind = REGISTRY[key[1]]
+            kind.read(clients[key[0]].client(kind.service, key[3]), key[2])
+            return 1
 
-            def read(key: Any) -> int:
-                kind = REGISTRY[key[1]]
-                kind.read(clients.client(kind.service, key[3]), key[2])
-                return 1
-
-            keys = list(work[account])
-            with ThreadPoolExecutor(max(1, min(RESOURCE_WORKERS, len(keys)))) as pool:
-                return sum(pool.map(read, keys))
-
+        # As many reads at once as drift makes; each account's client made in the timing, as drift does.
         meter.calls.clear()
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(min(ACCOUNT_WORKERS, len(work))) as pool:
-            reads = sum(pool.map(read_account, list(work)))
+        clients = {account: broker.sessions.for_account(account, "bench-drift") for account in work}
+        with ThreadPoolExecutor(ACCOUNT_WORKERS * RESOURCE_WORKERS) as pool:
+            reads = sum(pool.map(read, keys))
         reads_s = time.perf_counter() - t0
         read_calls = dict(meter.calls)
 
         meter.calls.clear()
         t0 = time.perf_counter()
-        fresh = LedgerView.of(stored_entries(broker.ledger))
-        view_s = time.perf_counter() - t0
-        report = checker.run(fresh)
+        report = checker.check(broker.ledger)  # streams the ledger, reads as it goes
         drift_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        LedgerView.of(stored_entries(broker.ledger))
+        view_s = time.perf_counter() - t0
         drift_calls = dict(meter.calls)
 
     out = {
@@ -132,7 +131,7 @@ def main() -> None:
         "latency_s": args.latency,
         "reads_s": round(reads_s, 3),
         "drift_s": round(drift_s, 3),
-        "of_which_ledger_s": round(view_s, 3),
+        "ledger_alone_s": round(view_s, 3),
         "ratio": round(drift_s / reads_s, 3),
         "drift_reads": report.reads,
         "drift_calls": drift_calls,
@@ -147,7 +146,7 @@ def main() -> None:
     print(f"latency per target-account call: {args.latency * 1000:.0f} ms")
     print(f"  reading every resource once:  {reads_s:8.2f} s  ({sum(read_calls.values())} calls)")
     print(f"  drift (read + classify):      {drift_s:8.2f} s  ({sum(drift_calls.values())} calls: {drift_calls})")
-    print(f"    of which reading the ledger:{view_s:8.2f} s")
+    print(f"  (reading the ledger alone:    {view_s:8.2f} s, overlapped with the reads in drift)")
     print(f"  ratio drift / reads:          {drift_s / reads_s:8.2f}  (target <= 1.5)")
     print(f"  findings: {report.counts()}; unreadable: {len(report.errors)}")
 

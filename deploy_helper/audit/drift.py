@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -325,7 +326,14 @@ def _principal_text(item: Any) -> str | None:
 
 
 class DriftChecker:
-    """Reads each resource once, per account concurrently, and classifies what it finds."""
+    """Reads each resource once, many at a time, and classifies what it finds.
+
+    ``check(ledger)`` streams the ledger and starts reading a resource as soon as an
+    entry names it, so the reads overlap the ledger's own read; the findings are
+    classified once the whole ledger is read. Drift found on a resource that entries
+    appended meanwhile touch is confirmed by reading that resource again against the
+    ledger as it is then (a change the broker made during the check is not drift).
+    """
 
     def __init__(
         self,
@@ -339,14 +347,42 @@ class DriftChecker:
         self.sessions = sessions
         self.references = references
         self.clock = clock
-        self.account_workers = account_workers
-        self.resource_workers = resource_workers
+        self.workers = max(1, account_workers * resource_workers)
+        self._clients: dict[str, Any] = {}
+        self._guard = threading.Lock()
 
     def plan(
         self, view: LedgerView, filters: Filters | None = None
     ) -> dict[str, dict[ResourceKey, list[tuple[GrantSpec, dict[str, Any]]]]]:
         """The resources to read, per account, with the active grants on each (``LedgerView.work``)."""
         return view.work(filters)
+
+    def check(
+        self,
+        ledger: Any,
+        filters: Filters | None = None,
+        *,
+        progress: Callable[[str, int, int, int], None] | None = None,
+    ) -> DriftReport:
+        """Stream ``ledger`` (a ``DynamoLedger`` or anything ``stored_entries`` reads) and check as it goes."""
+        from deploy_helper.audit.scheduled import stored_entries
+
+        filters = filters or Filters()
+        run_id = f"drift-{int(self.clock())}"
+        parsed: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="drift") as pool:
+            reads: dict[ResourceKey, Future[Any]] = {}
+            source = ledger.entries() if callable(getattr(ledger, "entries", None)) else stored_entries(ledger)
+            for item in source:
+                entry = json.loads(item.body)
+                parsed.append(entry)
+                key = resource_of(entry, seen)
+                if key is not None and filters.admit(key):
+                    reads[key] = pool.submit(self._read, key, run_id)
+            view = LedgerView.of_parsed(parsed)
+            report = self._collect(view, filters, reads, pool, run_id, progress)
+        return self._confirm(report, view, filters, stored_entries(ledger, view.last_seq + 1), run_id)
 
     def run(
         self,
@@ -355,64 +391,116 @@ class DriftChecker:
         *,
         progress: Callable[[str, int, int, int], None] | None = None,
     ) -> DriftReport:
-        """Check every resource admitted by ``filters``; ``progress(account, done, total, drifted)`` per account."""
-        report = DriftReport(time=now_iso(self.clock()))
-        work = self.plan(view, filters or Filters())
+        """Check every resource of an already read ``view`` admitted by ``filters``."""
         run_id = f"drift-{int(self.clock())}"
-        accounts = sorted(work)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="drift") as pool:
+            return self._collect(view, filters or Filters(), {}, pool, run_id, progress)
+
+    # -- internals -----------------------------------------------------------------------
+    def _session(self, account: str, run_id: str) -> Any:
+        with self._guard:
+            clients = self._clients.get(account)
+        if clients is None:
+            clients = self.sessions.for_account(account, run_id)
+            with self._guard:
+                clients = self._clients.setdefault(account, clients)
+        return clients
+
+    def _read(self, key: ResourceKey, run_id: str) -> tuple[Any, dict[str, list[str]] | None]:
+        """The resource's live state (and references, for kinds that keep them); raises on failure."""
+        account, kind_name, resource, region = key
+        kind = REGISTRY[kind_name]
+        state = kind.read(self._session(account, run_id).client(kind.service, region), resource)
+        refs = None
+        if kind.uses_references and self.references is not None:
+            refs = self.references.read_record(resource).references
+        return state, refs
+
+    def _collect(
+        self,
+        view: LedgerView,
+        filters: Filters,
+        reads: dict[ResourceKey, Future[Any]],
+        pool: ThreadPoolExecutor,
+        run_id: str,
+        progress: Callable[[str, int, int, int], None] | None,
+    ) -> DriftReport:
+        report = DriftReport(time=now_iso(self.clock()))
+        work = view.work(filters)
+        for resources in work.values():
+            for key in resources:
+                if key not in reads:
+                    reads[key] = pool.submit(self._read, key, run_id)
+        owner = {future: key for key, future in reads.items() if key[0] in work and key in work[key[0]]}
+        left = {account: len(resources) for account, resources in work.items()}
+        drifted = dict.fromkeys(work, 0)
         done = 0
-
-        def one_account(account: str) -> tuple[list[Finding], list[ReadError], int]:
+        for future in as_completed(owner):
+            key = owner[future]
+            account = key[0]
             try:
-                clients = self.sessions.for_account(account, run_id)
-            except BrokerError as exc:
-                return [], [ReadError(account, None, exc.message)], 0
-
-            def one_resource(key: ResourceKey) -> tuple[list[Finding], list[ReadError], int]:
-                _, kind_name, resource, region = key
-                kind = REGISTRY[kind_name]
-                try:
-                    state = kind.read(clients.client(kind.service, region), resource)
-                    refs = None
-                    if kind.uses_references and self.references is not None:
-                        refs = self.references.read_record(resource).references
-                except (ClientError, BotoCoreError, BrokerError) as exc:
-                    return [], [ReadError(account, resource, _describe(exc))], 0
-                return classify(kind, account, resource, state, work[account][key], refs), [], 1
-
-            keys = list(work[account])
-            if len(keys) <= 1 or self.resource_workers <= 1:
-                parts = [one_resource(k) for k in keys]
+                state, refs = future.result()
+            except (ClientError, BotoCoreError, BrokerError) as exc:
+                report.errors.append(
+                    ReadError(account, key[2] if not isinstance(exc, BrokerError) else None, _describe(exc))
+                )
+                drifted[account] += 1
             else:
-                with ThreadPoolExecutor(min(self.resource_workers, len(keys)), thread_name_prefix="drift-r") as pool:
-                    parts = list(pool.map(one_resource, keys))
-            return (
-                [f for p in parts for f in p[0]],
-                [e for p in parts for e in p[1]],
-                sum(p[2] for p in parts),
-            )
-
-        def collect(account: str, result: tuple[list[Finding], list[ReadError], int]) -> None:
-            nonlocal done
-            findings, errors, reads = result
-            report.findings.extend(findings)
-            report.errors.extend(errors)
-            report.reads += reads
-            done += 1
-            if progress is not None:
-                progress(account, done, len(accounts), sum(1 for f in findings if f.status in DRIFTED) + len(errors))
-
-        workers = max(1, min(self.account_workers, len(accounts)))
-        if workers == 1:
-            for account in accounts:
-                collect(account, one_account(account))
-        else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="drift-a") as pool:
-                for account, result in zip(accounts, pool.map(one_account, accounts), strict=True):
-                    collect(account, result)
-        order = {c: i for i, c in enumerate(DRIFT_CLASSES)}
-        report.findings.sort(key=lambda f: (f.account, f.resource, order[f.status], f.grant_id or ""))
+                report.reads += 1
+                findings = classify(REGISTRY[key[1]], account, key[2], state, work[account][key], refs)
+                report.findings.extend(findings)
+                drifted[account] += sum(1 for f in findings if f.status in DRIFTED)
+            left[account] -= 1
+            if left[account] == 0:
+                done += 1
+                if progress is not None:
+                    progress(account, done, len(work), drifted[account])
+        _dedupe_errors(report)
+        _sort(report)
         return report
+
+    def _confirm(
+        self,
+        report: DriftReport,
+        view: LedgerView,
+        filters: Filters,
+        tail: Iterable[StoredEntry],
+        run_id: str,
+    ) -> DriftReport:
+        """Re-check the drifted resources that entries appended during the check touch."""
+        newer = view.extended(tail)
+        if newer is view:
+            return report
+        touched = {k for e in newer.entries[len(view.entries) :] if (k := resource_of(e)) is not None}
+        suspect = {(f.account, f.kind, f.resource) for f in report.drifted}
+        again = [k for k in touched if (k[0], k[1], k[2]) in suspect and filters.admit(k)]
+        if not again:
+            return report
+        work = newer.work(filters)
+        kept = [f for f in report.findings if (f.account, f.kind, f.resource) not in {k[:3] for k in again}]
+        report.findings = kept
+        for key in again:
+            state, refs = self._read(key, run_id)
+            report.findings.extend(classify(REGISTRY[key[1]], key[0], key[2], state, work[key[0]].get(key, []), refs))
+        _sort(report)
+        return report
+
+
+def _dedupe_errors(report: DriftReport) -> None:
+    """One error per account that could not be entered (its resources share it)."""
+    seen: set[tuple[str, str | None, str]] = set()
+    unique = []
+    for error in report.errors:
+        marker = (error.account, error.resource, error.message)
+        if marker not in seen:
+            seen.add(marker)
+            unique.append(error)
+    report.errors = unique
+
+
+def _sort(report: DriftReport) -> None:
+    order = {c: i for i, c in enumerate(DRIFT_CLASSES)}
+    report.findings.sort(key=lambda f: (f.account, f.resource, order[f.status], f.grant_id or ""))
 
 
 def _describe(exc: BaseException) -> str:

@@ -134,10 +134,9 @@ def drift_check(broker: Broker, *, session: Any = None, environ: dict[str, str] 
     env = dict(os.environ) if environ is None else environ
     session = session or boto3.Session()
     try:
-        view = LedgerView.of(stored_entries(broker.ledger))
+        report = DriftChecker(broker.sessions, broker.references, clock=broker.clock).check(broker.ledger)
     except LedgerError as exc:
         return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
-    report = DriftChecker(broker.sessions, broker.references, clock=broker.clock).run(view)
     answer: dict[str, Any] = {
         "ok": True,
         "clean": report.clean,

@@ -132,14 +132,16 @@ def drift(
         report = _last(bucket)
     else:
         broker = _broker()
-        view = _view(broker)
 
         def progress(acct: str, done: int, total: int, drifted: int) -> None:
             note = f", {drifted} drifted or unreadable" if drifted else ""
             echo(f"[{done}/{total}] account {acct} checked{note}", err=True)
 
         checker = DriftChecker(broker.sessions, broker.references, clock=broker.clock)
-        report = checker.run(view, Filters(account, kind, resource), progress=progress)
+        try:
+            report = checker.check(broker.ledger, Filters(account, kind, resource), progress=progress)
+        except BrokerError as exc:
+            raise failure(exc.message) from exc
     if as_json:
         emit_json(report.as_dict())
     else:
