@@ -10,8 +10,8 @@ are subject to its stalls::
     ...                                              # act meanwhile: take the lease over
     stall.release()                                  # ... and now it goes on
 
-A held call waits on botocore's ``before-call`` event: after the caller decided to
-make it, before its request is built, signed or sent -- the place where a writer
+A held call waits on botocore's ``before-parameter-build`` event: after the caller
+decided to make it, before its request is built, signed or sent -- the place where a writer
 that is slow for any reason (a paused process, a throttled ledger, long retries of
 an earlier call) has decided to write but has not yet written. ``reached`` is set
 while a call is held, so a test needs no sleep: each side waits for an event the
@@ -19,7 +19,9 @@ other sets. A held call that is never released gives up after ``timeout`` second
 with ``StallNotReleased`` (so a broken test fails instead of hanging).
 
 Operations are fnmatch patterns on ``"<service>.<Operation>"`` as in
-``deploy_helper.local.faults``; ``skip`` lets that many matching calls through first.
+``deploy_helper.local.faults``; ``where`` narrows a stall to calls whose parameters it
+accepts (``lambda p: p["TableName"] == "refs"``); ``skip`` lets that many matching calls
+through first.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import boto3
     from botocore.model import OperationModel
 
@@ -45,6 +49,7 @@ class Stall:
     """One ``hold(...)`` instruction and its state."""
 
     operation: str
+    where: Callable[[dict[str, Any]], bool] | None = None
     skip: int = 0
     times: int = 1
     #: Set once a call is being held.
@@ -71,24 +76,33 @@ class Stalls:
         self._stalls: list[Stall] = []
 
     def install(self, session: boto3.Session) -> Stalls:
-        session.events.register("before-call", self._before_call, unique_id=f"{_HOOK_ID}-{id(self)}")
+        session.events.register("before-parameter-build", self._before_build, unique_id=f"{_HOOK_ID}-{id(self)}")
         return self
 
-    def hold(self, operation: str, *, skip: int = 0, times: int = 1) -> Stall:
+    def hold(
+        self,
+        operation: str,
+        *,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        skip: int = 0,
+        times: int = 1,
+    ) -> Stall:
         """Hold matching calls number ``skip + 1`` to ``skip + times`` until ``release()``."""
         if skip < 0 or times < 1:
             raise ValueError(f"skip must be >= 0 and times >= 1, not {skip} and {times}")
-        stall = Stall(operation, skip=skip, times=times)
+        stall = Stall(operation, where=where, skip=skip, times=times)
         with self._lock:
             self._stalls.append(stall)
         return stall
 
-    def _before_call(self, model: OperationModel, **_: Any) -> None:
+    def _before_build(self, model: OperationModel, params: dict[str, Any], **_: Any) -> None:
         operation = f"{model.service_model.service_id.hyphenize()}.{model.name}"
         with self._lock:
             stall = None
             for candidate in self._stalls:
                 if not fnmatch.fnmatchcase(operation, candidate.operation):
+                    continue
+                if candidate.where is not None and not candidate.where(params):
                     continue
                 candidate.seen += 1
                 if stall is None and candidate.skip < candidate.seen <= candidate.skip + candidate.times:

@@ -34,18 +34,23 @@ from _aws import exec_session
 from deploy_helper import fencing
 from deploy_helper.exceptions import ExecutionError, LeaseLostError
 from deploy_helper.grants import REGISTRY
+from deploy_helper.grants.base import SourceScope
+from deploy_helper.grants.lambda_invoke import LambdaInvoke
 from deploy_helper.local import scenario as seed
 from deploy_helper.local import strict_aws
+from deploy_helper.local.server import LOCAL_REGION
 from deploy_helper.local.stalls import Stalls
 from deploy_helper.locks import DynamoLocks, Locker, NoLock
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     import boto3
 
     from deploy_helper.broker import Broker
     from deploy_helper.local.scenario import Scenario
+    from deploy_helper.local.server import LocalAws
     from deploy_helper.models import BrokerResponse
 
 LEASE = 60
@@ -300,3 +305,75 @@ def test_a_lease_shorter_than_the_write_is_refused(scenario: Scenario) -> None:
         lease.ensure(19)  # 30 s less the margin, less the second the table rounds off
         with pytest.raises(LeaseLostError, match="less than the 25 s a write may take plus a 10 s margin"):
             lease.ensure(25)
+
+
+# -- the shared permission and its references ----------------------------------------
+
+
+def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
+    fresh_local: LocalAws, tmp_path: Path, aws_calls: Any
+) -> None:
+    """The last grant of a shared permission is revoked while another grant joins it.
+
+    Two APIs of one account under a rule with ``widen-source-arn``: the first stands in
+    a shared permission (its reference recorded); request 1 (with no lease, so nothing
+    stops it but the references' version) revokes it and is held just before it writes;
+    request 2 applies the second API, which joins the shared permission (a reference
+    write, no AWS call). Request 1 then finds the references changed and removes
+    nothing: the permission that now stands for the second grant stays.
+    """
+    sc = seed.build_scaled(fresh_local, tmp_path, 1, compaction=["widen-source-arn"])
+    service = sc.services[0]
+    account = sc.accounts[service]
+    api = "arn:aws:execute-api:{region}:{account}:a000{n}bcdefg/authorizers/*"
+    leaving, joining = (
+        {**sc.authorizer_grant(service), "source_arn": api.format(region=LOCAL_REGION, account=account, n=n)}
+        for n in (0, 1)
+    )
+    kind = LambdaInvoke()
+    scope = SourceScope(account, f"arn:aws:execute-api:{LOCAL_REGION}:{account}:*/authorizers/*")
+    spec = kind.spec.model_validate(leaving)
+    shared = kind.shared_sid(spec, scope)  # type: ignore[arg-type]
+    statement = kind.shared_statement(spec, scope)  # type: ignore[arg-type]
+    lam = sc.local.client("lambda", seed.ACCOUNTS["token-service"])
+    lam.add_permission(
+        FunctionName=sc.authorizer_arn,
+        StatementId=shared,
+        Action="lambda:InvokeFunction",
+        Principal="apigateway.amazonaws.com",
+        SourceArn=statement["Condition"]["ArnLike"]["AWS:SourceArn"],
+        SourceAccount=account,
+    )
+    tables = sc.local.client("dynamodb")
+    references = seed.TABLES["references"]
+    tables.put_item(
+        TableName=references,
+        Item={
+            "pk": {"S": sc.authorizer_arn},
+            "statements": {"M": {shared: {"SS": [sid(leaving)]}}},
+            "version": {"N": "1"},
+        },
+    )
+    fast = broker(sc, aws_calls, leases(sc, Clock()))
+    slow_broker, stalls = held(sc, aws_calls, NoLock())
+    # request 1's second read of the references: the one made just before it writes
+    stall = stalls.hold("dynamodb.GetItem", where=lambda p: p.get("TableName") == references, skip=1)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(sc.client(slow_broker).request, [leaving], action="revoke", request_id="last-leaves")
+        assert stall.wait_reached()
+        second = sc.client(fast).request([joining], request_id="joins-shared")
+        stall.release()
+        revoke = first.result(timeout=120)
+
+    assert second.ok, second.error
+    assert second.results[0].decision == "applied"
+    assert second.results[0].compaction is not None and shared in second.results[0].compaction
+    assert revoke.results[0].decision == "failed"
+    assert "references of" in revoke.results[0].reason and "changed" in revoke.results[0].reason
+    assert shared in sids(sc.function_policy()), "the shared permission stays: it stands for the joining grant"
+    assert "lambda.RemovePermission" not in aws_calls.operations()
+    item = tables.get_item(TableName=references, Key={"pk": {"S": sc.authorizer_arn}}, ConsistentRead=True)["Item"]
+    assert sorted(item["statements"]["M"][shared]["SS"]) == sorted([sid(leaving), sid(joining)])
+    outcome = [e for e in entries_of(fast, "last-leaves") if e["type"] == "outcome"]
+    assert [e["decision"] for e in outcome] == ["failed"]
