@@ -15,6 +15,11 @@ left, no new resource is started; its grants are reported ``failed`` with
 Fail closed: a change is sent to AWS only after its intent entry is in the
 ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
+
+Leases: a resource whose kind serializes writes is read, planned and written under
+its lease (``deploy_helper.locks``); every write attempt under it first proves the
+lease is still held and outlasts the attempt (``deploy_helper.fencing``), so a
+request that fell behind a newer one fails (``lease-lost``) instead of undoing it.
 """
 
 from __future__ import annotations
