@@ -126,10 +126,12 @@ def race(
     stall = stalls.hold(stall_on, skip=skip)
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(sc.client(slow_broker).request, apply, request_id="slow-apply")
-        assert stall.wait_reached(), f"request 1 never reached {stall_on}"
-        clock.advance(LEASE + 1)
-        second = sc.client(fast).request(revoke, action="revoke", request_id="newer-revoke")
-        stall.release()
+        try:
+            assert stall.wait_reached(), f"request 1 never reached {stall_on}"
+            clock.advance(LEASE + 1)
+            second = sc.client(fast).request(revoke, action="revoke", request_id="newer-revoke")
+        finally:
+            stall.release()
         return first.result(timeout=120), second
 
 
@@ -262,14 +264,15 @@ def test_the_local_lambda_keeps_revisions_as_aws_does(scenario: Scenario) -> Non
 def test_the_heartbeat_keeps_a_slow_holders_lease(scenario: Scenario) -> None:
     clock = Clock()
     client = scenario.local.client("dynamodb")
-    renewed = threading.Event()
+    renewals = threading.Semaphore(0)
     locks = DynamoLocks(client, LOCKS, lease_seconds=LEASE, clock=clock, heartbeat_seconds=0.05)
     other = DynamoLocks(scenario.local.client("dynamodb"), LOCKS, lease_seconds=LEASE, clock=clock, wait_seconds=0)
 
     with locks.hold("res") as lease:
         clock.advance(LEASE - 10)
-        client.meta.events.register("after-call.dynamodb.UpdateItem", lambda **_: renewed.set())
-        assert renewed.wait(30), "the heartbeat renewed the lease"
+        client.meta.events.register("after-call.dynamodb.UpdateItem", lambda **_: renewals.release())
+        # two renewals seen from here on: the second surely began after the clock moved
+        assert renewals.acquire(timeout=30) and renewals.acquire(timeout=30), "the heartbeat renews the lease"
         clock.advance(20)  # past the lease's first term
         with pytest.raises(ExecutionError, match="being changed by another request"), other.hold("res"):
             pass
@@ -361,9 +364,11 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(sc.client(slow_broker).request, [leaving], action="revoke", request_id="last-leaves")
-        assert stall.wait_reached()
-        second = sc.client(fast).request([joining], request_id="joins-shared")
-        stall.release()
+        try:
+            assert stall.wait_reached()
+            second = sc.client(fast).request([joining], request_id="joins-shared")
+        finally:
+            stall.release()
         revoke = first.result(timeout=120)
 
     assert second.ok, second.error
@@ -377,3 +382,14 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     assert sorted(item["statements"]["M"][shared]["SS"]) == sorted([sid(leaving), sid(joining)])
     outcome = [e for e in entries_of(fast, "last-leaves") if e["type"] == "outcome"]
     assert [e["decision"] for e in outcome] == ["failed"]
+
+
+def test_the_brokers_writes_fit_in_a_default_lease() -> None:
+    """Every target-account write attempt, and a whole reference write with its retries, fits a renewed lease."""
+    from deploy_helper.broker import TABLE_CLIENT_CONFIG, TARGET_CLIENT_CONFIG
+
+    defaults = DynamoLocks(None, LOCKS)
+    room = defaults.lease_seconds - defaults.margin
+    assert fencing.attempt_seconds(TARGET_CLIENT_CONFIG) == 25 <= room
+    # 3 attempts of 3 + 5 s, and back-offs of at most 1 and 2 s, each plus up to 5 s of Retry-After
+    assert fencing.worst_case_seconds(TABLE_CLIENT_CONFIG) == 3 * 8 + (1 + 5) + (2 + 5) <= room
