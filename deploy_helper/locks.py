@@ -281,7 +281,11 @@ class DynamoLocks:
             )
         except ClientError as exc:
             if _code(exc) != "ConditionalCheckFailedException":
-                raise
+                # Not fatal: the lease then ends when it expires. Raising here would hide
+                # whatever ended the ``with`` block.
+                logger.warning("could not give back the lease on %s: %s", lease.resource, exc)
+        except BotoCoreError as exc:
+            logger.warning("could not give back the lease on %s: %s", lease.resource, exc)
 
     def _beat(self, lease: DynamoLease, stop: threading.Event, every: float) -> None:
         while not stop.wait(every):
