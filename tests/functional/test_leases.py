@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import pytest
 from _aws import exec_session
 
@@ -45,8 +46,6 @@ from deploy_helper.locks import DynamoLocks, Locker, NoLock
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
-
-    import boto3
 
     from deploy_helper.broker import Broker
     from deploy_helper.local.scenario import Scenario
@@ -393,3 +392,30 @@ def test_the_brokers_writes_fit_in_a_default_lease() -> None:
     assert fencing.attempt_seconds(TARGET_CLIENT_CONFIG) == 25 <= room
     # 3 attempts of 3 + 5 s, and back-offs of at most 1 and 2 s, each plus up to 5 s of Retry-After
     assert fencing.worst_case_seconds(TABLE_CLIENT_CONFIG) == 3 * 8 + (1 + 5) + (2 + 5) <= room
+
+
+# -- the stall tool ------------------------------------------------------------------
+
+
+def test_a_stall_holds_only_the_calls_it_names_and_fails_when_never_released(scenario: Scenario) -> None:
+    from deploy_helper.local.stalls import StallNotReleased
+
+    admin = scenario.local.admin_session(seed.ACCOUNTS["tooling"]).get_credentials().get_frozen_credentials()
+    session = boto3.Session(  # a session of its own: the hook must not reach the harness's shared ones
+        aws_access_key_id=admin.access_key,
+        aws_secret_access_key=admin.secret_key,
+        aws_session_token=admin.token,
+        region_name=LOCAL_REGION,
+    )
+    stalls = Stalls(timeout=0.2).install(session)
+    stall = stalls.hold("s3.GetBucketPolicy", where=lambda p: p["Bucket"] == scenario.bucket, skip=1)
+    s3 = session.client("s3", endpoint_url=scenario.local.endpoint)
+
+    s3.get_bucket_policy(Bucket=scenario.bucket)  # skipped
+    s3.list_buckets()  # another operation
+    with pytest.raises(StallNotReleased, match=r"s3\.GetBucketPolicy was held"):
+        s3.get_bucket_policy(Bucket=scenario.bucket)
+    assert stall.reached.is_set() and stall.held == 1
+    s3.get_bucket_policy(Bucket=scenario.bucket)  # held only once (times=1)
+    stall.release()
+    assert stall.seen == 3
