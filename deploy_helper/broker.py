@@ -22,6 +22,11 @@ resource's lease.
 Fail closed: a change is sent to AWS only after its intent entry is in the
 ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
+
+Leases: a resource whose kind serializes writes is read, planned and written under
+its lease (``deploy_helper.locks``); every write attempt under it first proves the
+lease is still held and outlasts the attempt (``deploy_helper.fencing``), so a
+request that fell behind a newer one fails (``lease-lost``) instead of undoing it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from deploy_helper import fencing
 from deploy_helper.auth import Authenticator, Identity, parse_envelope
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError
 from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
@@ -71,7 +77,12 @@ NOT_ATTEMPTED = "not attempted before the deadline; re-send the request"
 RESOURCE_WORKERS = 4
 
 #: Target-account calls: adaptive client-side rate limiting and jittered exponential backoff.
+#: Writes under a lease are checked before each attempt (``deploy_helper.fencing``), so
+#: every attempt (connect + read timeout, 25 s) must fit in a renewed lease with its margin.
 TARGET_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
+#: The reference table: bounded, so a whole reference write, retries included, fits in a lease.
+TABLE_CLIENT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=3, read_timeout=5)
+TABLE_WRITE_SECONDS = fencing.worst_case_seconds(TABLE_CLIENT_CONFIG)
 
 
 class Broker:
@@ -159,7 +170,8 @@ class Broker:
         if config.reference_table:
             from deploy_helper.references import DynamoReferences
 
-            references = DynamoReferences(ddb, config.reference_table)
+            table_client = session.client("dynamodb", region_name=config.region, config=TABLE_CLIENT_CONFIG)
+            references = DynamoReferences(table_client, config.reference_table)
         return cls(
             config,
             callers=callers,
@@ -371,7 +383,9 @@ class Broker:
         # Owners (kept in the reference table) change under the lease, whatever the kind.
         leased = kind.serialize_writes or self.references is not None
         hold = self.locks.hold(resource) if leased and not payload.dry_run else nullcontext()
-        with hold:
+        with hold as lease:
+            if lease is not None:
+                fencing.guard(client)
             state = kind.read(client, resource)
             record = self.references.read_record(resource) if self.references else ResourceRecord()
             version = record.version
@@ -435,7 +449,9 @@ class Broker:
             error: str | None = None
             recorded: list[bool] = []  # whether the owners were written (before a failure)
             try:
-                self._write(kind, client, plan, payload.action, version, recorded)
+                # Each write attempt first proves the lease is still held (``deploy_helper.fencing``).
+                with fencing.fenced(lease) if lease is not None else nullcontext():
+                    self._write(kind, client, plan, payload.action, version, recorded)
             except (ClientError, BotoCoreError) as exc:
                 error = _describe(exc)
             except BrokerError as exc:
@@ -514,12 +530,18 @@ class Broker:
             kind.write(client, plan)
             return
         if action == "apply":
+            fencing.check(TABLE_WRITE_SECONDS)
             self.references.write(plan.resource, plan.references, version, owners=plan.owners)
             recorded.append(True)
             kind.write(client, plan)
         else:
+            # Claim the version first (a conditional write that only moves the version on): if
+            # the references or owners changed since this request read them, nothing is removed.
+            fencing.check(TABLE_WRITE_SECONDS)
+            self.references.write(plan.resource, None, version)
             kind.write(client, plan)
-            self.references.write(plan.resource, plan.references, version, owners=plan.owners)
+            fencing.check(TABLE_WRITE_SECONDS)
+            self.references.write(plan.resource, plan.references, version + 1, owners=plan.owners)
 
     def _planned(
         self,

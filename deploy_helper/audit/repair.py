@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from deploy_helper import fencing
 from deploy_helper.audit.drift import DRIFTED, Filters, LedgerView, classify
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError
 from deploy_helper.grants import REGISTRY, GrantSpec, ResourcePlan
@@ -159,7 +160,9 @@ class Repairer:
         client = clients.client(kind.service, region)
         broker = self.broker
         hold = broker.locks.hold(resource) if apply else nullcontext()
-        with hold:
+        with hold as lease:
+            if lease is not None:
+                fencing.guard(client)  # every write attempt first proves the lease is still held
             # Under the lease: every change the broker made to this resource is in the ledger
             # now (intents go in before AWS is changed), so read the entries appended since.
             grants = self._fresh(key)
@@ -225,7 +228,8 @@ class Repairer:
             intent_ids = broker.ledger.append_many(intents)
             error: str | None = None
             try:
-                self._write(kind, client, resource, record, refs, removal, restore_plan, expire_plan, expiring)
+                with fencing.fenced(lease) if lease is not None else nullcontext():
+                    self._write(kind, client, resource, record, refs, removal, restore_plan, expire_plan, expiring)
             except (ClientError, BotoCoreError) as exc:
                 error = f"AWS refused the change: {exc}"
             except BrokerError as exc:
@@ -336,13 +340,26 @@ class Repairer:
         expire: ResourcePlan | None,
         expiring: list[_Item],
     ) -> None:
-        """Removals, then restores (references first, as on apply), then expiries (owners last, as on revoke)."""
+        """Removals, then restores (references first, as on apply), then expiries (owners last, as on revoke).
+
+        As in the broker (``Broker._write``): before anything is removed the reference item's
+        version is claimed, so a change to the references or owners since they were read stops
+        the repair; each table write first proves the lease outlasts it (``fencing.check``).
+        """
+        from deploy_helper.broker import TABLE_WRITE_SECONDS
+
         store = self.broker.references
         version = record.version
+        removing = (removal is not None and removal.writes) or (expire is not None and expire.writes)
+        if store is not None and removing:
+            fencing.check(TABLE_WRITE_SECONDS)
+            store.write(resource, None, version)
+            version += 1
         if removal is not None and removal.writes:
             kind.write(client, removal)
         if restore is not None and restore.writes:
             if store is not None and restore.references is not None:
+                fencing.check(TABLE_WRITE_SECONDS)
                 store.write(resource, restore.references, version)
                 version += 1
             kind.write(client, restore)
@@ -353,6 +370,7 @@ class Repairer:
                 owners = {g: o for g, o in record.owners.items() if g not in {i.grant_id for i in expiring}}
                 changed_owners = owners if owners != record.owners else None
                 if expire.references is not None or changed_owners is not None:
+                    fencing.check(TABLE_WRITE_SECONDS)
                     store.write(resource, expire.references, version, owners=changed_owners)
 
     # -- ledger ----------------------------------------------------------------------
