@@ -283,3 +283,20 @@ def test_reconcile_never_removes_a_grant_made_after_its_view_of_the_ledger(scena
     results = Repairer(broker).reconcile(stale, apply=True)
     assert results == []  # nothing drifted: the late grant is explained by the ledger as it is now
     assert gid(newer) in {g.get("Name") for g in scenario.key_grants()}
+
+
+def test_terminal_markup_in_a_planted_statement_is_printed_literally(scenario: Scenario) -> None:
+    apply_seed(scenario)
+    policy = scenario.bucket_policy()
+    assert policy is not None
+    hostile = "arn:aws:iam::444444444444:role/\x1b[2J\x1b]8;;https://evil.example\x07x\u202e"
+    policy["Statement"].append({"Sid": PLANTED_SID, "Effect": "Allow", "Principal": {"AWS": hostile}, "Action": "s3:*"})
+    scenario.local.client("s3", seed.ACCOUNTS["tooling"]).put_bucket_policy(
+        Bucket=scenario.bucket, Policy=json.dumps(policy)
+    )
+    shown = cli(["drift"], scenario)
+    assert shown.exit_code == 1 and "unknown-managed" in shown.stdout
+    assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout and "\x07" not in shown.stdout
+    as_json = json.loads(cli(["drift", "--json"], scenario).stdout)
+    (planted,) = [f for f in as_json["findings"] if f["status"] == "unknown-managed"]
+    assert planted["live"]["Principal"]["AWS"] == hostile  # exact in JSON, escaped when printed
