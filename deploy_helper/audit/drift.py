@@ -410,7 +410,7 @@ class DriftChecker:
         """The resource's live state (and references, for kinds that keep them); raises on failure."""
         account, kind_name, resource, region = key
         kind = REGISTRY[kind_name]
-        state = kind.read(self._session(account, run_id).client(kind.service, region), resource)
+        state = kind.read(read_only(self._session(account, run_id).client(kind.service, region)), resource)
         refs = None
         if kind.uses_references and self.references is not None:
             refs = self.references.read_record(resource).references
@@ -484,6 +484,21 @@ class DriftChecker:
             report.findings.extend(classify(REGISTRY[key[1]], key[0], key[2], state, work[key[0]].get(key, []), refs))
         _sort(report)
         return report
+
+
+_READS = ("Get", "List", "Describe", "Head")
+
+
+def read_only(client: Any) -> Any:
+    """``client``, refusing any call but a read (Get/List/Describe/Head) before it is sent."""
+
+    def refuse(event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        if not operation.startswith(_READS):
+            raise BrokerError(f"drift is read-only: {operation} was refused before it was sent")
+
+    client.meta.events.register("before-call", refuse, unique_id="deploy-helper-drift-read-only")
+    return client
 
 
 def _dedupe_errors(report: DriftReport) -> None:

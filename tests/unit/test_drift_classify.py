@@ -77,3 +77,21 @@ def test_lambda_grants_in_a_shared_permission_are_explained_by_the_references() 
     assert [f.status for f in found] == ["in-force"]
     without = classify(kind, "222222222222", function, state, [(spec, {})], {})
     assert sorted(f.status for f in without) == ["missing", "unknown-managed"]
+
+
+def test_drift_clients_refuse_every_call_but_reads() -> None:
+    import boto3
+    import pytest
+
+    from deploy_helper.audit.drift import read_only
+    from deploy_helper.exceptions import BrokerError
+
+    client = read_only(
+        boto3.Session(aws_access_key_id="x", aws_secret_access_key="y", region_name="us-east-1").client(
+            "s3", endpoint_url="http://127.0.0.1:9"
+        )
+    )
+    with pytest.raises(BrokerError, match="read-only: PutBucketPolicy"):
+        client.put_bucket_policy(Bucket="b", Policy="{}")
+    with pytest.raises(BrokerError, match="read-only: DeleteBucketPolicy"):
+        client.delete_bucket_policy(Bucket="b")
