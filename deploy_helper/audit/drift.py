@@ -350,6 +350,8 @@ class DriftChecker:
         self.workers = max(1, account_workers * resource_workers)
         self._clients: dict[str, Any] = {}
         self._guard = threading.Lock()
+        #: The ledger as ``check`` last read it (with the entries appended during the check).
+        self.view: LedgerView | None = None
 
     def plan(
         self, view: LedgerView, filters: Filters | None = None
@@ -382,7 +384,8 @@ class DriftChecker:
                     reads[key] = pool.submit(self._read, key, run_id)
             view = LedgerView.of_parsed(parsed)
             report = self._collect(view, filters, reads, pool, run_id, progress)
-        return self._confirm(report, view, filters, stored_entries(ledger, view.last_seq + 1), run_id)
+        self.view = view.extended(stored_entries(ledger, view.last_seq + 1))
+        return self._confirm(report, view, self.view, filters, run_id)
 
     def run(
         self,
@@ -463,12 +466,11 @@ class DriftChecker:
         self,
         report: DriftReport,
         view: LedgerView,
+        newer: LedgerView,
         filters: Filters,
-        tail: Iterable[StoredEntry],
         run_id: str,
     ) -> DriftReport:
-        """Re-check the drifted resources that entries appended during the check touch."""
-        newer = view.extended(tail)
+        """Re-check the drifted resources that entries appended during the check (``newer``) touch."""
         if newer is view:
             return report
         touched = {k for e in newer.entries[len(view.entries) :] if (k := resource_of(e)) is not None}

@@ -89,10 +89,26 @@ class Repairer:
         self.view: LedgerView | None = None
 
     # -- entry points ------------------------------------------------------------------
-    def reconcile(self, view: LedgerView, filters: Filters | None = None, *, apply: bool) -> list[RepairResult]:
-        """Repair the drift of every resource admitted by ``filters`` (``apply=False``: only say what)."""
+    def reconcile(
+        self,
+        view: LedgerView,
+        filters: Filters | None = None,
+        *,
+        apply: bool,
+        only: set[tuple[str, str, str]] | None = None,
+    ) -> list[RepairResult]:
+        """Repair the drift of every resource admitted by ``filters`` (``apply=False``: only say what).
+
+        ``only`` (``(account, kind, resource)`` of the resources a drift check found drifted)
+        limits the repair, and so the leases it takes, to those; each is checked again under
+        its lease before anything is changed.
+        """
         self.view = view
-        return self._run(view.work(filters or Filters()), "reconcile", apply=apply)
+        work = view.work(filters or Filters())
+        if only is not None:
+            work = {a: {k: g for k, g in r.items() if k[:3] in only} for a, r in work.items()}
+            work = {a: r for a, r in work.items() if r}
+        return self._run(work, "reconcile", apply=apply)
 
     def sweep(self, view: LedgerView, *, apply: bool = True) -> list[RepairResult]:
         """Revoke every active grant whose expiry has passed at the broker's clock."""

@@ -63,16 +63,6 @@ def _broker() -> Broker:
         raise failure(exc.message) from exc
 
 
-def _view(broker: Broker) -> Any:
-    from deploy_helper.audit.drift import LedgerView
-    from deploy_helper.audit.scheduled import stored_entries
-
-    try:
-        return LedgerView.of(stored_entries(broker.ledger))
-    except BrokerError as exc:
-        raise failure(exc.message) from exc
-
-
 def print_report(report: DriftReport) -> None:
     rows = [
         [
@@ -191,9 +181,17 @@ def reconcile(account: str | None, kind: str | None, resource: str | None, mode:
 
     if mode is None:
         raise click.UsageError("give --plan or --apply")
+    from deploy_helper.audit.drift import DriftChecker
+
     broker = _broker()
+    filters = Filters(account, kind, resource)
     try:
-        results = Repairer(broker).reconcile(_view(broker), Filters(account, kind, resource), apply=mode == "apply")
+        # A read-only check first; only the resources it finds drifted are leased and repaired.
+        checker = DriftChecker(broker.sessions, broker.references, clock=broker.clock)
+        found = checker.check(broker.ledger, filters)
+        assert checker.view is not None
+        drifted = {(f.account, f.kind, f.resource) for f in found.drifted}
+        results = Repairer(broker).reconcile(checker.view, filters, apply=mode == "apply", only=drifted)
     except BrokerError as exc:
         raise failure(exc.message) from exc
     if as_json:
@@ -216,5 +214,7 @@ def reconcile(account: str | None, kind: str | None, resource: str | None, mode:
                 for r in results
             ],
         )
-    ok = all(r.decision in ("reconciled", "would-reconcile") for r in results)
+    for error in found.errors:
+        echo(f"not checked: account {error.account} {error.resource or ''}: {error.message}", err=True)
+    ok = all(r.decision in ("reconciled", "would-reconcile") for r in results) and not found.errors
     sys.exit(0 if ok else 1)
