@@ -10,6 +10,14 @@ one write (bucket policy) or one call per grant (Lambda permission, KMS grant):
 - ``write(client, plan)`` — make the planned change;
 - ``present(state, spec)`` — whether the grant is in force in a state.
 
+For drift (``deploy_helper.audit.drift``, which classifies generically), a kind also
+says what on a resource is the broker's: ``managed(state)`` (every statement/grant with
+the product's prefix, by id), ``accounts_for`` (the ids an in-force grant explains),
+``altered`` (its managed item is there with other content), ``foreign`` (statements the
+broker did not write that grant to the same principals) and ``plan_removal`` (remove
+unknown managed items). The defaults see nothing managed: a kind that does not
+implement them reports grants as in force or missing only.
+
 Subclasses keep the AWS calls in small methods; the broker owns sessions,
 locking, retries and the ledger.
 """
