@@ -229,6 +229,10 @@ def test_scheduled_drift_check_keeps_the_report_for_drift_last_and_publishes_met
     assert last.exit_code == 1
     kept = json.loads(last.stdout)
     assert by_status(kept)["unknown-managed"] == {("bucket-access", PLANTED_SID)}
+    page = scenario.workdir / "report.html"
+    made = cli(["report", "--html", str(page), "--drift", "last"], scenario)
+    assert made.exit_code == 0, made.output
+    assert "unknown-managed: 1" in page.read_text() and "missing: 2" in page.read_text()
     cloudwatch = scenario.local.client("cloudwatch", seed.ACCOUNTS["broker"])
     metrics = cloudwatch.list_metrics(Namespace="DeployHelper/Drift")["Metrics"]
     assert {"Missing", "Altered", "UnknownManaged", "Foreign", "InForce", "ReadErrors"} <= {
