@@ -252,6 +252,7 @@ def classify(
     findings: list[Finding] = []
     explained: set[str] = set()
     managed = kind.managed(state)
+    excess = kind.excess(state, [spec for spec, _ in grants], references)
     for spec, active in grants:
         if kind.uses_references:
             present = kind.present(state, spec, references=references)  # type: ignore[call-arg]
@@ -262,6 +263,9 @@ def classify(
         )
         accounted = kind.accounts_for(state, spec, references)
         explained |= accounted
+        widened = sorted(accounted & excess.keys())
+        if widened:
+            status = "altered"
         live = [managed[i] for i in sorted(accounted) if i in managed] if status == "altered" else []
         findings.append(
             Finding(
@@ -271,7 +275,7 @@ def classify(
                 resource=resource,
                 grant_id=str(active.get("grant_id") or kind.grant_id(spec)),
                 principal=kind.principal(spec),
-                detail=_DETAIL[status],
+                detail=excess[widened[0]] if widened else _DETAIL[status],
                 expires_at=active.get("expires_at"),
                 owners=active.get("owners"),
                 caller=active.get("caller"),

@@ -79,6 +79,11 @@ class _Item:
     active: dict[str, Any] | None = None
     principal: str | None = None
     rule_id: str | None = None
+    #: The rule's allowance (compaction, source scope) for a restore, from ``RuleSet.authorize``.
+    allowed: Any = None
+    #: Shared managed items this grant stands for that grant more than their grants (``GrantKind.excess``):
+    #: removed before the grant is applied again.
+    purge: tuple[str, ...] = ()
 
 
 class Repairer:
@@ -202,11 +207,14 @@ class Repairer:
                     refused.append((item, exc))
                     continue
                 item.rule_id = allowed.rule_id
+                item.allowed = allowed
                 restorable.append(item)
             removals = [i for i in items if i.op == "remove"]
             expiring = [i for i in items if i.op == "expire"]
             # 1. unknown-managed statements go first; 2. restores are planned on what is left.
-            removal = kind.plan_removal(state, resource, [i.grant_id for i in removals]) if removals else None
+            purge = sorted({gid for i in restorable for gid in i.purge} - {i.grant_id for i in removals})
+            doomed = [i.grant_id for i in removals] + purge
+            removal = kind.plan_removal(state, resource, doomed) if doomed else None
             base = state if removal is None else _after_state(kind, state, removal)
             restore_plan = self._plan(kind, base, resource, restorable, "apply", refs, broker)
             expire_plan = self._plan(kind, state, resource, expiring, "revoke", refs, broker)
@@ -307,6 +315,7 @@ class Repairer:
                     items.append(_Item("expire", "expired", kind.grant_id(spec), spec, active, kind.principal(spec)))
             return items
         specs = {kind.grant_id(s): (s, a) for s, a in grants}
+        excess = kind.excess(state, [s for s, _ in grants], refs)
         out: list[_Item] = []
         for finding in classify(kind, account, resource, state, grants, refs):
             if finding.status not in DRIFTED or finding.grant_id is None:
@@ -318,7 +327,8 @@ class Repairer:
             expiry = parse_time(str(active.get("expires_at") or ""))
             if expiry is not None and expiry.timestamp() <= self.broker.clock():
                 continue  # expired: the sweeper revokes it, reconcile does not bring it back
-            out.append(_Item("restore", finding.status, finding.grant_id, spec, active, finding.principal))
+            purge = tuple(sorted(kind.accounts_for(state, spec, refs) & excess.keys()))
+            out.append(_Item("restore", finding.status, finding.grant_id, spec, active, finding.principal, purge=purge))
         return out
 
     def _fresh(self, key: ResourceKey) -> list[tuple[GrantSpec, dict[str, Any]]]:
@@ -338,7 +348,7 @@ class Repairer:
         from deploy_helper.grants import Allowed
 
         asked = [(i.spec, op) for i in items]
-        allowed = [Allowed(i.rule_id or "") for i in items]
+        allowed = [i.allowed or Allowed(i.rule_id or "") for i in items]
         if kind.uses_references:
             refs_arg = refs if broker.references is not None else None
             return kind.plan(state, resource, asked, allowed, references=refs_arg)
@@ -490,6 +500,11 @@ def _request(mode: str, run_id: str) -> dict[str, Any]:
 
 
 def _why(item: _Item) -> str:
+    if item.purge:
+        return (
+            f"restored an altered grant: {', '.join(item.purge)} granted more than its grants, so it was "
+            "removed and the grant applied again"
+        )
     return {
         "missing": "restored a missing grant (removed outside the broker)",
         "altered": "restored an altered grant (its managed statement/grant had other content)",

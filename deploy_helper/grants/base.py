@@ -259,6 +259,14 @@ class GrantKind(ABC, Generic[SpecT]):
         """Whether a grant not in force still has its managed statement/grant on the resource (other content)."""
         return self.grant_id(spec) in self.managed(state)
 
+    def excess(
+        self, state: Any, specs: Sequence[SpecT], references: dict[str, list[str]] | None = None
+    ) -> dict[str, str]:
+        """Managed items shared by several grants that grant more than those grants (``specs``: every
+        active grant on the resource) explain — an extra principal, other actions, a looser
+        condition: ``{id: what is more}``. The grants they stand for are ``altered``."""
+        return {}
+
     def foreign(self, state: Any, specs: Sequence[SpecT]) -> list[dict[str, Any]]:
         """Statements/grants the broker did not write that grant to the principals of ``specs`` (informational)."""
         return []

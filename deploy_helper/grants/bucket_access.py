@@ -347,6 +347,30 @@ class BucketAccess(GrantKind[BucketAccessGrant]):
             explained.add(self.shared_sid(spec))
         return explained
 
+    def excess(
+        self,
+        state: dict[str, Any] | None,
+        specs: Sequence[BucketAccessGrant],
+        references: dict[str, list[str]] | None = None,
+    ) -> dict[str, str]:
+        """A shared statement with other actions/resources/condition, or principals no member grant explains."""
+        doc = state or {"Statement": []}
+        by_sid: dict[str, list[BucketAccessGrant]] = {}
+        for spec in specs:
+            by_sid.setdefault(self.shared_sid(spec), []).append(spec)
+        out: dict[str, str] = {}
+        for sid, members in by_sid.items():
+            shared = find_statement(doc, sid)
+            if shared is None or not any(_aws_principal(s) in _members(shared) for s in members):
+                continue
+            if not all(self._same_shape(shared, s) for s in members):
+                out[sid] = "the shared statement's actions, resources or condition differ from its grants'"
+                continue
+            extra = sorted(_members(shared) - {_aws_principal(s) for s in members})
+            if extra:
+                out[sid] = f"the shared statement also grants to {', '.join(extra)}, which no active grant explains"
+        return out
+
     def foreign(self, state: dict[str, Any] | None, specs: Sequence[BucketAccessGrant]) -> list[dict[str, Any]]:
         wanted = {_aws_principal(s) for s in specs} | {"*"}
         return [

@@ -407,6 +407,25 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         gid = self.grant_id(spec)
         return {gid} | {sid for sid, members in (references or {}).items() if gid in members}
 
+    def excess(
+        self,
+        state: dict[str, Any],
+        specs: Sequence[LambdaInvokeGrant],
+        references: dict[str, list[str]] | None = None,
+    ) -> dict[str, str]:
+        """A shared permission whose principal, SourceAccount or SourceArn no longer binds its grants."""
+        by_id = {self.grant_id(s): s for s in specs}
+        out: dict[str, str] = {}
+        for sid, members in (references or {}).items():
+            statement = find_statement(state, sid)
+            grants = [by_id[g] for g in members if g in by_id]
+            if statement is None or not grants:
+                continue
+            why = next((w for w in (_beyond(statement, self.statement(g), g) for g in grants) if w), "")
+            if why:
+                out[sid] = why
+        return out
+
     def foreign(self, state: dict[str, Any], specs: Sequence[LambdaInvokeGrant]) -> list[dict[str, Any]]:
         wanted = set().union(*(normalize_principal(self.statement(s)["Principal"]) for s in specs)) if specs else set()
         return [
@@ -429,6 +448,39 @@ def _equivalent(current: dict[str, Any], desired: dict[str, Any]) -> bool:
     return normalize_principal(current.get("Principal")) == normalize_principal(desired["Principal"]) and _conditions(
         current
     ) == _conditions(desired)
+
+
+def _beyond(statement: dict[str, Any], desired: dict[str, Any], spec: LambdaInvokeGrant) -> str:
+    """Why a shared permission admits more than ``spec`` (its widened source, and nothing else), or ""."""
+    if normalize_principal(statement.get("Principal")) != normalize_principal(desired["Principal"]):
+        return "the shared permission names another principal"
+    conditions = _conditions(statement)
+    keys = {(op, key) for op, block in conditions.items() for key in block}
+    allowed = {
+        ("ArnLike", "aws:sourcearn"),
+        ("StringEquals", "aws:sourceaccount"),
+        ("StringEquals", "aws:principalorgid"),
+    }
+    if keys - allowed:
+        return f"the shared permission has conditions the broker never writes: {sorted(keys - allowed)}"
+    want = _conditions(desired)
+    account = want.get("StringEquals", {}).get("aws:sourceaccount") or (spec.source_arn or "::::").split(":")[4]
+    if conditions.get("StringEquals", {}).get("aws:sourceaccount") != account:
+        return "the shared permission is no longer bound to the grants' source account"
+    arn = conditions.get("ArnLike", {}).get("aws:sourcearn")
+    if arn is not None and (arn.split(":")[4:5] != [account] or not _admits(arn, spec.source_arn)):
+        return f"the shared permission's SourceArn {arn} is not the grants' account scope"
+    if want.get("StringEquals", {}).get("aws:principalorgid") != conditions.get("StringEquals", {}).get(
+        "aws:principalorgid"
+    ):
+        return "the shared permission's organization condition differs"
+    return ""
+
+
+def _admits(pattern: str, arn: str | None) -> bool:
+    from deploy_helper.rules import arn_matches
+
+    return arn is None or arn_matches(pattern, arn)
 
 
 def _as_lambda_stores(statement: dict[str, Any]) -> dict[str, Any]:

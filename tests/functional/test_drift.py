@@ -304,3 +304,36 @@ def test_terminal_markup_in_a_planted_statement_is_printed_literally(scenario: S
     as_json = json.loads(cli(["drift", "--json"], scenario).stdout)
     (planted,) = [f for f in as_json["findings"] if f["status"] == "unknown-managed"]
     assert planted["live"]["Principal"]["AWS"] == hostile  # exact in JSON, escaped when printed
+
+
+def test_a_shared_statement_widened_by_hand_is_altered_and_written_again(scenario: Scenario) -> None:
+    """Grants merged into one shared statement (as compaction makes them); an admin adds a principal to it."""
+    from deploy_helper.audit.drift import parse_spec
+    from deploy_helper.grants.bucket_access import BucketAccess
+
+    apply_seed(scenario)
+    kind = BucketAccess()
+    specs = [parse_spec(scenario.bucket_grant(s)) for s in seed.SERVICE_ACCOUNTS]
+    roles = [scenario.deploy_roles[s] for s in seed.SERVICE_ACCOUNTS]
+    policy = scenario.bucket_policy()
+    assert policy is not None
+    own = {kind.grant_id(s) for s in specs}  # type: ignore[arg-type]
+    merged = kind.shared_statement(specs[0], roles)  # type: ignore[arg-type]
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] not in own] + [merged]
+    s3 = scenario.local.client("s3", seed.ACCOUNTS["tooling"])
+    s3.put_bucket_policy(Bucket=scenario.bucket, Policy=json.dumps(policy))
+    assert set(by_status(json.loads(cli(["drift", "--json"], scenario).stdout))) == {"in-force"}
+
+    intruder = "arn:aws:iam::444444444444:role/intruder"
+    widened = kind.shared_statement(specs[0], [*roles, intruder])  # type: ignore[arg-type]
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != merged["Sid"]] + [widened]
+    s3.put_bucket_policy(Bucket=scenario.bucket, Policy=json.dumps(policy))
+    report = json.loads(cli(["drift", "--json"], scenario).stdout)
+    assert by_status(report)["altered"] == {("bucket-access", kind.grant_id(s)) for s in specs}  # type: ignore[arg-type]
+
+    repaired = cli(["reconcile", "--apply", "--json"], scenario)
+    assert repaired.exit_code == 0, repaired.output
+    assert {r["decision"] for r in json.loads(repaired.stdout)} == {"reconciled"}
+    assert set(by_status(json.loads(cli(["drift", "--json"], scenario).stdout))) == {"in-force"}
+    live = json.dumps(scenario.bucket_policy())
+    assert intruder not in live and all(role in live for role in roles)

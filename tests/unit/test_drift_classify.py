@@ -95,3 +95,48 @@ def test_drift_clients_refuse_every_call_but_reads() -> None:
         client.put_bucket_policy(Bucket="b", Policy="{}")
     with pytest.raises(BrokerError, match="read-only: DeleteBucketPolicy"):
         client.delete_bucket_policy(Bucket="b")
+
+
+def test_a_shared_statement_that_grants_more_makes_its_grants_altered() -> None:
+    kind = REGISTRY["bucket-access"]
+    specs = [parse_spec({**BUCKET, "principal": p}) for p in (ROLE_A, ROLE_B)]
+    extra = "arn:aws:iam::555555555555:role/intruder"
+    widened = kind.shared_statement(specs[0], [ROLE_A, ROLE_B, extra])
+    found = classify(
+        kind, "111111111111", "arn:aws:s3:::dh-artifacts-1", {"Statement": [widened]}, [(s, {}) for s in specs], None
+    )
+    assert [f.status for f in found] == ["altered", "altered"]
+    assert all(extra in f.detail for f in found)
+    actions = {**kind.shared_statement(specs[0], [ROLE_A, ROLE_B]), "Action": "s3:*"}
+    found = classify(
+        kind, "111111111111", "arn:aws:s3:::dh-artifacts-1", {"Statement": [actions]}, [(s, {}) for s in specs], None
+    )
+    assert [f.status for f in found] == ["altered", "altered"] and "actions" in found[0].detail
+
+
+def test_a_shared_permission_with_its_source_account_removed_is_altered() -> None:
+    kind = REGISTRY["lambda-invoke"]
+    function = "arn:aws:lambda:us-east-1:222222222222:function:token-authorizer"
+    spec = parse_spec(
+        {
+            "kind": "lambda-invoke",
+            "function": function,
+            "principal": "apigateway.amazonaws.com",
+            "source_arn": "arn:aws:execute-api:us-east-1:333333333333:abc/authorizers/*",
+            "source_account": "333333333333",
+        }
+    )
+    scope = SourceScope("333333333333", "arn:aws:execute-api:us-east-1:333333333333:*/authorizers/*")
+    statement = kind.shared_statement(spec, scope)
+    refs = {statement["Sid"]: [kind.grant_id(spec)]}
+    loose = {**statement, "Condition": {"ArnLike": statement["Condition"]["ArnLike"]}}
+    (finding,) = [f for f in classify(kind, "222222222222", function, {"Statement": [loose]}, [(spec, {})], refs)]
+    assert finding.status == "altered" and "source account" in finding.detail
+    wide = {
+        **statement,
+        "Condition": {**statement["Condition"], "ArnLike": {"AWS:SourceArn": "arn:aws:execute-api:*:*:*"}},
+    }
+    (finding,) = classify(kind, "222222222222", function, {"Statement": [wide]}, [(spec, {})], refs)
+    assert finding.status == "altered" and "SourceArn" in finding.detail
+    (fine,) = classify(kind, "222222222222", function, {"Statement": [statement]}, [(spec, {})], refs)
+    assert fine.status == "in-force"
