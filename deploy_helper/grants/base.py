@@ -13,10 +13,12 @@ one write (bucket policy) or one call per grant (Lambda permission, KMS grant):
 For drift (``deploy_helper.audit.drift``, which classifies generically), a kind also
 says what on a resource is the broker's: ``managed(state)`` (every statement/grant with
 the product's prefix, by id), ``accounts_for`` (the ids an in-force grant explains),
-``altered`` (its managed item is there with other content), ``foreign`` (statements the
-broker did not write that grant to the same principals) and ``plan_removal`` (remove
-unknown managed items). The defaults see nothing managed: a kind that does not
-implement them reports grants as in force or missing only.
+``altered`` (its managed item is there with other content), ``excess`` (shared items
+that grant more than their grants), ``foreign`` (statements the broker did not write
+that grant to the same principals) and ``plan_removal`` (remove unknown managed items).
+The defaults read a policy document (``{"Statement": [...]}``) by ``Sid`` and the kind's
+``statement(spec)``; ``plan_removal`` has no default (reconcile then reports that it
+cannot remove such items of the kind).
 
 Subclasses keep the AWS calls in small methods; the broker owns sessions,
 locking, retries and the ledger.
@@ -248,8 +250,14 @@ class GrantKind(ABC, Generic[SpecT]):
 
     # -- drift (pure): what is on a resource besides what the ledger says ----
     def managed(self, state: Any) -> dict[str, Any]:
-        """Every statement/grant on the resource that carries the broker's prefix, by its id."""
-        return {}
+        """Every statement/grant on the resource that carries the broker's prefix, by its id.
+
+        The default reads a policy document (``{"Statement": [...]}``) by ``Sid``; kinds
+        whose state is something else (KMS grants) say their own.
+        """
+        from deploy_helper.policydoc import is_managed_sid
+
+        return {s["Sid"]: s for s in _statements(state) if is_managed_sid(s.get("Sid"))}
 
     def accounts_for(self, state: Any, spec: SpecT, references: dict[str, list[str]] | None = None) -> set[str]:
         """The managed ids (``managed``) that the in-force grant ``spec`` explains."""
@@ -268,12 +276,34 @@ class GrantKind(ABC, Generic[SpecT]):
         return {}
 
     def foreign(self, state: Any, specs: Sequence[SpecT]) -> list[dict[str, Any]]:
-        """Statements/grants the broker did not write that grant to the principals of ``specs`` (informational)."""
-        return []
+        """Statements the broker did not write that allow the principals of ``specs`` (informational).
+
+        The default reads a policy document and the kind's ``statement(spec)``, if it has one.
+        """
+        from deploy_helper.policydoc import is_managed_sid, normalize_principal
+
+        statement_of = getattr(self, "statement", None)
+        if not callable(statement_of):
+            return []
+        wanted: set[str] = {"*"}
+        for spec in specs:
+            wanted |= normalize_principal(statement_of(spec).get("Principal"))
+        return [
+            s
+            for s in _statements(state)
+            if not is_managed_sid(s.get("Sid"))
+            and s.get("Effect") == "Allow"
+            and normalize_principal(s.get("Principal")) & wanted
+        ]
 
     def plan_removal(self, state: Any, resource: str, ids: Sequence[str]) -> ResourcePlan:
         """Pure: remove the managed statements/grants ``ids`` that no grant explains (unknown-managed)."""
-        raise NotImplementedError(f"{self.kind} cannot remove unknown managed statements")
+        from deploy_helper.exceptions import ExecutionError
+
+        raise ExecutionError(
+            f"reconcile cannot remove unknown managed statements from a {self.kind} resource yet; "
+            f"remove {', '.join(ids)} from {resource} by hand"
+        )
 
     def diff(self, plan: ResourcePlan) -> str:
         from deploy_helper.policydoc import unified_diff
@@ -305,6 +335,12 @@ def in_parallel(calls: Sequence[Callable[[], None]], workers: int = WRITE_WORKER
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]  # type: ignore[misc]
+
+
+def _statements(state: Any) -> list[dict[str, Any]]:
+    """The statements of a policy-document state (none for other states)."""
+    statements = state.get("Statement") if isinstance(state, dict) else None
+    return [s for s in statements if isinstance(s, dict)] if isinstance(statements, list) else []
 
 
 def managed_id(identity: dict[str, Any], length: int = 24) -> str:

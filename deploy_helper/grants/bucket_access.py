@@ -28,7 +28,7 @@ from deploy_helper.grants.base import (
     managed_id,
 )
 from deploy_helper.identifiers import AccountId, BucketName, Region, RoleArn, S3Prefix
-from deploy_helper.policydoc import compact_size, find_statement, is_managed_sid, load_policy, normalize_principal
+from deploy_helper.policydoc import compact_size, find_statement, load_policy, normalize_principal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -335,9 +335,6 @@ class BucketAccess(GrantKind[BucketAccessGrant]):
         return state is not None and self._where(state, spec) is not None
 
     # -- drift (pure) -----------------------------------------------------------
-    def managed(self, state: dict[str, Any] | None) -> dict[str, Any]:
-        return {s["Sid"]: s for s in (state or {}).get("Statement", []) if is_managed_sid(s.get("Sid"))}
-
     def accounts_for(
         self, state: dict[str, Any] | None, spec: BucketAccessGrant, references: dict[str, list[str]] | None = None
     ) -> set[str]:
@@ -370,16 +367,6 @@ class BucketAccess(GrantKind[BucketAccessGrant]):
             if extra:
                 out[sid] = f"the shared statement also grants to {', '.join(extra)}, which no active grant explains"
         return out
-
-    def foreign(self, state: dict[str, Any] | None, specs: Sequence[BucketAccessGrant]) -> list[dict[str, Any]]:
-        wanted = {_aws_principal(s) for s in specs} | {"*"}
-        return [
-            s
-            for s in (state or {}).get("Statement", [])
-            if not is_managed_sid(s.get("Sid"))
-            and s.get("Effect") == "Allow"
-            and normalize_principal(s.get("Principal")) & wanted
-        ]
 
     def plan_removal(self, state: dict[str, Any] | None, resource: str, ids: Sequence[str]) -> ResourcePlan:
         gone = set(ids)

@@ -43,7 +43,7 @@ from deploy_helper.identifiers import (
     ServicePrincipal,
     SourceArn,
 )
-from deploy_helper.policydoc import compact_size, find_statement, is_managed_sid, normalize_principal
+from deploy_helper.policydoc import compact_size, find_statement, normalize_principal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -398,9 +398,6 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         return _equivalent(current, self.statement(spec))
 
     # -- drift (pure) -----------------------------------------------------------
-    def managed(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {s["Sid"]: s for s in state.get("Statement", []) if is_managed_sid(s.get("Sid"))}
-
     def accounts_for(
         self, state: dict[str, Any], spec: LambdaInvokeGrant, references: dict[str, list[str]] | None = None
     ) -> set[str]:
@@ -425,16 +422,6 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
             if why:
                 out[sid] = why
         return out
-
-    def foreign(self, state: dict[str, Any], specs: Sequence[LambdaInvokeGrant]) -> list[dict[str, Any]]:
-        wanted = set().union(*(normalize_principal(self.statement(s)["Principal"]) for s in specs)) if specs else set()
-        return [
-            s
-            for s in state.get("Statement", [])
-            if not is_managed_sid(s.get("Sid"))
-            and s.get("Effect") == "Allow"
-            and (normalize_principal(s.get("Principal")) & (wanted | {"*"}))
-        ]
 
     def plan_removal(self, state: dict[str, Any], resource: str, ids: Sequence[str]) -> ResourcePlan:
         gone = set(ids)
