@@ -81,7 +81,15 @@ ExpiresAt = Annotated[str, StringConstraints(strict=True, pattern=r"^\d{4}-\d{2}
 #: A lifetime counted from the request's time: a number and a unit (``90m``, ``8h``, ``7d``).
 Duration = Annotated[str, StringConstraints(strict=True, pattern=r"^[1-9][0-9]{0,5}[smhd]$")]
 #: Free text for people (why, which change ticket): printable characters only, bounded.
-Note = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Note = Annotated[
+    str,
+    StringConstraints(
+        strict=True,
+        min_length=1,
+        max_length=500,
+        pattern=r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]+$",
+    ),
+]
 TicketRef = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,99}$")]
 #: Fields every grant may carry that say *how long* and *why*, not *what*: they never
 #: change a grant's identity, so renewing a grant is re-sending it with a new expiry.
