@@ -38,7 +38,7 @@ from deploy_helper.grants import REGISTRY, AnyGrant, GrantSpec, kind_of
 from deploy_helper.ledger.entries import now_iso
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from deploy_helper.grants import GrantKind
     from deploy_helper.ledger.store import StoredEntry
@@ -379,8 +379,7 @@ class DriftChecker:
         seen: set[tuple[str, str]] = set()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="drift") as pool:
             reads: dict[ResourceKey, Future[Any]] = {}
-            source = ledger.entries() if callable(getattr(ledger, "entries", None)) else stored_entries(ledger)
-            for item in source:
+            for item in read_ledger(ledger, pool):
                 entry = json.loads(item.body)
                 parsed.append(entry)
                 key = resource_of(entry, seen)
@@ -493,6 +492,22 @@ class DriftChecker:
 
 
 _READS = ("Get", "List", "Describe", "Head")
+#: Entries per ledger slice read concurrently by ``read_ledger``.
+LEDGER_SLICE = 250
+
+
+def read_ledger(ledger: Any, pool: ThreadPoolExecutor) -> Iterator[StoredEntry]:
+    """Every entry of ``ledger`` in order; a DynamoDB ledger is read in slices, several at once."""
+    from deploy_helper.audit.scheduled import stored_entries
+
+    head = getattr(ledger, "head", None)
+    if not callable(head):
+        yield from stored_entries(ledger)
+        return
+    size = int(head()[0])
+    slices = [(start, min(start + LEDGER_SLICE - 1, size)) for start in range(1, size + 1, LEDGER_SLICE)]
+    for part in [pool.submit(lambda a, b: list(ledger.entries(a, b)), a, b) for a, b in slices]:
+        yield from part.result()
 
 
 def read_only(client: Any) -> Any:

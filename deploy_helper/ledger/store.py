@@ -173,13 +173,18 @@ class DynamoLedger:
         self._head = (int(items[0]["seq"]["N"]), items[0]["hash"]["S"]) if items else (0, GENESIS)
         return self._head
 
-    def entries(self, start: int = 1) -> Iterator[StoredEntry]:
-        """Every stored entry from ``start`` on, in order."""
+    def entries(self, start: int = 1, end: int | None = None) -> Iterator[StoredEntry]:
+        """Every stored entry from ``start`` on (up to ``end``, inclusive, if given), in order."""
+        values = {":l": {"S": self.ledger}, ":s": {"N": str(start)}}
+        condition = "#l = :l AND #s >= :s"
+        if end is not None:
+            condition = "#l = :l AND #s BETWEEN :s AND :e"
+            values[":e"] = {"N": str(end)}
         kwargs: dict[str, Any] = {
             "TableName": self.table,
-            "KeyConditionExpression": "#l = :l AND #s >= :s",
+            "KeyConditionExpression": condition,
             "ExpressionAttributeNames": {"#l": "ledger", "#s": "seq"},
-            "ExpressionAttributeValues": {":l": {"S": self.ledger}, ":s": {"N": str(start)}},
+            "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
         while True:
