@@ -26,16 +26,15 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper import fencing
 from deploy_helper.audit.drift import DRIFTED, Filters, LedgerView, classify
+from deploy_helper.audit.repairs import RepairItem, RepairResult, repair_entry, request_fields, why
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError
 from deploy_helper.grants import REGISTRY, GrantSpec, ResourcePlan
-from deploy_helper.ledger import entries
 from deploy_helper.ledger.query import parse_time
 from deploy_helper.policydoc import digest
 
@@ -44,46 +43,6 @@ if TYPE_CHECKING:
     from deploy_helper.broker import Broker
 
 logger = logging.getLogger(__name__)
-
-RECONCILER = "deploy-helper:reconcile"
-SWEEPER = "deploy-helper:sweeper"
-
-
-@dataclass
-class RepairResult:
-    """What was done (or would be done) about one finding."""
-
-    account: str
-    kind: str
-    resource: str
-    grant_id: str | None
-    drift: str
-    #: ``reconciled`` / ``expired`` (done), ``would-reconcile`` / ``would-expire`` (plan),
-    #: ``denied`` (no longer allowed: reported, not restored), ``failed``, ``settled`` (no longer drifted).
-    decision: str
-    reason: str = ""
-    ledger_entry: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Item:
-    """One repair on a resource."""
-
-    op: Literal["restore", "remove", "expire"]
-    drift: str
-    grant_id: str
-    spec: GrantSpec | None = None
-    active: dict[str, Any] | None = None
-    principal: str | None = None
-    rule_id: str | None = None
-    #: The rule's allowance (compaction, source scope) for a restore, from ``RuleSet.authorize``.
-    allowed: Any = None
-    #: Shared managed items this grant stands for that grant more than their grants (``GrantKind.excess``):
-    #: removed before the grant is applied again.
-    purge: tuple[str, ...] = ()
 
 
 class Repairer:
@@ -193,10 +152,10 @@ class Repairer:
             items = self._items(kind, account, resource, state, grants, refs, mode)
             if not items:
                 return []
-            request = _request(mode, run_id)
+            request = request_fields(mode, run_id)
             results: list[RepairResult] = []
-            restorable: list[_Item] = []
-            refused: list[tuple[_Item, DeniedError]] = []
+            restorable: list[RepairItem] = []
+            refused: list[tuple[RepairItem, DeniedError]] = []
             for item in items:
                 if item.op != "restore":
                     continue
@@ -238,7 +197,7 @@ class Repairer:
                 for item in changes:
                     results.append(
                         RepairResult(
-                            account, kind_name, resource, item.grant_id, item.drift, f"would-{mode}", _why(item)
+                            account, kind_name, resource, item.grant_id, item.drift, f"would-{mode}", why(item)
                         )
                     )
                 return results
@@ -246,7 +205,9 @@ class Repairer:
             plans = [p for p in (removal, restore_plan, expire_plan) if p is not None and p.writes]
             after = digest(plans[-1].after) if plans else before
             intents = [
-                self._entry(request, "intent", kind_name, account, resource, i, decision, before, after)
+                repair_entry(
+                    self.broker.clock(), request, "intent", kind_name, account, resource, i, decision, before, after
+                )
                 for i in changes
             ]
             intent_ids = broker.ledger.append_many(intents)
@@ -260,7 +221,8 @@ class Repairer:
                 error = exc.message
             outcomes = [
                 {
-                    **self._entry(
+                    **repair_entry(
+                        self.broker.clock(),
                         request,
                         "outcome",
                         kind_name,
@@ -290,7 +252,7 @@ class Repairer:
                         item.grant_id,
                         item.drift,
                         "failed" if error else decision,
-                        error or _why(item),
+                        error or why(item),
                         entry_id,
                     )
                 )
@@ -305,30 +267,34 @@ class Repairer:
         grants: list[tuple[GrantSpec, dict[str, Any]]],
         refs: dict[str, list[str]] | None,
         mode: str,
-    ) -> list[_Item]:
+    ) -> list[RepairItem]:
         if mode == "expire":
             now = self.broker.clock()
             items = []
             for spec, active in grants:
                 when = parse_time(str(active.get("expires_at") or ""))
                 if when is not None and when.timestamp() <= now:
-                    items.append(_Item("expire", "expired", kind.grant_id(spec), spec, active, kind.principal(spec)))
+                    items.append(
+                        RepairItem("expire", "expired", kind.grant_id(spec), spec, active, kind.principal(spec))
+                    )
             return items
         specs = {kind.grant_id(s): (s, a) for s, a in grants}
         excess = kind.excess(state, [s for s, _ in grants], refs)
-        out: list[_Item] = []
+        out: list[RepairItem] = []
         for finding in classify(kind, account, resource, state, grants, refs):
             if finding.status not in DRIFTED or finding.grant_id is None:
                 continue
             if finding.status == "unknown-managed":
-                out.append(_Item("remove", finding.status, finding.grant_id, principal=finding.principal))
+                out.append(RepairItem("remove", finding.status, finding.grant_id, principal=finding.principal))
                 continue
             spec, active = specs[finding.grant_id]
             expiry = parse_time(str(active.get("expires_at") or ""))
             if expiry is not None and expiry.timestamp() <= self.broker.clock():
                 continue  # expired: the sweeper revokes it, reconcile does not bring it back
             purge = tuple(sorted(kind.accounts_for(state, spec, refs) & excess.keys()))
-            out.append(_Item("restore", finding.status, finding.grant_id, spec, active, finding.principal, purge=purge))
+            out.append(
+                RepairItem("restore", finding.status, finding.grant_id, spec, active, finding.principal, purge=purge)
+            )
         return out
 
     def _fresh(self, key: ResourceKey) -> list[tuple[GrantSpec, dict[str, Any]]]:
@@ -341,7 +307,7 @@ class Repairer:
 
     @staticmethod
     def _plan(
-        kind: Any, state: Any, resource: str, items: list[_Item], op: str, refs: Any, broker: Broker
+        kind: Any, state: Any, resource: str, items: list[RepairItem], op: str, refs: Any, broker: Broker
     ) -> ResourcePlan | None:
         if not items:
             return None
@@ -364,7 +330,7 @@ class Repairer:
         removal: ResourcePlan | None,
         restore: ResourcePlan | None,
         expire: ResourcePlan | None,
-        expiring: list[_Item],
+        expiring: list[RepairItem],
     ) -> None:
         """Removals, then restores (references first, as on apply), then expiries (owners last, as on revoke).
 
@@ -399,58 +365,8 @@ class Repairer:
                     fencing.check(TABLE_WRITE_SECONDS)
                     store.write(resource, expire.references, version, owners=changed_owners)
 
-    # -- ledger ----------------------------------------------------------------------
-    def _entry(
-        self,
-        request: dict[str, Any],
-        entry_type: str,
-        kind_name: str,
-        account: str,
-        resource: str,
-        item: _Item,
-        decision: str,
-        before: str,
-        after: str,
-        *,
-        reason: str | None = None,
-    ) -> dict[str, Any]:
-        why = reason or (_why(item) if entry_type == "outcome" else f"about to {request['action']}: {_why(item)}")
-        if item.spec is not None:
-            return entries.grant_entry(
-                self.broker.clock(),
-                entry_type,
-                request,
-                item.spec,
-                decision=decision,
-                reason=why,
-                rule_id=item.rule_id or (item.active or {}).get("rule_id"),
-                before=before,
-                after=after,
-                owners=_owners_after(item, decision),
-            )
-        return {
-            "type": entry_type,
-            "time": entries.now_iso(self.broker.clock()),
-            **request,
-            "grant": {
-                "kind": kind_name,
-                "grant_id": item.grant_id,
-                "account": account,
-                "target": resource,
-                "principal": item.principal,
-                "spec": None,
-            },
-            "decision": decision,
-            "reason": why,
-            "rule_id": None,
-            "policy_before": before,
-            "policy_after": after,
-            "intent": None,
-            "compaction": None,
-        }
-
     def _denied(
-        self, request: dict[str, Any], account: str, resource: str, item: _Item, exc: DeniedError, apply: bool
+        self, request: dict[str, Any], account: str, resource: str, item: RepairItem, exc: DeniedError, apply: bool
     ) -> RepairResult:
         reason = f"{item.drift} grant not restored: the current rules no longer allow it: {exc.message}"
         item.rule_id = exc.rule_id
@@ -464,54 +380,29 @@ class Repairer:
         account: str,
         resource: str,
         kind_name: str,
-        item: _Item,
+        item: RepairItem,
         decision: str,
         reason: str,
         apply: bool,
     ) -> RepairResult:
         entry_id = None
         if apply:
-            entry = self._entry(
-                request, "decision", kind_name, account, resource, item, decision, "", "", reason=reason
+            entry = repair_entry(
+                self.broker.clock(),
+                request,
+                "decision",
+                kind_name,
+                account,
+                resource,
+                item,
+                decision,
+                "",
+                "",
+                reason=reason,
             )
             entry["policy_before"] = entry["policy_after"] = None
             entry_id = self.broker.ledger.append_many([entry])[0]
         return RepairResult(account, kind_name, resource, item.grant_id, item.drift, decision, reason, entry_id)
-
-
-def _owners_after(item: _Item, decision: str) -> list[str] | None:
-    """Reconcile leaves owners as they are; an expiry clears them (unless it failed)."""
-    owners = (item.active or {}).get("owners")
-    if item.op == "expire" and decision != "failed":
-        return []
-    return list(owners) if isinstance(owners, list) else None
-
-
-def _request(mode: str, run_id: str) -> dict[str, Any]:
-    return {
-        "request_id": run_id,
-        "caller": RECONCILER if mode == "reconcile" else SWEEPER,
-        "key_id": None,
-        "authenticated": "internal",
-        "request_digest": None,
-        "context": {},
-        "action": mode,
-    }
-
-
-def _why(item: _Item) -> str:
-    if item.purge:
-        return (
-            f"restored an altered grant: {', '.join(item.purge)} granted more than its grants, so it was "
-            "removed and the grant applied again"
-        )
-    return {
-        "missing": "restored a missing grant (removed outside the broker)",
-        "altered": "restored an altered grant (its managed statement/grant had other content)",
-        "unknown-managed": f"removed unknown-managed {item.grant_id} (it carried the broker's prefix; "
-        "no grant explains it)",
-        "expired": f"revoked: expired at {(item.active or {}).get('expires_at')}",
-    }.get(item.drift, item.drift)
 
 
 def _doc(kind: Any, state: Any) -> Any:
