@@ -120,6 +120,8 @@ def drift(
 
     if last:
         report = _last(bucket)
+        wanted = Filters(account, kind, resource)
+        report.findings = [f for f in report.findings if wanted.admit((f.account, f.kind, f.resource, None))]
     else:
         broker = _broker()
 
@@ -149,7 +151,12 @@ def _last(bucket: str | None) -> DriftReport:
     bucket = bucket or os.environ.get("DEPLOY_HELPER_CHECKPOINT_BUCKET")
     if not bucket:
         raise click.UsageError("give --bucket (or DEPLOY_HELPER_DRIFT_BUCKET) to read the newest drift report")
-    report = DriftReports(boto3.client("s3"), bucket).latest()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        report = DriftReports(boto3.client("s3"), bucket).latest()
+    except (ClientError, BotoCoreError) as exc:
+        raise failure(f"cannot read the newest drift report from s3://{bucket}: {exc}") from exc
     if report is None:
         raise failure(f"no drift report in s3://{bucket} yet: the scheduled drift check has not run")
     return report
