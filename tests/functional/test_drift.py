@@ -189,9 +189,10 @@ def test_drift_only_reads_and_reads_each_resource_once(
     apply_seed(scenario)
     plant_all(scenario)
     aws_calls.clear()
-    view = LedgerView.of(stored_entries(strict_broker.ledger))
-    report = DriftChecker(strict_broker.sessions, strict_broker.references, clock=strict_broker.clock).run(view)
+    checker = DriftChecker(strict_broker.sessions, strict_broker.references, clock=strict_broker.clock)
+    report = checker.check(strict_broker.ledger)  # as the CLI and the scheduled check run it
     assert not report.clean and not report.errors
+    assert report.counts()["missing"] == 2 and report.reads == 3
     operations = aws_calls.operations()
     reads = [op for op in operations if op != "sts.AssumeRole"]
     assert sorted(reads) == ["kms.ListGrants", "lambda.GetPolicy", "s3.GetBucketPolicy"]
