@@ -75,3 +75,9 @@ class LedgerError(BrokerError):
     """The ledger could not be written or read; no change is made without it."""
 
     code = "ledger-unavailable"
+
+
+class CheckpointFormatError(LedgerError):
+    """A checkpoint object is not a well-formed signed note (it is reported, never trusted)."""
+
+    code = "checkpoint-malformed"
