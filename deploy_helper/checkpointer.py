@@ -108,7 +108,7 @@ def changes_in(records: list[Any], ledger: str) -> list[Change]:
         if (keys.get("ledger") or {}).get("S") != ledger:
             continue
         try:
-            seq = int((keys.get("seq") or {}).get("N"))
+            seq = int(str((keys.get("seq") or {}).get("N")))
         except (TypeError, ValueError):
             continue
         change = Change(seq, record["eventName"], _body_hash(data.get("OldImage")), _body_hash(data.get("NewImage")))

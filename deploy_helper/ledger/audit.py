@@ -102,6 +102,7 @@ def audit_objects(
             number = originals[0].note.number
             notes.setdefault(number, originals[0])
     _audit_legacy(report, hashes, legacy, keys)
+    report.notes = notes
     _audit_notes(report, hashes, notes, now=now, max_age=max_age)
 
 

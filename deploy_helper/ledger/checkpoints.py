@@ -142,7 +142,7 @@ class Checkpointer:
         self.public_pem = public_pem
         self.origin = origin or f"deploy-helper/ledger/{ledger.ledger}"
         self.heartbeat = heartbeat
-        self._clock = clock
+        self.clock = clock
         self.s3_requests = 0  # for the benchmark: requests one write makes
 
     def _get(self, key: str) -> bytes | None:
@@ -169,7 +169,9 @@ class Checkpointer:
         try:
             return Head.model_validate_json(raw)
         except ValidationError as exc:
-            raise LedgerError(f"the checkpoint head s3://{self.bucket}/{head_key(self.ledger.ledger)} is malformed") from exc
+            raise LedgerError(
+                f"the checkpoint head s3://{self.bucket}/{head_key(self.ledger.ledger)} is malformed"
+            ) from exc
 
     def _legacy_previous(self) -> str:
         """Migration: the digest of the newest legacy checkpoint, read once (no head yet)."""
@@ -212,7 +214,7 @@ class Checkpointer:
         lines = [line.line() for line in changes]
         if len(lines) > note.MAX_CHANGE_LINES:
             lines = [*lines[: note.MAX_CHANGE_LINES], f"changed-more {len(lines) - note.MAX_CHANGE_LINES}"]
-        now = now_iso(self._clock())
+        now = now_iso(self.clock())
         checkpoint = note.CheckpointNote(
             self.origin,
             frontier.size,
@@ -310,7 +312,7 @@ class CheckpointStore:
             if not deleted:
                 response = self._s3.get_object(Bucket=self.bucket, Key=key, VersionId=version["VersionId"])
                 body = bytes(response["Body"].read())
-            modified = version.get("LastModified")
+            modified: Any = version.get("LastModified")
             out.append(
                 StoredObject(
                     key,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from deploy_helper.ledger.checkpoints import Checkpoint, StoredObject
-    from deploy_helper.ledger.store import StoredEntry
+    from deploy_helper.ledger.note import SignedNote
     from deploy_helper.signing import Algorithm
 
     Key = tuple[Algorithm, str]
@@ -50,6 +50,8 @@ class VerifyReport:
     latest_checkpoint: dict[str, Any] | None = None
     #: Leaf hashes of the stored entries, in stored order (for proofs; not reported).
     leaves: list[bytes] = field(default_factory=list, repr=False)
+    #: The signed-note checkpoints found, by number (the first version of each).
+    notes: dict[int, SignedNote] = field(default_factory=dict, repr=False)
 
     @property
     def whole(self) -> bool:

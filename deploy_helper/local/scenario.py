@@ -216,9 +216,10 @@ class Scenario:
             checkpoint_key=self.config.checkpoint_key,
             region=LOCAL_REGION,
             origin=CHECKPOINT_ORIGIN,
-            **({"clock": clock} if clock else {}),
         )
         assert opened.checkpointer is not None
+        if clock is not None:
+            opened.checkpointer.clock = clock
         return handle(stream.event(), opened.checkpointer)
 
     def environ(self) -> dict[str, str]:

@@ -34,16 +34,21 @@ class LedgerStream:
         out: list[dict[str, Any]] = []
         for shard in self._streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
             shard_id = shard["ShardId"]
-            iterator = self._iterators.get(shard_id) or self._streams.get_shard_iterator(
-                StreamArn=arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
+            iterator = (
+                self._iterators.get(shard_id)
+                or self._streams.get_shard_iterator(StreamArn=arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")[
+                    "ShardIterator"
+                ]
+            )
             while iterator:
                 page = self._streams.get_records(ShardIterator=iterator)
                 self._iterators[shard_id] = page.get("NextShardIterator") or iterator
                 if not page["Records"]:
                     break
                 for record in page["Records"]:
-                    out.append({**record, "eventSource": "aws:dynamodb", "eventSourceARN": arn, "awsRegion": LOCAL_REGION})
+                    out.append(
+                        {**record, "eventSource": "aws:dynamodb", "eventSourceARN": arn, "awsRegion": LOCAL_REGION}
+                    )
                 iterator = page.get("NextShardIterator")
         return out
 
