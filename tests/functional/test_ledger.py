@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import threading
 from typing import TYPE_CHECKING, Any
@@ -158,9 +160,7 @@ def populated(scenario: Scenario) -> Scenario:
     client = scenario.client()
     client.request(scenario.seed_grants())
     client.request([scenario.bucket_grant("service-b")], action="revoke")
-    handle = scenario.ledger()
-    assert handle.checkpoints is not None
-    handle.checkpoints.write()
+    assert scenario.checkpoint()["checkpoint"] == 1  # the checkpointer, fed by the table's stream
     result = run_cli(scenario, "ledger", "verify", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["whole"] is True
@@ -251,31 +251,107 @@ def test_truncated_tail_after_checkpoint_is_named(populated: Scenario) -> None:
     assert f"covers {size} entries" in report["problems"][0]
 
 
+def _notes(sc: Scenario) -> tuple[Any, str, list[str]]:
+    s3 = sc.local.client("s3", "123456789012")
+    bucket = str(sc.config.checkpoint_bucket)
+    names = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/main/note/")["Contents"])
+    return s3, bucket, names
+
+
 def test_forged_checkpoint_signature_is_named(populated: Scenario) -> None:
-    from deploy_helper.signing import b64url
-
-    s3 = populated.local.client("s3", "123456789012")
-    bucket = populated.config.checkpoint_bucket
-    name = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])[-1]
-    doc = json.loads(s3.get_object(Bucket=bucket, Key=name)["Body"].read())
-    doc["signature"] = b64url(b"\x01" * 64)
-    s3.put_object(Bucket=bucket, Key=name, Body=json.dumps(doc).encode())
+    s3, bucket, names = _notes(populated)
+    raw = s3.get_object(Bucket=bucket, Key=names[-1])["Body"].read()
+    text, _, _signature = raw.rpartition(b" ")
+    s3.put_object(Bucket=bucket, Key=names[-1], Body=text + b" " + base64.b64encode(b"\x01" * 68) + b"\n")
     code, report = _verify(populated)
     assert code == 1
-    assert name in report["problems"][0] and "forged" in report["problems"][0]
+    assert any(names[-1] in p and "overwritten: 2 versions" in p for p in report["problems"])
+    assert any(names[-1] in p and "forged" in p for p in report["problems"])
 
 
-def test_missing_checkpoint_is_named(populated: Scenario) -> None:
+def test_overwritten_checkpoint_version_is_named_even_if_validly_signed(populated: Scenario) -> None:
+    """Someone holding the key re-signs checkpoint 1 over different contents: the first version stays."""
+    from deploy_helper.ledger import note
+
+    s3, bucket, names = _notes(populated)
+    original = note.parse(s3.get_object(Bucket=bucket, Key=names[0])["Body"].read())
     handle = populated.ledger()
-    assert handle.checkpoints is not None
-    handle.checkpoints.write()  # a third checkpoint, chained to the second
-    s3 = populated.local.client("s3", "123456789012")
-    bucket = populated.config.checkpoint_bucket
-    names = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
-    s3.delete_object(Bucket=bucket, Key=names[1])
+    assert handle.checkpointer is not None and handle.public_key is not None
+    forged = note.CheckpointNote(original.note.origin, 3, original.note.root, original.note.extensions)
+    s3.put_object(
+        Bucket=bucket,
+        Key=names[0],
+        Body=note.sign(forged, original.note.origin, handle.checkpointer.signer, handle.public_key[1]),
+    )
     code, report = _verify(populated)
     assert code == 1
-    assert "a checkpoint is missing" in report["problems"][0]
+    assert any("overwritten: 2 versions" in p for p in report["problems"])
+    assert any(f"replaces a checkpoint of {original.note.size} entries with one of 3" in p for p in report["problems"])
+
+
+def test_deleted_checkpoint_version_is_named(populated: Scenario) -> None:
+    populated.checkpoint()
+    populated.checkpoint()
+    s3, bucket, names = _notes(populated)
+    assert len(names) == 3
+    s3.delete_object(Bucket=bucket, Key=names[1])  # a delete marker hides checkpoint 2 from plain reads
+    code, report = _verify(populated)
+    assert code == 1
+    assert any(names[1] in p and "was deleted (a delete marker" in p for p in report["problems"])
+    # A version removed outright (Object Lock refuses this in AWS during retention) leaves a gap.
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=names[1])
+    for version in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+        s3.delete_object(Bucket=bucket, Key=names[1], VersionId=version["VersionId"])
+    code, report = _verify(populated)
+    assert code == 1
+    assert "checkpoint 2 is missing: a gap in the checkpoint sequence" in report["problems"]
+
+
+def test_stale_heartbeat_is_named(populated: Scenario) -> None:
+    import time
+
+    populated.checkpoint(clock=lambda: time.time() - 3 * 3600)  # the last checkpoint, three hours ago
+    code, report = _verify(populated)
+    assert code == 1
+    assert any("checkpoint (2" in p and "more than the heartbeat allows (2100 s)" in p for p in report["problems"])
+    result = run_cli(populated, "ledger", "verify", "--json", "--max-age", str(4 * 3600))
+    assert result.exit_code == 0, result.output
+
+
+def test_malformed_objects_are_reported_and_crash_nothing(populated: Scenario) -> None:
+    s3, bucket, _ = _notes(populated)
+    s3.put_object(Bucket=bucket, Key="checkpoints/main/note/000000000007", Body=b"\xff\x00 not a note")
+    s3.put_object(Bucket=bucket, Key="checkpoints/main/stray.txt", Body=b"hello")
+    s3.put_object(Bucket=bucket, Key="checkpoints/main/000000000003-x.json", Body=b"{not json")
+    assert populated.checkpoint()["checkpoint"] == 2  # the checkpointer goes on
+    code, report = _verify(populated)
+    assert code == 1
+    problems = " | ".join(report["problems"])
+    assert "note/000000000007 (version" in problems and "is malformed: the note is not UTF-8" in problems
+    assert "stray.txt is not a checkpoint" in problems
+    assert "000000000003-x.json (version" in problems and "not a JSON checkpoint" in problems
+    assert report["checkpoints_verified"] == 2
+
+
+def test_overwritten_entry_is_seen_in_the_stream_and_named(populated: Scenario, caplog: Any) -> None:
+    import logging
+
+    item = _item(populated, 3)
+    before = item["hash"]["S"]
+    body = json.loads(item["body"]["S"])
+    body["decision"] = "denied"
+    item["body"] = {"S": json.dumps(body)}
+    _raw(populated).put_item(TableName=populated.config.ledger_table, Item=item)
+    with caplog.at_level(logging.WARNING, logger="deploy_helper.checkpointer"):
+        assert populated.checkpoint()["changes"] == 1
+    assert [r.getMessage() for r in caplog.records] == ["ledger entry changed"]
+    assert caplog.records[0].seq == 3 and caplog.records[0].change == "MODIFY"  # type: ignore[attr-defined]
+    code, report = _verify(populated)
+    assert code == 1
+    assert any(
+        p.startswith("entry 3 was overwritten in the table (MODIFY") and f"its hash was {before}" in p
+        for p in report["problems"]
+    )
 
 
 def test_open_intent_is_reported_and_a_rerun_settles_it(scenario: Scenario) -> None:
@@ -374,7 +450,7 @@ def test_list_show_export_active(populated: Scenario, tmp_path: Any) -> None:
 def test_checkpoints_signed_with_kms_verify_offline(scenario: Scenario) -> None:
     from dataclasses import replace
 
-    from deploy_helper.ledger.checkpoints import verify_checkpoint
+    from deploy_helper.ledger import note
     from deploy_helper.ledger.setup import open_ledger
 
     kms = scenario.local.client("kms", "123456789012")
@@ -387,32 +463,176 @@ def test_checkpoints_signed_with_kms_verify_offline(scenario: Scenario) -> None:
         checkpoint_key=f"kms:{key}",
         region="us-east-1",
     )
-    assert handle.checkpoints is not None and handle.public_key is not None
+    assert handle.checkpointer is not None and handle.public_key is not None
     algorithm, public = handle.public_key
     assert algorithm == "ecdsa-p256-sha256"
-    written = handle.checkpoints.write()
-    assert written.data["key_id"] == f"kms:{key}"
-    assert written.data["size"] == handle.ledger.head()[0]
-    stored = next(c for c in handle.checkpoints.list() if c.name == written.name)
-    assert verify_checkpoint(stored, algorithm, public)
-    altered = replace(stored, body=stored.body.replace(b'"size":', b'"size":1'))
-    assert not verify_checkpoint(altered, algorithm, public)
+    written = handle.checkpointer.write()
+    assert written.note.size == handle.ledger.head()[0]
+    assert written.verify(written.note.origin, algorithm, public)
+    altered = replace(written, text=written.text.replace(b"\ncheckpoint 1\n", b"\ncheckpoint 2\n"))
+    assert not altered.verify(written.note.origin, algorithm, public)
     local_key = scenario.ledger().public_key
-    assert local_key is not None and not verify_checkpoint(stored, *local_key)
+    assert local_key is not None and not written.verify(written.note.origin, *local_key)
+    assert note.parse(written.raw).signatures[0].key_id == note.key_id(written.note.origin, algorithm, public)
 
 
-def test_scheduled_heartbeat_writes_a_checkpoint(scenario: Scenario) -> None:
-    from deploy_helper import handler
+def test_heartbeat_goes_to_the_checkpointer_not_the_broker(scenario: Scenario, monkeypatch: Any) -> None:
+    from deploy_helper import checkpointer, handler
 
+    for name, value in scenario.environ().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DEPLOY_HELPER_LEDGER_ORIGIN", "deploy-helper.local/ledger/main")
+    monkeypatch.setattr(checkpointer, "_checkpointer", None)
+    first = checkpointer.lambda_handler(checkpointer.HEARTBEAT_EVENT, None)
+    second = checkpointer.lambda_handler(checkpointer.HEARTBEAT_EVENT, None)
+    assert (first["checkpoint"], second["checkpoint"]) == (1, 2)
+    assert first["size"] == second["size"] == 0  # nothing happened: a heartbeat all the same
+    assert checkpointer.lambda_handler({"deploy_helper": "checkpoint"}, None)["ok"] is False  # anything else: ignored
+    # The broker no longer writes checkpoints: the old heartbeat event is a malformed request to it.
     handler.set_broker(scenario.broker())
     try:
-        first = handler.lambda_handler({"deploy_helper": "checkpoint"}, None)
-        second = handler.lambda_handler({"deploy_helper": "checkpoint"}, None)
+        refused = handler.lambda_handler({"deploy_helper": "checkpoint-heartbeat"}, None)
     finally:
         handler.set_broker(None)
-    assert first["ok"] and second["ok"] and first["checkpoint"] != second["checkpoint"]
-    assert first["size"] == second["size"] == 0  # nothing happened: a heartbeat all the same
+    assert refused["ok"] is False
+    assert entries_of(scenario)[-1]["decision"] == "denied"
+    _, _, names = _notes(scenario)
+    assert len(names) == 2
+    code, report = _verify(scenario)
+    assert code == 0  # the refusal after the last checkpoint is covered by the next one
+    assert report["checkpoints_verified"] == 2 and report["problems"] == []
+
+
+# -- proofs, kept checkpoints, bundles, migration -------------------------------------
+
+
+def _public_pem(sc: Scenario, tmp_path: Any) -> str:
+    key = sc.ledger().public_key
+    assert key is not None
+    path = tmp_path / "checkpoint-public.pem"
+    path.write_text(key[1])
+    return str(path)
+
+
+def test_prove_prints_an_inclusion_proof_checked_offline(populated: Scenario, tmp_path: Any) -> None:
+    result = run_cli(populated, "ledger", "prove", "5", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert document["verified"] is True and document["entry"] == 5
+    assert json.loads(document["body"])["seq"] == 5
+    proof_file = tmp_path / "proof.json"
+    proof_file.write_text(json.dumps(document))
+    pem = _public_pem(populated, tmp_path)
+    offline = CliRunner().invoke(main, ["ledger", "check-proof", str(proof_file), "--public-key", pem], env=NO_AWS)
+    assert offline.exit_code == 0, offline.output
+    document["body"] = document["body"].replace('"seq":5', '"seq":5,"x":1')
+    proof_file.write_text(json.dumps(document))
+    offline = CliRunner().invoke(main, ["ledger", "check-proof", str(proof_file), "--public-key", pem], env=NO_AWS)
+    assert offline.exit_code == 1 and "entry 5 as given is not in the tree" in offline.output
+    too_new = run_cli(populated, "ledger", "prove", "500")
+    assert too_new.exit_code == 1 and "not covered by checkpoint 1" in too_new.output
+
+
+def test_verify_since_a_kept_checkpoint(populated: Scenario, tmp_path: Any) -> None:
+    import rfc8785
+
+    from deploy_helper.ledger.store import GENESIS, entry_hash
+
+    s3, bucket, names = _notes(populated)
+    kept = tmp_path / "kept-1.note"
+    kept.write_bytes(s3.get_object(Bucket=bucket, Key=names[0])["Body"].read())
+    populated.client().request([populated.bucket_grant("service-b")])
+    populated.checkpoint()
+    result = run_cli(populated, "ledger", "verify", "--json", "--since", str(kept))
+    assert result.exit_code == 0, result.output
+    # Rewrite entry 2 and re-chain everything after it: the chain is whole again, the proof is not.
+    prev = GENESIS
+    for stored in list(populated.ledger().ledger.entries()):
+        body = json.loads(stored.body)
+        if stored.seq == 2:
+            body["reason"] = "nothing to see"
+        body["prev"] = prev
+        raw = rfc8785.dumps(body)
+        prev = entry_hash(raw)
+        item = {
+            "ledger": {"S": "main"},
+            "seq": {"N": str(stored.seq)},
+            "body": {"S": raw.decode()},
+            "hash": {"S": prev},
+        }
+        _raw(populated).put_item(TableName=populated.config.ledger_table, Item=item)
+    code, report = _verify(populated)
+    assert code == 1 and report["first_broken_entry"] is None  # the chain alone would not show it
+    result = run_cli(populated, "ledger", "verify", "--json", "--since", str(kept))
+    problems = json.loads(result.output)["problems"]
+    assert any("is not consistent with your checkpoint 1" in p for p in problems)
+    assert any(p.startswith("entries 1..") and "differ from what checkpoint 1 signed" in p for p in problems)
+
+
+NO_AWS = {
+    "AWS_ACCESS_KEY_ID": None,
+    "AWS_SECRET_ACCESS_KEY": None,
+    "AWS_SESSION_TOKEN": None,
+    "AWS_PROFILE": None,
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens: any AWS call would fail
+    "DEPLOY_HELPER_LEDGER_TABLE": None,
+    "DEPLOY_HELPER_CHECKPOINT_BUCKET": None,
+    "DEPLOY_HELPER_CHECKPOINT_KEY": None,
+}
+
+
+def test_bundle_verifies_offline_with_aws_credentials_unset(populated: Scenario, tmp_path: Any) -> None:
+    out = tmp_path / "bundle"
+    result = run_cli(populated, "ledger", "bundle", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    pem = _public_pem(populated, tmp_path)
+    offline = CliRunner().invoke(
+        main, ["ledger", "verify", "--bundle", str(out), "--public-key", pem, "--json"], env=NO_AWS
+    )
+    assert offline.exit_code == 0, offline.output
+    report = json.loads(offline.output)
+    assert report["whole"] and report["checkpoints_verified"] == 1 and report["size"] > 10
+    # A bundle edited after export: the changed entry and the manifest both say so.
+    lines = (out / "entries.jsonl").read_text().splitlines()
+    entry = json.loads(lines[3])
+    entry["body"] = entry["body"].replace('"type":"', '"type":"x')
+    lines[3] = json.dumps(entry)
+    (out / "entries.jsonl").write_text("\n".join(lines) + "\n")
+    offline = CliRunner().invoke(main, ["ledger", "verify", "--bundle", str(out), "--json"], env=NO_AWS)
+    assert offline.exit_code == 1
+    problems = json.loads(offline.output)["problems"]
+    assert "the bundle's file entries.jsonl does not match its manifest hash" in problems[0]
+    assert any("entry 4 does not match its stored hash" in p for p in problems)
+
+
+def test_migration_adds_the_first_independent_checkpoint_without_rewriting(scenario: Scenario) -> None:
+    import rfc8785
+
+    from deploy_helper.ledger.checkpoints import checkpoint_input
+    from deploy_helper.ledger.entries import now_iso
+    from deploy_helper.signing import Ed25519Signer, b64url
+
+    scenario.client().request(scenario.seed_grants())
     handle = scenario.ledger()
-    assert handle.checkpoints is not None
-    report = verify_ledger(handle.ledger, handle.checkpoints.list(), public_key=handle.public_key)
-    assert report.whole and report.checkpoints == 2
+    size, head = handle.ledger.head()
+    before = [(e.seq, e.body) for e in handle.ledger.entries()]
+    # A checkpoint as the broker wrote them before the checkpointer existed (legacy JSON).
+    body = rfc8785.dumps(
+        {"ledger": "main", "size": size, "head": head, "time": now_iso(0), "key_id": "old", "previous": "0" * 64}
+    )
+    signer = Ed25519Signer.from_file("old", scenario.workdir / "checkpoint-key.pem")
+    legacy = {"checkpoint": json.loads(body), "signature": b64url(signer.sign(checkpoint_input(body)))}
+    s3 = scenario.local.client("s3", "123456789012")
+    name = f"checkpoints/main/{size:012d}-19700101T000000.000Z.json"
+    s3.put_object(Bucket=str(scenario.config.checkpoint_bucket), Key=name, Body=json.dumps(legacy).encode())
+    scenario.checkpoint()
+    assert [(e.seq, e.body) for e in handle.ledger.entries()] == before  # no entry rewritten
+    _, bucket, names = _notes(scenario)
+    first = s3.get_object(Bucket=bucket, Key=names[0])["Body"].read().decode()
+    assert f"previous legacy {hashlib.sha256(body).hexdigest()}" in first
+    code, report = _verify(scenario)
+    assert code == 0, report
+    assert report["checkpoints_verified"] == 2
+    kinds = " ".join(report["explanations"])
+    assert "1 legacy checkpoint(s)" in kinds and "not against the broker's own role" in kinds
+    assert "1 independent checkpoint(s)" in kinds and "RFC 9162 Merkle root" in kinds
