@@ -115,7 +115,7 @@ def _check_note(parsed: SignedNote, tail: str, keys: list[Key]) -> str | None:
         number = parsed.note.number
     except CheckpointFormatError as exc:
         return exc.message
-    if not tail.isdigit() or int(tail) != number:
+    if note.number(tail) != number:
         return f"holds checkpoint {number} under another checkpoint's name: checkpoints were moved"
     return None
 
@@ -153,12 +153,14 @@ def _audit_notes(
     roots = _roots_at(report.leaves, {n.note.size for n in notes.values()})
     last_good = 0
     previous: SignedNote | None = None
-    for number in range(1, max(notes) + 1):
-        current = notes.get(number)
-        if current is None:
-            report.problems.append(f"checkpoint {number} is missing: a gap in the checkpoint sequence")
+    last_number = 0
+    for number in sorted(notes):
+        current = notes[number]
+        if number > last_number + 1:
+            missing = f"{last_number + 1}" if number == last_number + 2 else f"{last_number + 1}..{number - 1}"
+            report.problems.append(f"checkpoint {missing} is missing: a gap in the checkpoint sequence")
             previous = None
-            continue
+        last_number = number
         statement = current.note
         expected_previous = previous.digest if previous is not None else None
         stated = statement.value("previous") or ""
@@ -216,8 +218,8 @@ def _audit_notes(
 
 def _check_age(report: VerifyReport, newest: SignedNote, *, now: float | None, max_age: float | None) -> None:
     stamp = parse_time(newest.note.value("time") or "")
-    heartbeat = newest.note.value("heartbeat") or ""
-    allowed = max_age if max_age is not None else (2 * int(heartbeat) + 300 if heartbeat.isdigit() else None)
+    heartbeat = note.number(newest.note.value("heartbeat"))
+    allowed = max_age if max_age is not None else (2 * heartbeat + 300 if heartbeat is not None else None)
     if stamp is None or allowed is None:
         return
     age = (time.time() if now is None else now) - stamp.timestamp()

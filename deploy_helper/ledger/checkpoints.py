@@ -198,7 +198,10 @@ class Checkpointer:
         if head is None:
             frontier, chain_head, number, previous = merkle.CompactRange(), CHAIN_GENESIS, 0, self._legacy_previous()
         else:
-            nodes = [base64.b64decode(n) for n in head.frontier]
+            try:
+                nodes = [base64.b64decode(n, validate=True) for n in head.frontier]
+            except ValueError as exc:
+                raise LedgerError("the checkpoint head's compact range is not base64") from exc
             frontier = merkle.CompactRange(head.size, nodes)
             if not frontier.is_valid():
                 raise LedgerError("the checkpoint head's compact range does not fit its size")

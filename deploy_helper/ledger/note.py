@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,12 @@ DASH = "\u2014 "
 MAX_NOTE_BYTES = 4096  # KMS signs RAW messages of at most 4,096 bytes
 MAX_CHANGE_LINES = 16
 GENESIS = "genesis"
+_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+def number(text: str | None) -> int | None:
+    """A non-negative decimal integer written in ASCII digits, or None (``str.isdigit`` takes "²")."""
+    return int(text) if text is not None and _NUMBER.fullmatch(text) else None
 
 
 def key_id(name: str, algorithm: Algorithm, public_pem: str) -> bytes:
@@ -75,10 +82,10 @@ class CheckpointNote:
 
     @property
     def number(self) -> int:
-        text = self.value("checkpoint")
-        if text is None or not text.isdigit():
+        found = number(self.value("checkpoint"))
+        if found is None:
             raise CheckpointFormatError("the note has no checkpoint number")
-        return int(text)
+        return found
 
 
 @dataclass(frozen=True)
@@ -103,11 +110,18 @@ class SignedNote:
 
     def verify(self, name: str, algorithm: Algorithm, public_pem: str) -> bool:
         """Whether a signature line by this key (name and key id) verifies over the text."""
-        wanted = key_id(name, algorithm, public_pem)
-        return any(
-            s.name == name and s.key_id == wanted and verify_message(algorithm, public_pem, self.text, s.signature)
-            for s in self.signatures
-        )
+        return verify_signatures(self.text, self.signatures, name, algorithm, public_pem)
+
+
+def verify_signatures(
+    text: bytes, signatures: tuple[Signature, ...], name: str, algorithm: Algorithm, public_pem: str
+) -> bool:
+    """Whether one of ``signatures`` by this key (name and key id) verifies over ``text``."""
+    wanted = key_id(name, algorithm, public_pem)
+    return any(
+        s.name == name and s.key_id == wanted and verify_message(algorithm, public_pem, text, s.signature)
+        for s in signatures
+    )
 
 
 def sign(note: CheckpointNote, name: str, signer: Signer, public_pem: str) -> bytes:
@@ -120,8 +134,8 @@ def sign(note: CheckpointNote, name: str, signer: Signer, public_pem: str) -> by
     return text + b"\n" + line.encode("utf-8")
 
 
-def parse(raw: bytes) -> SignedNote:
-    """Parse a signed checkpoint note; raise ``CheckpointFormatError`` saying what is wrong."""
+def parse_envelope(raw: bytes) -> tuple[bytes, tuple[Signature, ...]]:
+    """Any signed note: its signed text (with the final newline) and its signature lines."""
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -143,8 +157,15 @@ def parse(raw: bytes) -> SignedNote:
         if not name or len(data) < 5:
             raise CheckpointFormatError("a signature line has no key name or too short a signature")
         signatures.append(Signature(name, data[:4], data[4:]))
-    lines = text.split("\n")
-    if len(lines) < 3 or not lines[1].isdigit():
+    return (text + "\n").encode("utf-8"), tuple(signatures)
+
+
+def parse(raw: bytes) -> SignedNote:
+    """Parse a signed checkpoint note; raise ``CheckpointFormatError`` saying what is wrong."""
+    signed_text, signatures = parse_envelope(raw)
+    lines = signed_text.decode("utf-8")[:-1].split("\n")
+    size = number(lines[1]) if len(lines) >= 3 else None
+    if size is None:
         raise CheckpointFormatError("the note does not start with an origin, a tree size and a root hash")
     try:
         root = base64.b64decode(lines[2], validate=True)
@@ -152,5 +173,5 @@ def parse(raw: bytes) -> SignedNote:
         raise CheckpointFormatError("the root hash is not base64") from exc
     if len(root) != 32:
         raise CheckpointFormatError("the root hash is not 32 bytes")
-    note = CheckpointNote(lines[0], int(lines[1]), root, tuple(lines[3:]))
-    return SignedNote(raw, (text + "\n").encode("utf-8"), note, tuple(signatures))
+    note = CheckpointNote(lines[0], size, root, tuple(lines[3:]))
+    return SignedNote(raw, signed_text, note, signatures)

@@ -108,8 +108,8 @@ def verify_ledger(
         if entry.get("type") == "intent":
             open_intents[stored.seq] = identity
         elif grant:
-            intent = entry.get("intent")
-            if intent is not None:
+            intent = str(entry.get("intent"))
+            if intent.isascii() and intent.isdigit():
                 open_intents.pop(int(intent), None)
             for seq in [s for s, ident in open_intents.items() if ident == identity and s < stored.seq]:
                 open_intents.pop(seq)
@@ -166,7 +166,9 @@ def _check_checkpoint(
         return f"checkpoint {checkpoint.name}: the signature does not verify: it is forged or altered"
     if previous is not None and data.get("previous") != previous:
         return f"checkpoint {checkpoint.name}: does not chain to the checkpoint before it: a checkpoint is missing"
-    size = int(data.get("size", -1))
+    size = data.get("size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        return f"checkpoint {checkpoint.name}: its size is not a number: it is malformed"
     if size > report.size:
         return (
             f"checkpoint {checkpoint.name} covers {size} entries but the ledger holds {report.size}: "
