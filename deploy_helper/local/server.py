@@ -117,13 +117,23 @@ def _snapshot_each_table_once() -> None:
             if not isinstance(value, Table):
                 return copy.deepcopy(value, memo)
             if id(value) not in self._copies:  # the original is kept, so its id stays unique
+                # The table's stream is shared, not copied (it only grows): a failed call
+                # truncates it back below, so it holds no record of a rolled-back write.
+                shard = getattr(value, "stream_shard", None)
+                memo = {**(memo or {}), **({id(shard): shard} if shard is not None else {})}
                 self._copies[id(value)] = (value, copy.deepcopy(value, memo))
             return self._copies[id(value)][1]
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
         models.copy = _OncePerTable()  # type: ignore[assignment]  # requests are serialized
+        streams = {n: (t.stream_shard, len(t.stream_shard.items)) for n, t in self.tables.items() if t.stream_shard}
         try:
             original(self, transact_items)
+        except Exception:
+            for name, (shard, length) in streams.items():
+                del shard.items[length:]
+                shard.table = self.tables.get(name, shard.table)
+            raise
         finally:
             models.copy = copy
 

@@ -636,3 +636,26 @@ def test_migration_adds_the_first_independent_checkpoint_without_rewriting(scena
     kinds = " ".join(report["explanations"])
     assert "1 legacy checkpoint(s)" in kinds and "not against the broker's own role" in kinds
     assert "1 independent checkpoint(s)" in kinds and "RFC 9162 Merkle root" in kinds
+
+
+def test_a_refused_transaction_leaves_no_stream_record(scenario: Scenario) -> None:
+    """The local AWS, like DynamoDB, streams only what a transaction committed."""
+    from deploy_helper.local.stream import LedgerStream
+
+    table = str(scenario.config.ledger_table)
+    ledger = scenario.ledger().ledger
+    ledger.append({"type": "decision"})
+    stream = LedgerStream(scenario.local, table)
+    assert [r["eventName"] for r in stream.records()] == ["INSERT"]
+
+    def put(seq: int) -> dict[str, Any]:
+        item = {"ledger": {"S": "main"}, "seq": {"N": str(seq)}, "body": {"S": "{}"}, "hash": {"S": "x"}}
+        return {"Put": {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(seq)"}}
+
+    with pytest.raises(ClientError) as refused:
+        _raw(scenario).transact_write_items(TransactItems=[put(2), put(1)])  # entry 1 exists: all or nothing
+    assert refused.value.response["Error"]["Code"] == "TransactionCanceledException"
+    assert stream.records() == []
+    assert ledger.head()[0] == 1
+    ledger.append({"type": "decision"})
+    assert [(r["eventName"], r["dynamodb"]["Keys"]["seq"]["N"]) for r in stream.records()] == [("INSERT", "2")]
