@@ -71,6 +71,7 @@ def _serialized_server() -> Any:
     from werkzeug.serving import make_server
 
     _snapshot_each_table_once()
+    _keep_streams_for_the_checkpointer()
 
     class SerializedMotoServer(ThreadedMotoServer):
         def _server_entry(self) -> None:
@@ -88,6 +89,22 @@ def _serialized_server() -> Any:
             self._server.serve_forever()
 
     return SerializedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+
+
+def _keep_streams_for_the_checkpointer() -> None:
+    """Stream records stay in the stream; moto does not try to run a function for them.
+
+    With an event source mapping on a table's stream (the checkpointer's, when the
+    broker is created from template.yaml), moto would invoke the function on every
+    write — it cannot run functions here — and then empty the stream. Locally the
+    ledger's stream is delivered to the checkpointer by deploy_helper.local.stream.
+    """
+    from moto.awslambda.models import LambdaBackend
+
+    def send_dynamodb_items(self: Any, function_arn: str, items: list[Any], source: str) -> str:
+        return ""  # nothing delivered: the records are kept
+
+    LambdaBackend.send_dynamodb_items = send_dynamodb_items  # type: ignore[method-assign]
 
 
 def _snapshot_each_table_once() -> None:

@@ -659,3 +659,27 @@ def test_a_refused_transaction_leaves_no_stream_record(scenario: Scenario) -> No
     assert ledger.head()[0] == 1
     ledger.append({"type": "decision"})
     assert [(r["eventName"], r["dynamodb"]["Keys"]["seq"]["N"]) for r in stream.records()] == [("INSERT", "2")]
+
+
+def test_a_stream_mapping_in_the_local_aws_keeps_records_for_the_checkpointer(scenario: Scenario) -> None:
+    """As when the broker is created from template.yaml: the checkpointer's mapping is on the stream."""
+    from deploy_helper.local import scenario as seed
+
+    table = str(scenario.config.ledger_table)
+    role = seed._role(scenario.local, "123456789012", "checkpointer", "lambda.amazonaws.com")
+    lam = scenario.local.client("lambda", "123456789012")
+    lam.create_function(
+        FunctionName="checkpointer",
+        Runtime="python3.12",
+        Role=role,
+        Handler="deploy_helper.checkpointer.lambda_handler",
+        Code={"ZipFile": seed._lambda_zip()},
+    )
+    stream_arn = _raw(scenario).describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    lam.create_event_source_mapping(EventSourceArn=stream_arn, FunctionName="checkpointer", StartingPosition="LATEST")
+    response = scenario.client().request([scenario.bucket_grant("service-a")])
+    assert response.results[0].decision == "applied"  # appends succeed ...
+    from deploy_helper.local.stream import LedgerStream
+
+    records = LedgerStream(scenario.local, table).records()  # ... and the stream still holds them
+    assert [int(r["dynamodb"]["Keys"]["seq"]["N"]) for r in records] == [e["seq"] for e in entries_of(scenario)]
