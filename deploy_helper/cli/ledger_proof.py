@@ -141,14 +141,14 @@ def prove(handle: LedgerHandle | None, seq: int, number: int | None, as_json: bo
 
     if handle is None or handle.checkpoints is None:
         raise click.UsageError("give --table and --bucket (or their DEPLOY_HELPER_* variables)")
-    report = verify_ledger(handle.ledger, objects=handle.checkpoints.versions(), keys=_keys(None, handle))
-    if not report.notes:
-        raise click.ClickException("there is no signed checkpoint yet to prove against")
-    signed = report.notes.get(number if number is not None else max(report.notes))
-    if signed is None:
-        raise click.ClickException(f"there is no checkpoint {number} (the newest is {max(report.notes)})")
-    bodies = {e.seq: e.body for e in handle.ledger.entries()}
     try:
+        report = verify_ledger(handle.ledger, objects=handle.checkpoints.versions(), keys=_keys(None, handle))
+        if not report.notes:
+            raise click.ClickException("there is no signed checkpoint yet to prove against")
+        signed = report.notes.get(number if number is not None else max(report.notes))
+        if signed is None:
+            raise click.ClickException(f"there is no checkpoint {number} (the newest is {max(report.notes)})")
+        bodies = {e.seq: e.body for e in handle.ledger.entries()}
         document = inclusion(report.leaves, bodies, seq, signed)
     except LedgerError as exc:
         raise click.ClickException(exc.message) from exc
@@ -168,7 +168,8 @@ def prove(handle: LedgerHandle | None, seq: int, number: int | None, as_json: bo
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Your copy of the checkpoint public key (PEM).",
 )
-def check_proof(proof_file: Path, public_key: Path) -> None:
+@json_option
+def check_proof(proof_file: Path, public_key: Path, as_json: bool) -> None:
     """Check a proof from `ledger prove` offline: the checkpoint's signature and the entry's inclusion."""
     from deploy_helper.ledger.offline import check_inclusion
     from deploy_helper.ledger.setup import load_public_key
@@ -178,11 +179,15 @@ def check_proof(proof_file: Path, public_key: Path) -> None:
     except ValueError as exc:
         raise click.ClickException(f"{proof_file} is not JSON: {exc}") from exc
     problems = check_inclusion(document if isinstance(document, dict) else {}, [load_public_key(public_key)])
-    for problem in problems:
-        click.echo(f"problem: {problem}")
+    if as_json:
+        emit_json({"holds": not problems, "problems": problems})
+    else:
+        for problem in problems:
+            click.echo(f"problem: {problem}")
     if problems:
         sys.exit(1)
-    click.echo(f"entry {document['entry']} is in the ledger's first {document['tree_size']} entries, as signed")
+    if not as_json:
+        click.echo(f"entry {document['entry']} is in the ledger's first {document['tree_size']} entries, as signed")
 
 
 @click.command("bundle")
@@ -190,7 +195,8 @@ def check_proof(proof_file: Path, public_key: Path) -> None:
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new directory for the bundle."
 )
-def bundle(handle: LedgerHandle | None, out: Path) -> None:
+@json_option
+def bundle(handle: LedgerHandle | None, out: Path, as_json: bool) -> None:
     """Export entries, every checkpoint version, the public keys and a manifest for offline audit.
 
     `deploy-helper ledger verify --bundle DIR` verifies it with no AWS credentials.
@@ -210,6 +216,9 @@ def bundle(handle: LedgerHandle | None, out: Path) -> None:
         )
     except LedgerError as exc:
         raise click.ClickException(exc.message) from exc
+    if as_json:
+        emit_json(manifest)
+        return
     click.echo(
         f"wrote {manifest['entries']} entries and {len(manifest['checkpoint_objects'])} checkpoint object "
         f"version(s) to {out}; verify with: deploy-helper ledger verify --bundle {out} --public-key YOUR.pem"

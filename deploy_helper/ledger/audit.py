@@ -170,6 +170,11 @@ def _audit_notes(
             report.problems.append(
                 f"checkpoint {number} does not chain to checkpoint {number - 1}: one of them was replaced"
             )
+        if previous is not None and statement.origin != previous.note.origin:
+            report.problems.append(
+                f"checkpoint {number} names another log ({statement.origin!r}) than checkpoint {number - 1} "
+                f"({previous.note.origin!r})"
+            )
         if previous is not None and statement.size < previous.note.size:
             report.problems.append(
                 f"checkpoint {number} covers fewer entries ({statement.size}) than checkpoint {number - 1} "

@@ -9,6 +9,7 @@ the reference.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,7 +114,8 @@ def open_ledger(
                 ledger,
                 signer_from_ref(checkpoint_key, session, region),
                 public_key[1],
-                origin=origin,
+                # The log's name in its checkpoints: the checkpointer's and the CLI's must agree.
+                origin=origin or os.environ.get("DEPLOY_HELPER_LEDGER_ORIGIN") or None,
                 heartbeat=heartbeat or DEFAULT_HEARTBEAT,
                 **({"clock": kwargs["clock"]} if "clock" in kwargs else {}),
             )

@@ -238,6 +238,7 @@ class Scenario:
             ("DEPLOY_HELPER_REFERENCE_TABLE", c.reference_table),
             ("DEPLOY_HELPER_CHECKPOINT_BUCKET", c.checkpoint_bucket),
             ("DEPLOY_HELPER_CHECKPOINT_KEY", c.checkpoint_key),
+            ("DEPLOY_HELPER_LEDGER_ORIGIN", CHECKPOINT_ORIGIN if c.checkpoint_key else None),
         ):
             if value:
                 env[name] = value

@@ -533,6 +533,16 @@ def test_prove_prints_an_inclusion_proof_checked_offline(populated: Scenario, tm
     assert too_new.exit_code == 1 and "not covered by checkpoint 1" in too_new.output
 
 
+def test_checkpoint_command_writes_the_next_checkpoint(populated: Scenario) -> None:
+    result = run_cli(populated, "ledger", "checkpoint", "--json")
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.output)
+    assert written["checkpoint"] == 2 and written["size"] == len(entries_of(populated))
+    assert "\nprevious " in written["note"] and "\n\n\u2014 deploy-helper.local/ledger/main " in written["note"]
+    code, report = _verify(populated)
+    assert code == 0 and report["checkpoints_verified"] == 2
+
+
 def test_verify_since_a_kept_checkpoint(populated: Scenario, tmp_path: Any) -> None:
     import rfc8785
 
