@@ -193,7 +193,19 @@ class Checkpointer:
         return note.GENESIS
 
     def write(self, changes: Iterable[Change] = ()) -> note.SignedNote:
-        """Extend the tree with the entries appended since the last checkpoint; sign and store the next one."""
+        """Extend the tree with the entries appended since the last checkpoint; sign and store the next one.
+
+        Every change is named: more than fit one note go into as many further
+        checkpoints as they need (each of the same tree), the last one returned.
+        """
+        lines = [change.line() for change in changes]
+        size = note.MAX_CHANGE_LINES
+        written = self._write(lines[:size])
+        for start in range(size, len(lines), size):
+            written = self._write(lines[start : start + size])
+        return written
+
+    def _write(self, lines: list[str]) -> note.SignedNote:
         head = self.read_head()
         if head is None:
             frontier, chain_head, number, previous = merkle.CompactRange(), CHAIN_GENESIS, 0, self._legacy_previous()
@@ -214,9 +226,6 @@ class Checkpointer:
                 break
             frontier.append(merkle.leaf_hash(stored.body))
             chain_head = stored.hash
-        lines = [line.line() for line in changes]
-        if len(lines) > note.MAX_CHANGE_LINES:
-            lines = [*lines[: note.MAX_CHANGE_LINES], f"changed-more {len(lines) - note.MAX_CHANGE_LINES}"]
         now = now_iso(self.clock())
         checkpoint = note.CheckpointNote(
             self.origin,

@@ -533,6 +533,23 @@ def test_prove_prints_an_inclusion_proof_checked_offline(populated: Scenario, tm
     assert too_new.exit_code == 1 and "not covered by checkpoint 1" in too_new.output
 
 
+def test_every_change_is_named_however_many(populated: Scenario) -> None:
+    ledger = populated.ledger().ledger
+    for _ in range(6):
+        ledger.append({"type": "decision", "decision": "unchanged"})
+    populated.checkpoint()
+    size = ledger.head()[0]
+    assert size > 16  # more changes than one checkpoint note holds
+    for seq in range(1, size + 1):  # an attribute beside the body: still an overwrite
+        _raw(populated).put_item(
+            TableName=populated.config.ledger_table, Item={**_item(populated, seq), "x": {"S": "1"}}
+        )
+    assert populated.checkpoint() == {"ok": True, "checkpoint": 4, "size": size, "changes": size}
+    code, report = _verify(populated)
+    named = {int(p.split()[1]) for p in report["problems"] if "was overwritten in the table (MODIFY" in p}
+    assert code == 1 and named == set(range(1, size + 1))
+
+
 def test_checkpoint_command_writes_the_next_checkpoint(populated: Scenario) -> None:
     result = run_cli(populated, "ledger", "checkpoint", "--json")
     assert result.exit_code == 0, result.output
