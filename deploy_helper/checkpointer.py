@@ -90,9 +90,14 @@ def build(config: CheckpointerConfig, session: Any = None) -> Checkpointer:
     return handle.checkpointer
 
 
-def _body_hash(image: Mapping[str, Any] | None) -> str:
+def _body(image: Mapping[str, Any] | None) -> str | None:
     body = ((image or {}).get("body") or {}).get("S")
-    return hashlib.sha256(body.encode("utf-8")).hexdigest() if isinstance(body, str) else ""
+    return body if isinstance(body, str) else None
+
+
+def _body_hash(image: Mapping[str, Any] | None) -> str:
+    body = _body(image)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest() if body is not None else ""
 
 
 def changes_in(records: list[Any], ledger: str) -> list[Change]:
@@ -111,7 +116,8 @@ def changes_in(records: list[Any], ledger: str) -> list[Change]:
             seq = int(str((keys.get("seq") or {}).get("N")))
         except (TypeError, ValueError):
             continue
-        change = Change(seq, record["eventName"], _body_hash(data.get("OldImage")), _body_hash(data.get("NewImage")))
+        old, new = data.get("OldImage"), data.get("NewImage")
+        change = Change(seq, record["eventName"], _body_hash(old), _body_hash(new), _body(old), _body(new))
         logger.warning(
             CHANGE_MESSAGE,
             extra={"seq": seq, "change": change.kind, "old_hash": change.old_hash, "new_hash": change.new_hash},

@@ -12,6 +12,7 @@ changed.
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -54,6 +55,8 @@ def audit_objects(
         by_key[obj.key].append(obj)
     notes: dict[int, SignedNote] = {}
     legacy: list[Checkpoint] = []
+    evidence: dict[str, str] = {}  # key -> SHA-256 of its first version
+    places: dict[int, str] = {}  # checkpoint number -> the prefix its note is under
     for key, versions in sorted(by_key.items()):
         base, _, tail = key.rpartition("/")
         is_note = base.endswith("/note")
@@ -89,6 +92,9 @@ def audit_objects(
                         f"{what} (version {version.version_id}) replaces a checkpoint of {first.size} entries "
                         f"with one of {parsed.note.size}: a checkpoint was re-signed"
                     )
+            elif base.endswith("/evidence") and note.number(tail) is not None:
+                evidence[key] = hashlib.sha256(body).hexdigest()
+                break  # the first version is the original (more were reported above)
             elif tail.endswith(".json") and key.count("/") == 2:
                 try:
                     legacy.append(Checkpoint.from_document(key, body))
@@ -100,10 +106,31 @@ def audit_objects(
                 break
         if originals:
             number = originals[0].note.number
-            notes.setdefault(number, originals[0])
+            if number not in notes:
+                notes[number] = originals[0]
+                places[number] = base.removesuffix("/note")
     _audit_legacy(report, hashes, legacy, keys)
+    _audit_evidence(report, notes, places, evidence)
     report.notes = notes
-    _audit_notes(report, hashes, notes, now=now, max_age=max_age)
+    _audit_notes(report, hashes, notes, places, now=now, max_age=max_age)
+
+
+def _audit_evidence(
+    report: VerifyReport, notes: dict[int, SignedNote], places: dict[int, str], evidence: dict[str, str]
+) -> None:
+    """Each checkpoint that names changes keeps the stream's images of them, unaltered, beside it."""
+    expected = {}
+    for number, signed in notes.items():
+        digest = signed.note.value("evidence")
+        if digest is not None:
+            expected[f"{places[number]}/evidence/{number:012d}"] = (number, digest)
+    for key, (number, digest) in sorted(expected.items()):
+        if key not in evidence:
+            report.problems.append(f"the evidence of checkpoint {number} ({key}) is missing")
+        elif evidence[key] != digest:
+            report.problems.append(f"the evidence of checkpoint {number} ({key}) differs from what it signed")
+    for key in sorted(set(evidence) - set(expected)):
+        report.problems.append(f"checkpoint object {key} is evidence no checkpoint names: an unexpected object")
 
 
 def _check_note(parsed: SignedNote, tail: str, keys: list[Key]) -> str | None:
@@ -139,6 +166,7 @@ def _audit_notes(
     report: VerifyReport,
     hashes: dict[int, str],
     notes: dict[int, SignedNote],
+    places: dict[int, str],
     *,
     now: float | None,
     max_age: float | None,
@@ -199,9 +227,11 @@ def _audit_notes(
         for line in statement.values("changed"):
             seq, kind, old, new = (line.split() + ["-"] * 4)[:4]
             verb = "deleted" if kind == "REMOVE" else "overwritten"
+            kept = f"{places[number]}/evidence/{number:012d}" if statement.value("evidence") else None
             report.problems.append(
                 f"entry {seq} was {verb} in the table ({kind}, seen by the checkpointer in the table's stream, "
                 f"recorded in checkpoint {number}): its hash was {old}, now {new}"
+                + (f"; the entry as it was is kept in {kept}" if kept else "")
             )
         for line in statement.values("unchained"):
             report.problems.append(

@@ -102,9 +102,26 @@ class Change:
     kind: str
     old_hash: str
     new_hash: str
+    #: The item's body before and after, as the stream showed them (kept as evidence).
+    old_body: str | None = None
+    new_body: str | None = None
 
     def line(self) -> str:
         return f"changed {self.seq} {self.kind} {self.old_hash or '-'} {self.new_hash or '-'}"
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "change": self.kind,
+            "old_hash": self.old_hash,
+            "new_hash": self.new_hash,
+            "old_body": self.old_body,
+            "new_body": self.new_body,
+        }
+
+
+def evidence_key(ledger: str, number: int) -> str:
+    return f"checkpoints/{ledger}/evidence/{number:012d}"
 
 
 class Head(BaseModel):
@@ -198,14 +215,14 @@ class Checkpointer:
         Every change is named: more than fit one note go into as many further
         checkpoints as they need (each of the same tree), the last one returned.
         """
-        lines = [change.line() for change in changes]
+        listed = list(changes)
         size = note.MAX_CHANGE_LINES
-        written = self._write(lines[:size])
-        for start in range(size, len(lines), size):
-            written = self._write(lines[start : start + size])
+        written = self._write(listed[:size])
+        for start in range(size, len(listed), size):
+            written = self._write(listed[start : start + size])
         return written
 
-    def _write(self, lines: list[str]) -> note.SignedNote:
+    def _write(self, changes: list[Change]) -> note.SignedNote:
         head = self.read_head()
         if head is None:
             frontier, chain_head, number, previous = merkle.CompactRange(), CHAIN_GENESIS, 0, self._legacy_previous()
@@ -226,6 +243,11 @@ class Checkpointer:
                 break
             frontier.append(merkle.leaf_hash(stored.body))
             chain_head = stored.hash
+        lines = [change.line() for change in changes]
+        if changes:  # what the stream showed, bodies included, beside the checkpoint that names it
+            evidence = json.dumps([change.evidence() for change in changes], indent=1).encode()
+            self._put(evidence_key(self.ledger.ledger, number + 1), evidence, once=True)
+            lines.append(f"evidence {hashlib.sha256(evidence).hexdigest()}")
         now = now_iso(self.clock())
         checkpoint = note.CheckpointNote(
             self.origin,

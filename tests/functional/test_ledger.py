@@ -337,7 +337,7 @@ def test_overwritten_entry_is_seen_in_the_stream_and_named(populated: Scenario, 
     import logging
 
     item = _item(populated, 3)
-    before = item["hash"]["S"]
+    before, original = item["hash"]["S"], item["body"]["S"]
     body = json.loads(item["body"]["S"])
     body["decision"] = "denied"
     item["body"] = {"S": json.dumps(body)}
@@ -348,10 +348,28 @@ def test_overwritten_entry_is_seen_in_the_stream_and_named(populated: Scenario, 
     assert caplog.records[0].seq == 3 and caplog.records[0].change == "MODIFY"  # type: ignore[attr-defined]
     code, report = _verify(populated)
     assert code == 1
+    evidence = "checkpoints/main/evidence/000000000002"
     assert any(
-        p.startswith("entry 3 was overwritten in the table (MODIFY") and f"its hash was {before}" in p
+        p.startswith("entry 3 was overwritten in the table (MODIFY")
+        and f"its hash was {before}" in p
+        and p.endswith(f"the entry as it was is kept in {evidence}")
         for p in report["problems"]
     )
+    s3, bucket, _ = _notes(populated)
+    kept = json.loads(s3.get_object(Bucket=bucket, Key=evidence)["Body"].read())
+    assert kept == [
+        {
+            "seq": 3,
+            "change": "MODIFY",
+            "old_hash": before,
+            "new_hash": hashlib.sha256(item["body"]["S"].encode()).hexdigest(),
+            "old_body": original,
+            "new_body": item["body"]["S"],
+        }
+    ]
+    s3.delete_object(Bucket=bucket, Key=evidence)
+    code, report = _verify(populated)
+    assert any(evidence in p and "was deleted (a delete marker" in p for p in report["problems"])
 
 
 def test_open_intent_is_reported_and_a_rerun_settles_it(scenario: Scenario) -> None:
