@@ -8,6 +8,9 @@ Layout under ``checkpoints/<ledger>/`` in the checkpoint bucket:
   deletion of an entry the checkpointer saw in the table's stream. Each is
   written once (``If-None-Match: *``); a second version or a delete marker is
   evidence of tampering.
+- ``evidence/<number>`` — beside a checkpoint that names changes: the stream's
+  images (old and new body) of each overwritten or deleted entry, as JSON;
+  the checkpoint signs its SHA-256.
 - ``<size>-<time>.json`` — legacy checkpoints (before the checkpointer): JSON
   signed by the broker's own key over the size and chain head only.
 

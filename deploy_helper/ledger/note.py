@@ -11,6 +11,8 @@ A checkpoint note's text is::
     time <ISO 8601 UTC>
     heartbeat <seconds between checkpoints at most>
     changed <seq> <MODIFY|REMOVE> <old hash> <new hash or ->   (one per overwrite/deletion seen)
+    evidence <hex SHA-256 of the evidence object holding those entries' old and new bodies>
+    unchained <seq> <why>   (an appended entry the checkpointer could not take into the tree)
 
 followed by a blank line and signature lines ``— <key name> <base64(key id || signature)>``.
 The signature covers the text (with its final newline). Ed25519 lines are the
