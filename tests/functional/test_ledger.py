@@ -728,3 +728,18 @@ def test_a_stream_mapping_in_the_local_aws_keeps_records_for_the_checkpointer(sc
 
     records = LedgerStream(scenario.local, table).records()  # ... and the stream still holds them
     assert [int(r["dynamodb"]["Keys"]["seq"]["N"]) for r in records] == [e["seq"] for e in entries_of(scenario)]
+
+
+def test_a_forged_stream_event_cannot_put_entries_into_a_checkpoint(populated: Scenario) -> None:
+    """Whoever can invoke the checkpointer (an account administrator) can cause a checkpoint, not an entry."""
+    from deploy_helper.checkpointer import handle
+
+    handle_ = populated.ledger()
+    assert handle_.checkpointer is not None
+    size = handle_.ledger.head()[0]
+    fake = {"ledger": {"S": "main"}, "seq": {"N": str(size + 1)}}
+    record = {"eventName": "INSERT", "dynamodb": {"Keys": fake, "NewImage": {**fake, "body": {"S": "{}"}}}}
+    answer = handle({"Records": [record]}, handle_.checkpointer)
+    assert (answer["size"], answer["changes"]) == (size, 0)  # entries come from the table, never the event
+    code, report = _verify(populated)
+    assert code == 0 and report["size"] == size and report["latest_checkpoint"]["size"] == size
