@@ -194,6 +194,7 @@ class Scenario:
             bucket=self.config.checkpoint_bucket,
             checkpoint_key=self.config.checkpoint_key,
             region=LOCAL_REGION,
+            origin=CHECKPOINT_ORIGIN,
         )
 
     def checkpoint(self, clock: Callable[[], float] | None = None) -> dict[str, Any]:
