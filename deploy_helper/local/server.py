@@ -101,13 +101,28 @@ def _keep_streams_for_the_checkpointer() -> None:
     broker is created from template.yaml), moto would invoke the function on every
     write — it cannot run functions here — and then empty the stream. Locally the
     ledger's stream is delivered to the checkpointer by deploy_helper.local.stream.
+
+    Also as DynamoDB does: a write that changes nothing (a put of the same item)
+    adds no stream record (moto adds a MODIFY).
     """
     from moto.awslambda.models import LambdaBackend
+    from moto.dynamodb.models.table import StreamShard
 
     def send_dynamodb_items(self: Any, function_arn: str, items: list[Any], source: str) -> str:
         return ""  # nothing delivered: the records are kept
 
     LambdaBackend.send_dynamodb_items = send_dynamodb_items  # type: ignore[method-assign]
+    if getattr(StreamShard.add, "_only_changes", False):
+        return
+    original_add = StreamShard.add
+
+    def add(self: Any, old: Any, new: Any) -> None:
+        if old is not None and new is not None and old == new:
+            return
+        original_add(self, old, new)
+
+    add._only_changes = True  # type: ignore[attr-defined]
+    StreamShard.add = add  # type: ignore[method-assign]
 
 
 def _snapshot_each_table_once() -> None:

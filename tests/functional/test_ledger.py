@@ -702,6 +702,8 @@ def test_a_refused_transaction_leaves_no_stream_record(scenario: Scenario) -> No
     assert refused.value.response["Error"]["Code"] == "TransactionCanceledException"
     assert stream.records() == []
     assert ledger.head()[0] == 1
+    _raw(scenario).put_item(TableName=table, Item=_item(scenario, 1))  # changes nothing: no record, as in AWS
+    assert stream.records() == []
     ledger.append({"type": "decision"})
     assert [(r["eventName"], r["dynamodb"]["Keys"]["seq"]["N"]) for r in stream.records()] == [("INSERT", "2")]
 
