@@ -290,7 +290,10 @@ def active(handle: LedgerHandle, as_json: bool, **filters: Any) -> None:
 def checkpoint(handle: LedgerHandle, as_json: bool) -> None:
     """Write the next checkpoint now, as the checkpointer does (needs the checkpoint key's Sign permission)."""
     if handle.checkpointer is None:
-        raise click.UsageError("give --bucket (or DEPLOY_HELPER_CHECKPOINT_BUCKET) and --checkpoint-key")
+        raise click.UsageError(
+            "give --bucket (or DEPLOY_HELPER_CHECKPOINT_BUCKET) and a --checkpoint-key that can sign "
+            "(kms:<key> or file:<private PEM>)"
+        )
     written = handle.checkpointer.write()
     statement = written.note
     if as_json:

@@ -105,7 +105,9 @@ def open_ledger(
     if bucket:
         s3 = session.client("s3", region_name=region)
         checkpoints = CheckpointStore(s3, bucket, ledger.ledger)
-        if checkpoint_key and public_key is not None:
+        scheme, _, path = (checkpoint_key or "").partition(":")
+        can_sign = scheme == "kms" or (scheme == "file" and b"PRIVATE KEY" in Path(path).read_bytes())
+        if checkpoint_key and public_key is not None and can_sign:  # an auditor's public key file: verify only
             from deploy_helper.ledger.checkpoints import DEFAULT_HEARTBEAT, Checkpointer
 
             checkpointer = Checkpointer(

@@ -745,3 +745,13 @@ def test_a_forged_stream_event_cannot_put_entries_into_a_checkpoint(populated: S
     assert (answer["size"], answer["changes"]) == (size, 0)  # entries come from the table, never the event
     code, report = _verify(populated)
     assert code == 0 and report["size"] == size and report["latest_checkpoint"]["size"] == size
+
+
+def test_an_auditor_with_only_the_public_key_file_verifies(populated: Scenario, tmp_path: Any) -> None:
+    pem = _public_pem(populated, tmp_path)
+    env = {**populated.environ(), "DEPLOY_HELPER_CHECKPOINT_KEY": f"file:{pem}"}
+    result = CliRunner().invoke(main, ["ledger", "verify", "--json"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["checkpoints_verified"] == 1
+    refused = CliRunner().invoke(main, ["ledger", "checkpoint"], env=env)
+    assert refused.exit_code == 2 and "--checkpoint-key" in refused.output  # it cannot sign
