@@ -755,3 +755,28 @@ def test_an_auditor_with_only_the_public_key_file_verifies(populated: Scenario, 
     assert json.loads(result.output)["checkpoints_verified"] == 1
     refused = CliRunner().invoke(main, ["ledger", "checkpoint"], env=env)
     assert refused.exit_code == 2 and "--checkpoint-key" in refused.output  # it cannot sign
+
+
+def test_a_checkpoint_write_never_lists_and_costs_the_same_however_many_exist(populated: Scenario) -> None:
+    from deploy_helper.ledger.setup import open_ledger
+    from deploy_helper.local.scenario import CHECKPOINT_ORIGIN
+
+    session = populated.local.base_session()
+    calls: list[str] = []
+    session.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    opened = open_ledger(
+        session,
+        table=str(populated.config.ledger_table),
+        bucket=populated.config.checkpoint_bucket,
+        checkpoint_key=populated.config.checkpoint_key,
+        region="us-east-1",
+        origin=CHECKPOINT_ORIGIN,
+    )
+    assert opened.checkpointer is not None
+    per_write = []
+    for _ in range(40):
+        calls.clear()
+        opened.checkpointer.write()
+        per_write.append(list(calls))
+    assert per_write == [["GetObject", "PutObject", "PutObject"]] * 40  # head, note, head: never a listing
+    assert len(_notes(populated)[2]) == 41
