@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from deploy_helper.cli.ledger_proof import bundle, check_proof, optional_ledger_options, prove, run_verify
-from deploy_helper.cli.output import emit_json, json_option, short, table
+from deploy_helper.cli.output import echo, emit_json, json_option, literal, short, table
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -158,7 +158,11 @@ def show(handle: LedgerHandle, entry_id: int) -> None:
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout)."
 )
 def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) -> None:
-    """Entries as JSON Lines (exact stored fields) or CSV (one row per entry)."""
+    """Entries as JSON Lines (exact stored fields) or CSV (one row per entry).
+
+    In CSV, control characters in a value are written as escapes (\\x1b, \\n): the
+    rows stay safe to view; JSON Lines keeps every value exact.
+    """
     from deploy_helper.ledger.query import select
 
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
@@ -187,7 +191,8 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
             else:
                 ctx = e.get("context") or {}
                 writer.writerow(
-                    [
+                    literal(cell)
+                    for cell in [
                         *_row(e),
                         e.get("request_id"),
                         e.get("key_id"),
@@ -299,7 +304,7 @@ def checkpoint(handle: LedgerHandle, as_json: bool) -> None:
     if as_json:
         emit_json({"checkpoint": statement.number, "size": statement.size, "note": written.raw.decode()})
     else:
-        click.echo(f"checkpoint {statement.number}: {statement.size} entries")
+        echo(f"checkpoint {statement.number}: {statement.size} entries")
 
 
 for _command in (prove, check_proof, bundle):

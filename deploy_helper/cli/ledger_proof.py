@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from deploy_helper.cli.output import emit_json, json_option
+from deploy_helper.cli.output import echo, emit_json, failure, json_option
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -94,7 +94,7 @@ def run_verify(
             keys = _keys(public_key, handle)
         report = verify_ledger(source, kept, keys=keys, objects=objects, now=now, max_age=max_age)
     except LedgerError as exc:
-        raise click.ClickException(exc.message) from exc
+        raise failure(exc.message) from exc
     if bundle is not None:
         report.problems[:0] = opened.problems
     if since is not None:
@@ -108,19 +108,19 @@ def _print(report: VerifyReport, name: str, as_json: bool) -> None:
         emit_json(report.as_dict())
         return
     status = "WHOLE" if report.whole else "BROKEN" if report.problems else "INCOMPLETE"
-    click.echo(
+    echo(
         f"ledger {name}: {status} — {report.size} entries, head {report.head[:16]}…, "
         f"{report.checkpoints} checkpoint(s) verified"
     )
     for problem in report.problems:
-        click.echo(f"  problem: {problem}")
+        echo(f"  problem: {problem}")
     if report.open_intents:
         click.echo(
             f"  {len(report.open_intents)} intent(s) without an outcome: entries "
             f"{', '.join(map(str, report.open_intents[:20]))} — re-run those requests to settle them"
         )
     for explanation in report.explanations:
-        click.echo(f"  proves: {explanation}")
+        echo(f"  proves: {explanation}")
 
 
 @click.command("prove")
@@ -151,7 +151,7 @@ def prove(handle: LedgerHandle | None, seq: int, number: int | None, as_json: bo
         bodies = {e.seq: e.body for e in handle.ledger.entries()}
         document = inclusion(report.leaves, bodies, seq, signed)
     except LedgerError as exc:
-        raise click.ClickException(exc.message) from exc
+        raise failure(exc.message) from exc
     if as_json:
         emit_json(document)
     else:
@@ -183,7 +183,7 @@ def check_proof(proof_file: Path, public_key: Path, as_json: bool) -> None:
         emit_json({"holds": not problems, "problems": problems})
     else:
         for problem in problems:
-            click.echo(f"problem: {problem}")
+            echo(f"problem: {problem}")
     if problems:
         sys.exit(1)
     if not as_json:
@@ -215,7 +215,7 @@ def bundle(handle: LedgerHandle | None, out: Path, as_json: bool) -> None:
             ledger=handle.ledger.ledger,
         )
     except LedgerError as exc:
-        raise click.ClickException(exc.message) from exc
+        raise failure(exc.message) from exc
     if as_json:
         emit_json(manifest)
         return

@@ -71,9 +71,11 @@ def _serialized_server() -> Any:
     from werkzeug.serving import make_server
 
     from deploy_helper.local import codepipeline_jobs
+    from deploy_helper.local.lambda_revisions import keep_revisions_as_lambda
 
     _snapshot_each_table_once()
     _keep_streams_for_the_checkpointer()
+    keep_revisions_as_lambda()
 
     class SerializedMotoServer(ThreadedMotoServer):
         def _server_entry(self) -> None:
