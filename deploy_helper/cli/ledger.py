@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from deploy_helper.cli.ledger_proof import bundle, check_proof, optional_ledger_options, prove, run_verify
+from deploy_helper.cli.ledger_proof import bundle, check_proof, optional_ledger_options, prove, pull, run_verify
 from deploy_helper.cli.output import echo, emit_json, json_option, literal, short, table
 
 if TYPE_CHECKING:
@@ -233,8 +233,9 @@ broken (the first broken place is named) or an intent has no outcome.
 )
 @click.option(
     "--since",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A checkpoint (signed note) you kept: prove the newest checkpoint is consistent with it.",
+    type=click.Path(exists=True, path_type=Path),
+    help="Checkpoints you kept (a signed-note file, or a directory of them, e.g. from `ledger pull`): "
+    "prove the stored ones are the same and the newest is consistent with each.",
 )
 @click.option(
     "--bundle",
@@ -307,5 +308,5 @@ def checkpoint(handle: LedgerHandle, as_json: bool) -> None:
         echo(f"checkpoint {statement.number}: {statement.size} entries")
 
 
-for _command in (prove, check_proof, bundle):
+for _command in (prove, check_proof, bundle, pull):
     ledger.add_command(_command)

@@ -98,7 +98,9 @@ def run_verify(
     if bundle is not None:
         report.problems[:0] = opened.problems
     if since is not None:
-        report.problems.extend(check_since(since.read_bytes(), report, keys))
+        for path in sorted(since.iterdir()) if since.is_dir() else [since]:
+            if path.is_file():
+                report.problems.extend(f"{path.name}: {p}" for p in check_since(path.read_bytes(), report, keys))
     _print(report, name, as_json)
     sys.exit(0 if report.whole else 1)
 
@@ -223,3 +225,44 @@ def bundle(handle: LedgerHandle | None, out: Path, as_json: bool) -> None:
         f"wrote {manifest['entries']} entries and {len(manifest['checkpoint_objects'])} checkpoint object "
         f"version(s) to {out}; verify with: deploy-helper ledger verify --bundle {out} --public-key YOUR.pem"
     )
+
+
+@click.command("pull")
+@optional_ledger_options
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Your directory of checkpoints."
+)
+@json_option
+def pull(handle: LedgerHandle | None, out: Path, as_json: bool) -> None:
+    """Copy new signed checkpoints into your own directory (one file per number), verified first.
+
+    A copy you already hold is never replaced; if the stored checkpoint differs
+    from it, that is reported (exit 1). Verify against your copies later with
+    `deploy-helper ledger verify --since DIR`.
+    """
+    from deploy_helper.exceptions import LedgerError
+    from deploy_helper.ledger.verify import verify_ledger
+
+    if handle is None or handle.checkpoints is None:
+        raise click.UsageError("give --table and --bucket (or their DEPLOY_HELPER_* variables)")
+    try:
+        report = verify_ledger(handle.ledger, objects=handle.checkpoints.versions(), keys=_keys(None, handle))
+    except LedgerError as exc:
+        raise failure(exc.message) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    added, differ = [], []
+    for number, signed in sorted(report.notes.items()):
+        path = out / f"{number:012d}"
+        if not path.exists():
+            path.write_bytes(signed.raw)
+            added.append(number)
+        elif path.read_bytes() != signed.raw:
+            differ.append(number)
+    if as_json:
+        emit_json({"added": added, "differ": differ, "held": len(report.notes)})
+    else:
+        echo(f"{len(added)} new checkpoint(s) copied to {out}; {len(report.notes)} stored")
+        for number in differ:
+            echo(f"  problem: stored checkpoint {number} differs from your copy {out / f'{number:012d}'}")
+    if differ:
+        sys.exit(1)

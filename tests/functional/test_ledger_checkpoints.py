@@ -279,6 +279,39 @@ def test_verify_since_a_kept_checkpoint(populated: Scenario, tmp_path: Any) -> N
     assert any(p.startswith("entries 1..") and "differ from what checkpoint 1 signed" in p for p in problems)
 
 
+def test_pulled_copies_catch_a_checkpoint_replaced_by_whoever_holds_the_key(populated: Scenario, tmp_path: Any) -> None:
+    """An account administrator can re-sign and (after Object Lock's retention) replace: your copies still tell."""
+    from deploy_helper.ledger import note
+
+    kept = tmp_path / "kept"
+    pulled = run_cli(populated, "ledger", "pull", "--out", str(kept), "--json")
+    assert json.loads(pulled.output) == {"added": [1], "differ": [], "held": 1}
+    populated.checkpoint()
+    pulled = run_cli(populated, "ledger", "pull", "--out", str(kept), "--json")
+    assert json.loads(pulled.output) == {"added": [2], "differ": [], "held": 2}
+    assert run_cli(populated, "ledger", "verify", "--since", str(kept)).exit_code == 0
+    # Checkpoint 1 replaced outright: every version removed, a re-signed one (over fewer entries) put back.
+    s3, bucket, names = note_objects(populated)
+    original = note.parse((kept / "000000000001").read_bytes())
+    for version in s3.list_object_versions(Bucket=bucket, Prefix=names[0])["Versions"]:
+        s3.delete_object(Bucket=bucket, Key=names[0], VersionId=version["VersionId"])
+    handle = populated.ledger()
+    assert handle.checkpointer is not None and handle.public_key is not None
+    forged = note.CheckpointNote(original.note.origin, 3, original.note.root, original.note.extensions)
+    s3.put_object(
+        Bucket=bucket,
+        Key=names[0],
+        Body=note.sign(forged, original.note.origin, handle.checkpointer.signer, handle.public_key[1]),
+    )
+    pulled = run_cli(populated, "ledger", "pull", "--out", str(kept), "--json")
+    assert pulled.exit_code == 1 and json.loads(pulled.output)["differ"] == [1]
+    assert (kept / "000000000001").read_bytes() == original.raw  # your copy is never replaced
+    result = run_cli(populated, "ledger", "verify", "--json", "--since", str(kept))
+    problems = json.loads(result.output)["problems"]
+    assert "000000000001: the stored checkpoint 1 differs from your copy (it signs 3 entries, yours 14): " \
+        "the stored one was replaced" in problems  # fmt: skip
+
+
 def test_bundle_verifies_offline_with_aws_credentials_unset(populated: Scenario, tmp_path: Any) -> None:
     out = tmp_path / "bundle"
     result = run_cli(populated, "ledger", "bundle", "--out", str(out))
