@@ -230,7 +230,12 @@ def _audit_notes(
             kept = f"{places[number]}/evidence/{number:012d}" if statement.value("evidence") else None
             report.problems.append(
                 f"entry {seq} was {verb} in the table ({kind}, seen by the checkpointer in the table's stream, "
-                f"recorded in checkpoint {number}): its hash was {old}, now {new}"
+                f"recorded in checkpoint {number}): "
+                + (
+                    f"its hash was {old}, now {new}"
+                    if old != new
+                    else f"its body is unchanged ({old}), other attributes"
+                )
                 + (f"; the entry as it was is kept in {kept}" if kept else "")
             )
         for line in statement.values("unchained"):
