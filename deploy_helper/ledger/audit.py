@@ -92,7 +92,7 @@ def audit_objects(
                         f"{what} (version {version.version_id}) replaces a checkpoint of {first.size} entries "
                         f"with one of {parsed.note.size}: a checkpoint was re-signed"
                     )
-            elif base.endswith("/evidence") and note.number(tail) is not None:
+            elif base.endswith("/evidence") and note.number(tail.partition("-")[0]) is not None:
                 evidence[key] = hashlib.sha256(body).hexdigest()
                 break  # the first version is the original (more were reported above)
             elif tail.endswith(".json") and key.count("/") == 2:
@@ -123,14 +123,17 @@ def _audit_evidence(
     for number, signed in notes.items():
         digest = signed.note.value("evidence")
         if digest is not None:
-            expected[f"{places[number]}/evidence/{number:012d}"] = (number, digest)
+            expected[f"{places[number]}/evidence/{number:012d}-{digest[:16]}"] = (number, digest)
     for key, (number, digest) in sorted(expected.items()):
         if key not in evidence:
             report.problems.append(f"the evidence of checkpoint {number} ({key}) is missing")
         elif evidence[key] != digest:
             report.problems.append(f"the evidence of checkpoint {number} ({key}) differs from what it signed")
     for key in sorted(set(evidence) - set(expected)):
-        report.problems.append(f"checkpoint object {key} is evidence no checkpoint names: an unexpected object")
+        report.problems.append(
+            f"checkpoint object {key} is evidence no checkpoint names (a checkpointer run that stopped "
+            "before its checkpoint leaves one; otherwise it was put there)"
+        )
 
 
 def _check_note(parsed: SignedNote, tail: str, keys: list[Key]) -> str | None:
@@ -227,7 +230,8 @@ def _audit_notes(
         for line in statement.values("changed"):
             seq, kind, old, new = (line.split() + ["-"] * 4)[:4]
             verb = "deleted" if kind == "REMOVE" else "overwritten"
-            kept = f"{places[number]}/evidence/{number:012d}" if statement.value("evidence") else None
+            digest = statement.value("evidence")
+            kept = f"{places[number]}/evidence/{number:012d}-{digest[:16]}" if digest else None
             report.problems.append(
                 f"entry {seq} was {verb} in the table ({kind}, seen by the checkpointer in the table's stream, "
                 f"recorded in checkpoint {number}): "

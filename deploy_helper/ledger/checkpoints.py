@@ -8,7 +8,7 @@ Layout under ``checkpoints/<ledger>/`` in the checkpoint bucket:
   deletion of an entry the checkpointer saw in the table's stream. Each is
   written once (``If-None-Match: *``); a second version or a delete marker is
   evidence of tampering.
-- ``evidence/<number>`` — beside a checkpoint that names changes: the stream's
+- ``evidence/<number>-<digest>`` — beside a checkpoint that names changes: the stream's
   images (old and new body) of each overwritten or deleted entry, as JSON;
   the checkpoint signs its SHA-256.
 - ``<size>-<time>.json`` — legacy checkpoints (before the checkpointer): JSON
@@ -16,7 +16,8 @@ Layout under ``checkpoints/<ledger>/`` in the checkpoint bucket:
 
 ``checkpoint-head/<ledger>.json`` (outside that prefix) is the checkpointer's
 head pointer: the last checkpoint's number and digest, and the Merkle tree's
-compact range. Writing checkpoint *n+1* reads the head, the entries appended
+compact range. A run that stopped after a checkpoint but before the head is
+taken up by the next run (the checkpoint is checked and adopted, never rewritten). Writing checkpoint *n+1* reads the head, the entries appended
 since, and writes two objects: O(1) in the number of checkpoints, O(log n) in
 entries plus the new ones. Nothing here ever lists the checkpoints.
 """
@@ -35,7 +36,7 @@ import rfc8785
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deploy_helper.exceptions import LedgerError
+from deploy_helper.exceptions import CheckpointFormatError, LedgerError
 from deploy_helper.ledger import merkle, note
 from deploy_helper.ledger.entries import now_iso
 from deploy_helper.ledger.store import GENESIS as CHAIN_GENESIS
@@ -123,8 +124,13 @@ class Change:
         }
 
 
-def evidence_key(ledger: str, number: int) -> str:
-    return f"checkpoints/{ledger}/evidence/{number:012d}"
+def evidence_key(ledger: str, number: int, digest: str) -> str:
+    """Named by its digest too: a run that stopped before its checkpoint leaves no name taken."""
+    return f"checkpoints/{ledger}/evidence/{number:012d}-{digest[:16]}"
+
+
+class _Taken(LedgerError):
+    """The object to be written once already exists (another run wrote it)."""
 
 
 class Head(BaseModel):
@@ -179,7 +185,11 @@ class Checkpointer:
         extra = {"IfNoneMatch": "*"} if once else {}
         try:
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="text/plain", **extra)
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            if once and exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                raise _Taken(f"s3://{self.bucket}/{key} exists already") from exc
+            raise LedgerError(f"cannot write s3://{self.bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
             raise LedgerError(f"cannot write s3://{self.bucket}/{key}: {exc}") from exc
 
     def read_head(self) -> Head | None:
@@ -225,32 +235,74 @@ class Checkpointer:
             written = self._write(listed[start : start + size])
         return written
 
-    def _write(self, changes: list[Change]) -> note.SignedNote:
+    def _state(self) -> tuple[merkle.CompactRange, str, int, str]:
+        """The tree, chain head, number and digest of the last checkpoint, from the head pointer."""
         head = self.read_head()
         if head is None:
-            frontier, chain_head, number, previous = merkle.CompactRange(), CHAIN_GENESIS, 0, self._legacy_previous()
-        else:
-            try:
-                nodes = [base64.b64decode(n, validate=True) for n in head.frontier]
-            except ValueError as exc:
-                raise LedgerError("the checkpoint head's compact range is not base64") from exc
-            frontier = merkle.CompactRange(head.size, nodes)
-            if not frontier.is_valid():
-                raise LedgerError("the checkpoint head's compact range does not fit its size")
-            chain_head, number, previous = head.chain_head, head.checkpoint, head.digest
-        problems = []
+            return merkle.CompactRange(), CHAIN_GENESIS, 0, self._legacy_previous()
+        try:
+            nodes = [base64.b64decode(n, validate=True) for n in head.frontier]
+        except ValueError as exc:
+            raise LedgerError("the checkpoint head's compact range is not base64") from exc
+        frontier = merkle.CompactRange(head.size, nodes)
+        if not frontier.is_valid():
+            raise LedgerError("the checkpoint head's compact range does not fit its size")
+        return frontier, head.chain_head, head.checkpoint, head.digest
+
+    def _extend(self, frontier: merkle.CompactRange, chain_head: str, upto: int | None = None) -> tuple[str, list[str]]:
+        """Take the entries after the tree's size into it (up to ``upto``); the new chain head and problems."""
         for stored in self.ledger.entries(frontier.size + 1):
+            if upto is not None and stored.seq > upto:
+                break
             problem = _absorbable(stored, frontier.size + 1, chain_head)
             if problem:
-                problems.append(problem)
-                break
+                return chain_head, [problem]
             frontier.append(merkle.leaf_hash(stored.body))
             chain_head = stored.hash
+        return chain_head, []
+
+    def _adopt(self, number: int, frontier: merkle.CompactRange, chain_head: str, previous: str) -> None:
+        """A run stopped after writing checkpoint ``number`` but before the head: point the head at it."""
+        raw = self._get(note_key(self.ledger.ledger, number)) or b""
+        try:
+            found = note.parse(raw)
+        except CheckpointFormatError as exc:
+            raise LedgerError(
+                f"checkpoint {number} exists but is malformed ({exc.message}); see ledger verify"
+            ) from exc
+        if (
+            not found.verify(self.origin, self.signer.algorithm, self.public_pem)
+            or found.note.value("previous") != previous
+        ):
+            raise LedgerError(
+                f"checkpoint {number} exists but does not follow checkpoint {number - 1}; see ledger verify"
+            )
+        chain_head, _ = self._extend(frontier, chain_head, upto=found.note.size)
+        if frontier.size != found.note.size or frontier.root() != found.note.root:
+            raise LedgerError(f"checkpoint {number} exists but the entries it covers changed; see ledger verify")
+        self._put_head(number, raw, frontier, chain_head, found.note.value("time") or "")
+
+    def _put_head(self, number: int, raw: bytes, frontier: merkle.CompactRange, chain_head: str, now: str) -> None:
+        head = Head(
+            checkpoint=number,
+            digest=hashlib.sha256(raw).hexdigest(),
+            size=frontier.size,
+            chain_head=chain_head,
+            frontier=[base64.b64encode(n).decode("ascii") for n in frontier.nodes],
+            time=now,
+        )
+        self._put(head_key(self.ledger.ledger), head.model_dump_json().encode(), once=False)
+
+    def _write(self, changes: list[Change], *, retry: bool = True) -> note.SignedNote:
+        frontier, chain_head, number, previous = self._state()
+        before = (frontier.copy(), chain_head)
+        chain_head, problems = self._extend(frontier, chain_head)
         lines = [change.line() for change in changes]
         if changes:  # what the stream showed, bodies included, beside the checkpoint that names it
             evidence = json.dumps([change.evidence() for change in changes], indent=1).encode()
-            self._put(evidence_key(self.ledger.ledger, number + 1), evidence, once=True)
-            lines.append(f"evidence {hashlib.sha256(evidence).hexdigest()}")
+            digest = hashlib.sha256(evidence).hexdigest()
+            self._put(evidence_key(self.ledger.ledger, number + 1, digest), evidence, once=True)
+            lines.append(f"evidence {digest}")
         now = now_iso(self.clock())
         checkpoint = note.CheckpointNote(
             self.origin,
@@ -267,16 +319,14 @@ class Checkpointer:
             ),
         )
         raw = note.sign(checkpoint, self.origin, self.signer, self.public_pem)
-        self._put(note_key(self.ledger.ledger, number + 1), raw, once=True)
-        new_head = Head(
-            checkpoint=number + 1,
-            digest=hashlib.sha256(raw).hexdigest(),
-            size=frontier.size,
-            chain_head=chain_head,
-            frontier=[base64.b64encode(n).decode("ascii") for n in frontier.nodes],
-            time=now,
-        )
-        self._put(head_key(self.ledger.ledger), new_head.model_dump_json().encode(), once=False)
+        try:
+            self._put(note_key(self.ledger.ledger, number + 1), raw, once=True)
+        except _Taken:
+            if not retry:
+                raise
+            self._adopt(number + 1, *before, previous)
+            return self._write(changes, retry=False)
+        self._put_head(number + 1, raw, frontier, chain_head, now)
         return note.parse(raw)
 
 

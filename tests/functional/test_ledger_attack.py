@@ -277,7 +277,8 @@ def test_the_broker_role_cannot_rewrite_history_unnoticed(attacked: tuple[Scenar
     assert report["first_broken_entry"] is None
     # And the erased grant is not lost: the stream's images of the overwritten entries are kept.
     s3_admin = sc.local.client("s3", ACCOUNT)
-    kept = json.loads(s3_admin.get_object(Bucket=bucket, Key="checkpoints/main/evidence/000000000002")["Body"].read())
+    (listed,) = s3_admin.list_objects_v2(Bucket=bucket, Prefix="checkpoints/main/evidence/000000000002-")["Contents"]
+    kept = json.loads(s3_admin.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read())
     originals = {item["seq"]: json.loads(item["old_body"]) for item in kept}
     assert {seq: originals[seq] for seq in erased} == {e.seq: e.entry for e in stored if e.seq in erased}
     assert all(originals[seq]["grant"]["kind"] == "kms-grant" for seq in erased)

@@ -117,14 +117,16 @@ def test_overwritten_entry_is_seen_in_the_stream_and_named(populated: Scenario, 
     assert caplog.records[0].seq == 3 and caplog.records[0].change == "MODIFY"  # type: ignore[attr-defined]
     code, report = verify_cli(populated)
     assert code == 1
-    evidence = "checkpoints/main/evidence/000000000002"
+    s3, bucket, _ = note_objects(populated)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/main/evidence/000000000002-")["Contents"]
+    assert len(listed) == 1
+    evidence = listed[0]["Key"]
     assert any(
         p.startswith("entry 3 was overwritten in the table (MODIFY")
         and f"its hash was {before}" in p
         and p.endswith(f"the entry as it was is kept in {evidence}")
         for p in report["problems"]
     )
-    s3, bucket, _ = note_objects(populated)
     kept = json.loads(s3.get_object(Bucket=bucket, Key=evidence)["Body"].read())
     assert kept == [
         {
@@ -231,6 +233,43 @@ def test_every_change_is_named_however_many(populated: Scenario) -> None:
     code, report = verify_cli(populated)
     named = {int(p.split()[1]) for p in report["problems"] if "was overwritten in the table (MODIFY" in p}
     assert code == 1 and named == set(range(1, size + 1))
+
+
+def test_a_run_that_stopped_between_checkpoint_and_head_is_taken_up_by_the_next(populated: Scenario) -> None:
+    from deploy_helper.exceptions import LedgerError
+    from deploy_helper.ledger.setup import open_ledger
+    from deploy_helper.local.scenario import CHECKPOINT_ORIGIN
+
+    session = populated.local.base_session()
+
+    def die_before_the_head(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"].startswith("checkpoint-head/"):
+            raise RuntimeError("the function timed out here")
+
+    session.events.register("before-parameter-build.s3.PutObject", die_before_the_head)
+    opened = open_ledger(
+        session,
+        table=str(populated.config.ledger_table),
+        bucket=populated.config.checkpoint_bucket,
+        checkpoint_key=populated.config.checkpoint_key,
+        region="us-east-1",
+        origin=CHECKPOINT_ORIGIN,
+    )
+    assert opened.checkpointer is not None
+    populated.ledger().ledger.append({"type": "decision", "decision": "unchanged"})
+    with pytest.raises(RuntimeError):
+        opened.checkpointer.write()  # checkpoint 2 is stored, the head still says 1
+    assert len(note_objects(populated)[2]) == 2
+    populated.ledger().ledger.append({"type": "decision", "decision": "unchanged"})
+    assert populated.checkpoint()["checkpoint"] == 3  # 2 is taken up, not rewritten; 3 follows it
+    code, report = verify_cli(populated)
+    assert code == 0, report
+    assert report["checkpoints_verified"] == 3
+    # A checkpoint found in the way that does not follow the head is not taken up.
+    s3, bucket, _ = note_objects(populated)
+    s3.put_object(Bucket=bucket, Key="checkpoints/main/note/000000000004", Body=b"not ours")
+    with pytest.raises(LedgerError, match="checkpoint 4 exists but is malformed"):
+        populated.checkpoint()
 
 
 def test_checkpoint_command_writes_the_next_checkpoint(populated: Scenario) -> None:
