@@ -227,6 +227,12 @@ broken (the first broken place is named) or an intent has no outcome.
     help="Your own copy of the checkpoint public key (PEM).",
 )
 @click.option(
+    "--legacy-public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The key of legacy JSON checkpoints, if not the checkpointer's (PEM; env DEPLOY_HELPER_LEGACY_CHECKPOINT_KEY "
+    "as kms:<key> or file:<pem>). It never verifies a signed-note checkpoint.",
+)
+@click.option(
     "--checkpoints-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Also verify against legacy JSON checkpoints you kept.",

@@ -56,10 +56,27 @@ def _keys(own: Path | None, handle: LedgerHandle | None) -> list[Key]:
     return [handle.public_key] if handle is not None and handle.public_key else []
 
 
+def _legacy_keys(own: Path | None, handle: LedgerHandle | None) -> list[Key]:
+    """The key of legacy JSON checkpoints: a PEM, else DEPLOY_HELPER_LEGACY_CHECKPOINT_KEY (live only)."""
+    import os
+
+    from deploy_helper.ledger.setup import load_public_key, public_key_from_ref
+
+    if own is not None:
+        return [load_public_key(own)]
+    ref = os.environ.get("DEPLOY_HELPER_LEGACY_CHECKPOINT_KEY")
+    if ref and handle is not None:
+        import boto3
+
+        return [public_key_from_ref(ref, boto3.Session())]
+    return []
+
+
 def run_verify(
     handle: LedgerHandle | None,
     *,
     public_key: Path | None,
+    legacy_public_key: Path | None,
     checkpoints_dir: Path | None,
     since: Path | None,
     bundle: Path | None,
@@ -86,13 +103,15 @@ def run_verify(
             opened = read_bundle(bundle)
             source, objects, now, name = opened, opened.objects, opened.created, str(bundle)
             keys = _keys(public_key, None) or opened.keys
+            legacy = _legacy_keys(legacy_public_key, None) or opened.legacy_keys
         else:
             if handle is None:
                 raise click.UsageError("give --table (or DEPLOY_HELPER_LEDGER_TABLE), or --bundle DIR")
             source, now, name = handle.ledger, None, handle.ledger.table
             objects = handle.checkpoints.versions() if handle.checkpoints else None
             keys = _keys(public_key, handle)
-        report = verify_ledger(source, kept, keys=keys, objects=objects, now=now, max_age=max_age)
+            legacy = _legacy_keys(legacy_public_key, handle)
+        report = verify_ledger(source, kept, keys=keys, legacy_keys=legacy, objects=objects, now=now, max_age=max_age)
     except LedgerError as exc:
         raise failure(exc.message) from exc
     if bundle is not None:
@@ -214,6 +233,7 @@ def bundle(handle: LedgerHandle | None, out: Path, as_json: bool) -> None:
             handle.ledger.entries(),
             handle.checkpoints.versions(),
             _keys(None, handle),
+            legacy_keys=_legacy_keys(None, handle),
             ledger=handle.ledger.ledger,
         )
     except LedgerError as exc:

@@ -46,10 +46,14 @@ def audit_objects(
     objects: list[StoredObject],
     keys: list[Key],
     *,
+    legacy_keys: list[Key] | None = None,
     now: float | None = None,
     max_age: float | None = None,
 ) -> None:
-    """Add to ``report`` what is wrong with the checkpoint objects, and what they prove."""
+    """Add to ``report`` what is wrong with the checkpoint objects, and what they prove.
+
+    Signed notes verify with ``keys`` only; legacy JSON checkpoints also with ``legacy_keys``.
+    """
     by_key: dict[str, list[StoredObject]] = defaultdict(list)
     for obj in objects:
         by_key[obj.key].append(obj)
@@ -109,7 +113,7 @@ def audit_objects(
             if number not in notes:
                 notes[number] = originals[0]
                 places[number] = base.removesuffix("/note")
-    _audit_legacy(report, hashes, legacy, keys)
+    _audit_legacy(report, hashes, legacy, [*keys, *(legacy_keys or [])])
     _audit_evidence(report, notes, places, evidence)
     report.notes = notes
     _audit_notes(report, hashes, notes, places, now=now, max_age=max_age)

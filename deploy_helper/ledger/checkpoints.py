@@ -16,10 +16,11 @@ Layout under ``checkpoints/<ledger>/`` in the checkpoint bucket:
 
 ``checkpoint-head/<ledger>.json`` (outside that prefix) is the checkpointer's
 head pointer: the last checkpoint's number and digest, and the Merkle tree's
-compact range. A run that stopped after a checkpoint but before the head is
-taken up by the next run (the checkpoint is checked and adopted, never rewritten). Writing checkpoint *n+1* reads the head, the entries appended
+compact range. Writing checkpoint *n+1* reads the head, the entries appended
 since, and writes two objects: O(1) in the number of checkpoints, O(log n) in
-entries plus the new ones. Nothing here ever lists the checkpoints.
+entries plus the new ones. Nothing here ever lists the checkpoints. A run that
+stopped after a checkpoint but before the head is taken up by the next run
+(the checkpoint is checked and adopted, never rewritten).
 """
 
 from __future__ import annotations

@@ -132,6 +132,7 @@ class Bundle:
     keys: list[Key]
     created: float
     problems: list[str] = field(default_factory=list)
+    legacy_keys: list[Key] = field(default_factory=list)
     heartbeat: int | None = None
 
     def entries(self, start: int = 1) -> Iterator[StoredEntry]:
@@ -149,6 +150,7 @@ def write_bundle(
     keys: list[Key],
     *,
     ledger: str,
+    legacy_keys: list[Key] | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
     """Write an audit bundle into ``out`` (created; must be empty if it exists); return the manifest."""
@@ -176,11 +178,12 @@ def write_bundle(
             item["file"] = name
         listed.append(item)
     key_list = []
-    for index, (algorithm, pem) in enumerate(keys):
+    roles = [("checkpointer", k) for k in keys] + [("legacy", k) for k in legacy_keys or []]
+    for index, (role, (algorithm, pem)) in enumerate(roles):
         name = f"keys/{index}.pem"
         (out / name).write_text(pem, encoding="ascii")
         files[name] = _sha(pem.encode("ascii"))
-        key_list.append({"algorithm": algorithm, "file": name})
+        key_list.append({"algorithm": algorithm, "file": name, "role": role})
     manifest = {
         "format": BUNDLE_FORMAT,
         "ledger": ledger,
@@ -232,9 +235,11 @@ def read_bundle(path: Path) -> Bundle:
             )
         )
     keys: list[Key] = []
+    legacy_keys: list[Key] = []
     for item in manifest.get("keys") or []:
         pem = read(item["file"])
         if pem is not None and item.get("algorithm") in ("ed25519", "ecdsa-p256-sha256"):
-            keys.append((item["algorithm"], pem.decode("ascii")))
+            (legacy_keys if item.get("role") == "legacy" else keys).append((item["algorithm"], pem.decode("ascii")))
     created = parse_time(str(manifest.get("created", "")))
-    return Bundle(stored, objects, keys, created.timestamp() if created else time.time(), problems)
+    stamp = created.timestamp() if created else time.time()
+    return Bundle(stored, objects, keys, stamp, problems, legacy_keys)

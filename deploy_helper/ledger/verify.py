@@ -78,6 +78,7 @@ def verify_ledger(
     public_key: Key | None = None,
     objects: list[StoredObject] | None = None,
     keys: list[Key] | None = None,
+    legacy_keys: list[Key] | None = None,
     now: float | None = None,
     max_age: float | None = None,
 ) -> VerifyReport:
@@ -85,7 +86,8 @@ def verify_ledger(
 
     ``checkpoints``: legacy JSON checkpoints given directly (an auditor's kept copies);
     ``objects``: every version in the checkpoint prefix (``CheckpointStore.versions()``);
-    ``keys``: the checkpoint public keys (``public_key`` is added to them).
+    ``keys``: the checkpointer's public keys (``public_key`` is added to them); ``legacy_keys``:
+    keys that verify legacy JSON checkpoints only (the broker's old key), never a signed note.
     """
     report = VerifyReport()
     hashes: dict[int, str] = {0: GENESIS}
@@ -120,7 +122,7 @@ def verify_ledger(
     all_keys = list(keys or []) + ([public_key] if public_key else [])
     previous = None
     for checkpoint in checkpoints:
-        problem = _check_checkpoint(checkpoint, previous, hashes, report, all_keys)
+        problem = _check_checkpoint(checkpoint, previous, hashes, report, [*all_keys, *(legacy_keys or [])])
         if problem:
             report.problems.append(problem)
             break
@@ -129,7 +131,7 @@ def verify_ledger(
     if objects is not None:
         from deploy_helper.ledger.audit import audit_objects
 
-        audit_objects(report, hashes, objects, all_keys, now=now, max_age=max_age)
+        audit_objects(report, hashes, objects, all_keys, legacy_keys=legacy_keys, now=now, max_age=max_age)
     return report
 
 

@@ -65,7 +65,8 @@ class Resolver:
             "LockTable.Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{sc.config.lock_table}",
             "ReferenceTable.Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{sc.config.reference_table}",
             "CheckpointBucket.Arn": f"arn:aws:s3:::{bucket}",
-            "CheckpointKey.Arn": key_arn,
+            "CheckpointerKey.Arn": key_arn,
+            "CheckpointKey.Arn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/legacy",
             "CheckpointerRole.Arn": CHECKPOINTER_ROLE,
             "BrokerLogGroup.Arn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/deploy-helper-prod",
             "CheckpointerLogGroup.Arn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/cp",
@@ -93,9 +94,9 @@ class Policies:
         role = resolve(resources["BrokerExecutionRole"]["Properties"])
         self.identity = [p["PolicyDocument"] for p in role["Policies"]]
         self.bucket_policy = resolve(resources["CheckpointBucketPolicy"]["Properties"]["PolicyDocument"])
-        self.key_policy = resolve(resources["CheckpointKey"]["Properties"]["KeyPolicy"])
+        self.key_policy = resolve(resources["CheckpointerKey"]["Properties"]["KeyPolicy"])
         self.bucket_arn = resolve.attrs["CheckpointBucket.Arn"]
-        self.key_arn = resolve.attrs["CheckpointKey.Arn"]
+        self.key_arn = resolve.attrs["CheckpointerKey.Arn"]
         # The checkpointer's resource policy as SAM generates it from its events: a Schedule
         # event adds one permission for events.amazonaws.com from that rule; a DynamoDB event
         # adds none (the event source mapping uses the function's own role).

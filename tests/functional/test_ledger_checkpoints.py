@@ -375,12 +375,14 @@ def test_bundle_verifies_offline_with_aws_credentials_unset(populated: Scenario,
     assert any("entry 4 does not match its stored hash" in p for p in problems)
 
 
-def test_migration_adds_the_first_independent_checkpoint_without_rewriting(scenario: Scenario) -> None:
+def test_migration_adds_the_first_independent_checkpoint_without_rewriting(scenario: Scenario, tmp_path: Any) -> None:
     import rfc8785
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    from deploy_helper.ledger import note
     from deploy_helper.ledger.checkpoints import checkpoint_input
     from deploy_helper.ledger.entries import now_iso
-    from deploy_helper.signing import Ed25519Signer, b64url
+    from deploy_helper.signing import Ed25519Signer, b64url, generate_ed25519
 
     scenario.client().request(scenario.seed_grants())
     handle = scenario.ledger()
@@ -390,7 +392,9 @@ def test_migration_adds_the_first_independent_checkpoint_without_rewriting(scena
     body = rfc8785.dumps(
         {"ledger": "main", "size": size, "head": head, "time": now_iso(0), "key_id": "old", "previous": "0" * 64}
     )
-    signer = Ed25519Signer.from_file("old", scenario.workdir / "checkpoint-key.pem")
+    old_private, old_public = generate_ed25519()  # the key the broker held: not the checkpointer's
+    signer = Ed25519Signer("old", load_pem_private_key(old_private, None))
+    (tmp_path / "old.pem").write_bytes(old_public)
     legacy = {"checkpoint": json.loads(body), "signature": b64url(signer.sign(checkpoint_input(body)))}
     s3 = scenario.local.client("s3", "123456789012")
     name = f"checkpoints/main/{size:012d}-19700101T000000.000Z.json"
@@ -401,11 +405,23 @@ def test_migration_adds_the_first_independent_checkpoint_without_rewriting(scena
     first = s3.get_object(Bucket=bucket, Key=names[0])["Body"].read().decode()
     assert f"previous legacy {hashlib.sha256(body).hexdigest()}" in first
     code, report = verify_cli(scenario)
-    assert code == 0, report
+    assert code == 1 and any(name in p and "does not verify" in p for p in report["problems"])  # which key?
+    result = run_cli(scenario, "ledger", "verify", "--json", "--legacy-public-key", str(tmp_path / "old.pem"))
+    report = json.loads(result.output)
+    assert result.exit_code == 0, report
     assert report["checkpoints_verified"] == 2
     kinds = " ".join(report["explanations"])
     assert "1 legacy checkpoint(s)" in kinds and "not against the broker's own role" in kinds
     assert "1 independent checkpoint(s)" in kinds and "RFC 9162 Merkle root" in kinds
+    # The broker's old key never vouches for a signed note: one it signed is refused.
+    forged = note.CheckpointNote(note.parse(first.encode()).note.origin, 1, b"\x00" * 32, ("checkpoint 2",))
+    s3.put_object(
+        Bucket=bucket,
+        Key="checkpoints/main/note/000000000002",
+        Body=note.sign(forged, forged.origin, signer, old_public.decode()),
+    )
+    result = run_cli(scenario, "ledger", "verify", "--json", "--legacy-public-key", str(tmp_path / "old.pem"))
+    assert any("note/000000000002" in p and "forged" in p for p in json.loads(result.output)["problems"])
 
 
 def test_a_refused_transaction_leaves_no_stream_record(scenario: Scenario) -> None:

@@ -94,7 +94,7 @@ def test_the_broker_role_may_do_only_what_the_broker_does(template: dict[str, An
         "dynamodb:Query",
     }
     # Checkpoints are the checkpointer's alone: the broker can neither sign nor store one.
-    assert "CheckpointBucket" not in allowed and "CheckpointKey" not in allowed
+    assert not {"CheckpointBucket", "CheckpointKey", "CheckpointerKey"} & set(allowed)
     assert allowed["BrokerLogGroup"] == {"logs:CreateLogStream", "logs:PutLogEvents"}
     roles = [r for r, actions in allowed.items() if "sts:AssumeRole" in actions]
     assert sorted(roles) == [
@@ -167,7 +167,7 @@ def test_the_checkpointer_is_separate_and_only_the_stream_and_schedule_invoke_it
     assert function["Role"] == {"Fn::GetAtt": ["CheckpointerRole", "Arn"]}
     assert function["ReservedConcurrentExecutions"] == 1
     variables = function["Environment"]["Variables"]
-    assert variables["DEPLOY_HELPER_CHECKPOINT_KEY"] == {"Fn::Sub": "kms:${CheckpointKey.Arn}"}
+    assert variables["DEPLOY_HELPER_CHECKPOINT_KEY"] == {"Fn::Sub": "kms:${CheckpointerKey.Arn}"}
     events = function["Events"]
     assert {name: e["Type"] for name, e in events.items()} == {"LedgerStream": "DynamoDB", "Heartbeat": "Schedule"}
     assert events["LedgerStream"]["Properties"]["Stream"] == {"Fn::GetAtt": ["LedgerTable", "StreamArn"]}
@@ -197,10 +197,13 @@ def test_the_checkpointer_is_separate_and_only_the_stream_and_schedule_invoke_it
         "logs:PutLogEvents",
     }
     # Only the checkpointer's role signs: the account's own statement excludes kms:Sign.
-    statements = resources["CheckpointKey"]["Properties"]["KeyPolicy"]["Statement"]
+    statements = resources["CheckpointerKey"]["Properties"]["KeyPolicy"]["Statement"]
     signers = [s for s in statements if "kms:Sign" in json.dumps(s.get("Action", ""))]
     assert [s["Principal"] for s in signers] == [{"AWS": {"Fn::GetAtt": ["CheckpointerRole", "Arn"]}}]
     assert all(s.get("NotAction") == "kms:Sign" for s in statements if s not in signers)
+    # The broker's old key verifies its legacy checkpoints and signs nothing more, for anyone.
+    legacy = resources["CheckpointKey"]["Properties"]["KeyPolicy"]["Statement"]
+    assert [s.get("NotAction") for s in legacy] == ["kms:Sign"]
     bucket_policy = resources["CheckpointBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     only = next(s for s in bucket_policy if s["Sid"] == "OnlyTheCheckpointerWrites")
     assert only["Effect"] == "Deny" and "s3:PutObject" in only["Action"] and "s3:DeleteObjectVersion" in only["Action"]
