@@ -7,8 +7,8 @@ One function, dispatched by the event's shape:
   ``deploy_helper.custom_resource`` (verified against the real stack first);
 - a function-URL event (``AWS_IAM`` auth) → the broker, with the SigV4 caller
   account checked against the signing key's account.
-- the constant events of the schedules in ``template.yaml`` (checkpoint, drift check,
-  expiry sweep; ``deploy_helper.audit.scheduled`` says why each is safe to trigger).
+- the constant events of the schedules in ``template.yaml`` (drift check, expiry
+  sweep; ``deploy_helper.audit.scheduled`` says why each is safe to trigger).
 
 The broker is built once per execution environment and reused; a
 configuration error is reported on every request rather than crashing the
@@ -56,26 +56,6 @@ def is_function_url(event: Any) -> bool:
     )
 
 
-def is_checkpoint_heartbeat(event: Any) -> bool:
-    """The scheduled event that writes a ledger checkpoint (``template.yaml``: CheckpointHeartbeat)."""
-    return isinstance(event, dict) and event == {"deploy_helper": "checkpoint"}
-
-
-def checkpoint_heartbeat(broker: Broker) -> dict[str, Any]:
-    """Sign and store a checkpoint now, even if nothing happened since the last one.
-
-    Anyone allowed to invoke the function can send this event; all it can cause
-    is one more checkpoint of the ledger as it is.
-    """
-    if broker.checkpoints is None or broker.checkpoints.signer is None:
-        return {"ok": False, "error": {"code": "misconfigured", "message": "no checkpoint bucket or key configured"}}
-    try:
-        written = broker.checkpoints.write()
-    except BrokerError as exc:
-        return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
-    return {"ok": True, "checkpoint": written.name, "size": written.data.get("size")}
-
-
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     """Handle one invocation; always returns a JSON-serializable answer."""
     if is_custom_resource(event):
@@ -88,8 +68,6 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         logger.error("broker configuration error: %s", exc.message)
         return BrokerResponse(ok=False, error=ErrorBody(code=exc.code, message=exc.message)).model_dump(mode="json")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if is_checkpoint_heartbeat(event):
-        return checkpoint_heartbeat(broker)
     if isinstance(event, dict) and set(event) == {"deploy_helper"}:
         from deploy_helper.audit import scheduled  # drift check and expiry sweep (template.yaml schedules)
 

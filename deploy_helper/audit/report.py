@@ -123,7 +123,8 @@ def _ledger_section(data: ReportData) -> str:
         rows.append('<tr><th>newest checkpoint</th><td class="warn">none</td></tr>')
     else:
         c = data.checkpoint
-        text = f"{c.get('name')}: {c.get('size')} entries, head {str(c.get('head'))[:16]}…, at {c.get('time')}"
+        root = str(c.get("root"))[:16]
+        text = f"checkpoint {c.get('number')}: {c.get('size')} entries, root {root}…, at {c.get('time')}"
         rows.append(f'<tr><th>newest checkpoint</th><td id="checkpoint">{e(text)}</td></tr>')
     return f'<h2>Ledger</h2><table class="kv">{"".join(rows)}</table>'
 

@@ -57,16 +57,15 @@ def report(
     try:
         handle = open_ledger(session, table=table, bucket=bucket, checkpoint_key=checkpoint_key)
         stored = list(handle.ledger.entries())
-        checkpoints = handle.checkpoints.list() if handle.checkpoints else []
-        verified = verify_ledger(handle.ledger, checkpoints, public_key=handle.public_key).as_dict()
+        objects = handle.checkpoints.versions() if handle.checkpoints else None
+        keys = [handle.public_key] if handle.public_key else []
+        verified = verify_ledger(handle.ledger, keys=keys, objects=objects).as_dict()
     except BrokerError as exc:
         raise failure(exc.message) from exc
     view = LedgerView.of(stored)
     notes: list[str] = []
     drift = _drift(drift_mode, drift_bucket or bucket, view, notes)
-    newest: dict[str, Any] | None = None
-    if checkpoints:
-        newest = {"name": checkpoints[-1].name, **checkpoints[-1].data}
+    newest: dict[str, Any] | None = verified.get("latest_checkpoint")
     now = time.time()
     page = render(
         ReportData(
