@@ -61,7 +61,7 @@ from account_bootstrap import (
 )
 
 # pydantic needs these at run time to build the models
-from deploy_helper.identifiers import AccountId, RoleArn
+from deploy_helper.identifiers import EXTERNAL_ID_RE, EXTERNAL_ID_RULE, AccountId, RoleArn
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -116,8 +116,8 @@ class BootstrapParameters(BaseModel):
     @field_validator("external_id")
     @classmethod
     def _external_id(cls, value: SecretStr) -> SecretStr:
-        if not re.fullmatch(r"[A-Za-z0-9_+=,.@:/-]{2,1224}", value.get_secret_value()):
-            raise ValueError("the ExternalId must be 2-1224 characters of letters, digits and + = , . @ : / - _")
+        if not EXTERNAL_ID_RE.fullmatch(value.get_secret_value()):
+            raise ValueError(f"the ExternalId must be {EXTERNAL_ID_RULE} (e.g. from: openssl rand -hex 24)")
         return value
 
     @field_validator("function_name_patterns", "bucket_name_patterns", "key_alias_patterns")

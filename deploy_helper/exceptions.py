@@ -75,3 +75,17 @@ class LedgerError(BrokerError):
     """The ledger could not be written or read; no change is made without it."""
 
     code = "ledger-unavailable"
+
+
+class RetriedRequest(AuthenticationError):
+    """The same envelope, byte for byte, arrived again: answer as the first time, change nothing.
+
+    ``answer`` is the first delivery's response (a JSON object), or None while it is
+    still being processed.
+    """
+
+    code = "retried"
+
+    def __init__(self, answer: dict[str, object] | None) -> None:
+        super().__init__("this exact request was already received")
+        self.answer = answer

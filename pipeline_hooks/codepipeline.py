@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from deploy_helper.auth import short_errors
 from deploy_helper.exceptions import BrokerError, RequestError
-from pipeline_hooks.client import BrokerClient, LambdaTransport
+from pipeline_hooks.client import BrokerClient, LambdaTransport, lambda_client
 from pipeline_hooks.grants_file import default_resolvers, load_grants_file
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class PipelineStep:
             function = env.get("DEPLOY_HELPER_FUNCTION")
             if not function:
                 raise StepError("set DEPLOY_HELPER_FUNCTION to the broker function's name or ARN")
-            transport = LambdaTransport(function, session.client("lambda"))
+            transport = LambdaTransport(function, lambda_client(session))
         return cls(
             session=session,
             transport=transport,

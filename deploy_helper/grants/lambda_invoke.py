@@ -98,6 +98,7 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
     service: ClassVar[str] = "lambda"
     permissions: ClassVar[tuple[str, ...]] = (
         "lambda:GetPolicy",
+        "lambda:GetFunctionConfiguration",
         "lambda:AddPermission",
         "lambda:RemovePermission",
     )
@@ -164,9 +165,14 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         try:
             response = client.get_policy(**kwargs)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ResourceNotFoundException" and "policy" in str(exc).lower():
-                return empty_policy()
-            raise
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            # Lambda answers ResourceNotFoundException both for "no policy yet" and for
+            # "no such function"; only the function's own existence tells them apart.
+            # GetFunctionConfiguration raises ResourceNotFoundException (with AWS's reason)
+            # when the function or qualifier does not exist.
+            client.get_function_configuration(**kwargs)
+            return empty_policy()
         return load_policy(response.get("Policy"))
 
     def plan(

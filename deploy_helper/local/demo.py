@@ -5,8 +5,10 @@
 3. apply, in one signed request, the authorizer permission for each service
    account's API and artifact-bucket read + KMS decrypt for each deploy role;
 4. send the same grants again: nothing changes (``unchanged``);
-5. replay the first request verbatim, tamper with a signed request, and claim
-   to be ``ci-tooling`` with another caller's key: all refused, nothing changed;
+5. send the first request again byte for byte (a client's retry: its first answer,
+   nothing done again), replay its nonce on another payload, tamper with a signed
+   request, and claim to be ``ci-tooling`` with another caller's key: all refused,
+   nothing changed;
 6. revoke one grant;
 7. read every policy back through boto3 and compare with what was asked;
 8. verify the ledger and print the audit trail.
@@ -67,8 +69,10 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
 
     before_attacks = sc.snapshot()
     attacks = []
-    replay = client.send_envelope(first_envelope)
-    attacks.append(_attack("replay of the first request", replay))
+    retry = client.send_envelope(first_envelope)
+    report["retry_answered_from_first"] = retry.model_dump() == first.model_dump()
+    replay = client.send_envelope(_reuse_nonce(client, first_envelope, [sc.bucket_grant("service-a")]))
+    attacks.append(_attack("the first request's nonce on another payload (replay)", replay))
     tampered = _tamper(client.envelope(client.payload(grants, context=context)), sc)
     attacks.append(_attack("tampered payload (principal swapped after signing)", client.send_envelope(tampered)))
     impostor = sc.client(broker, caller=seed.CALLER, signer=sc.other_signer)
@@ -111,6 +115,7 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
         all(r["decision"] == "applied" for r in report["applied"])
         and all(d == "unchanged" for d in report["reapplied"])
         and all(a["refused"] for a in attacks)
+        and report["retry_answered_from_first"]
         and unchanged
         and all(r["decision"] == "revoked" for r in report["revoked"])
         and all(report["verified"].values())
@@ -135,6 +140,15 @@ def _bootstrap(sc: seed.Scenario) -> list[dict[str, Any]]:
     return [
         {"account": r.account, "change": r.change, "outcome": r.outcome, "version": r.version} for r in report.results
     ]
+
+
+def _reuse_nonce(client: Any, envelope: dict[str, str], grants: list[dict[str, Any]]) -> dict[str, str]:
+    """A genuinely signed request that reuses an earlier request's nonce: a replay."""
+    from deploy_helper.signing import seal
+
+    nonce = json.loads(envelope["signed"])["nonce"]
+    payload = client.payload(grants, action="revoke")
+    return seal(client.signer, caller=client.caller, audience=client.audience, payload=payload, nonce=nonce)
 
 
 def _tamper(envelope: dict[str, str], sc: seed.Scenario) -> dict[str, str]:
