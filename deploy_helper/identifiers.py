@@ -84,6 +84,7 @@ def known_regions() -> dict[str, frozenset[str]]:
     Loaded on first use (a few milliseconds), not at import. A region AWS opened after the
     installed botocore was released is unknown here until botocore is updated.
     """
+    from botocore.exceptions import DataNotFoundError
     from botocore.loaders import create_loader
 
     loader = create_loader()
@@ -93,7 +94,7 @@ def known_regions() -> dict[str, frozenset[str]]:
             regions[partition["partition"]].update(partition.get("regions", {}))
     try:
         newer = loader.load_data("partitions").get("partitions", [])
-    except Exception:  # noqa: BLE001 - older botocore without partitions.json: endpoints.json suffices
+    except DataNotFoundError:  # an older botocore: endpoints.json suffices
         newer = []
     for partition in newer:
         if partition.get("id") in regions:

@@ -118,9 +118,9 @@ def test_a_retry_of_a_slow_request_returns_the_first_answer_and_changes_once(sce
     assert fake.writes == 1
     entries = [e.entry for e in scenario.ledger().ledger.entries()]
     mine = [e for e in entries if e.get("request_id") == response.request_id]
-    assert sorted((e["type"], e["decision"]) for e in mine) == [("intent", "applied")] * 2 + [
-        ("outcome", "applied")
-    ] * 2
+    assert (
+        sorted((e["type"], e["decision"]) for e in mine) == [("intent", "applied")] * 2 + [("outcome", "applied")] * 2
+    )
     assert not [e for e in entries if e["type"] == "refusal"]
     sids = {s["Sid"] for s in (scenario.bucket_policy() or {})["Statement"]}
     assert {r.grant_id for r in response.results} <= sids
