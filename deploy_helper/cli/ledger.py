@@ -53,11 +53,10 @@ def ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )
     @functools.wraps(func)
     def wrapper(table: str, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
-        import boto3
-
+        from deploy_helper.cli.errors import aws_session
         from deploy_helper.ledger.setup import open_ledger
 
-        handle = open_ledger(boto3.Session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
+        handle = open_ledger(aws_session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
         return func(handle, **kwargs)
 
     return wrapper

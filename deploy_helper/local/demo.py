@@ -33,20 +33,41 @@ def _quiet(_: str) -> None:
     return None
 
 
-def run_demo(workdir: Path | None = None, progress: Step = _quiet) -> dict[str, Any]:
-    """Run the demo and return its report (also what ``demo --json`` prints)."""
+def run_demo(workdir: Path | None = None, progress: Step = _quiet, endpoint: str | None = None) -> dict[str, Any]:
+    """Run the demo and return its report (also what ``demo --json`` prints).
+
+    Without ``endpoint`` the demo starts its own local AWS and stops it afterwards.
+    With one (``AWS_ENDPOINT_URL``), it works there and leaves its grants and ledger:
+    in the environment ``deploy-helper local up`` keeps at that endpoint, on its seed
+    scenario; at any other endpoint (an empty moto server), on a seed scenario it
+    builds there first.
+    """
     with tempfile.TemporaryDirectory(prefix="deploy-helper-demo-") as tmp:
         work = workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        if endpoint:
+            from deploy_helper.local.environment import find_for_endpoint, reopen
+
+            state = find_for_endpoint(endpoint)
+            if state is not None:
+                progress(f"local AWS of `deploy-helper local up` at {endpoint}: its seed scenario")
+                return _run(reopen(state), progress)
+            progress(f"AWS at {endpoint} (AWS_ENDPOINT_URL): building the seed scenario there")
+            return _run(_build(LocalAws(set_environ=False, endpoint=endpoint), work, progress), progress)
         with LocalAws() as local:
             progress(f"local AWS (moto) listening on {local.endpoint}")
-            return _run(local, work, progress)
+            return _run(_build(local, work, progress), progress)
 
 
-def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
+def _build(local: LocalAws, work: Path, progress: Step) -> seed.Scenario:
     sc = seed.build(local, work, bootstrap=False)
     progress("seed scenario: accounts " + ", ".join(f"{k}={v}" for k, v in seed.ACCOUNTS.items()))
-    bootstrap = _bootstrap(sc)
+    return sc
+
+
+def _run(sc: seed.Scenario, progress: Step) -> dict[str, Any]:
+    local = sc.local
+    bootstrap = bootstrap_targets(sc)
     progress(f"bootstrap: broker role in {len(bootstrap)} target accounts")
     broker = sc.broker()
     client = sc.client(broker)
@@ -112,7 +133,8 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
     report["active_grants"] = len(active_grants(handle.ledger.entries()))
     progress(f"ledger: {verification.size} entries, whole: {verification.whole}")
     report["ok"] = bool(
-        all(r["decision"] == "applied" for r in report["applied"])
+        # "unchanged": a running local environment where the demo ran before
+        all(r["decision"] in ("applied", "unchanged") for r in report["applied"])
         and all(d == "unchanged" for d in report["reapplied"])
         and all(a["refused"] for a in attacks)
         and report["retry_answered_from_first"]
@@ -124,7 +146,7 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
     return report
 
 
-def _bootstrap(sc: seed.Scenario) -> list[dict[str, Any]]:
+def bootstrap_targets(sc: seed.Scenario) -> list[dict[str, Any]]:
     """Put the broker role in each target account with the operator's rollout (per-account path).
 
     This is what ``deploy-helper bootstrap --account ID ... --admin-role

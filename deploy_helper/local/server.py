@@ -187,6 +187,12 @@ class LocalAws(AbstractContextManager["LocalAws"]):
             raise RuntimeError(f"the local AWS server did not start (it said {line!r})")
         return line
 
+    def running(self) -> bool:
+        """The server started by ``start`` is still up."""
+        if self._process is not None:
+            return bool(self._process.poll() is None)
+        return self._server is not None
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.stdin.close()  # the server exits when its parent goes away
