@@ -245,7 +245,9 @@ def load_accounts_file(path: Path) -> list[AccountEntry]:
     except OSError as exc:
         raise BootstrapError(f"{path}: cannot read the accounts file: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise BootstrapError(f"{path}: not valid YAML or JSON: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise BootstrapError(f"{where}: not valid YAML or JSON: {getattr(exc, 'problem', None) or exc}") from exc
     example = 'accounts:\n  - "111111111111"\n  - {id: "222222222222", name: payments, admin_role: AdminRole}'
     if not isinstance(raw, dict):
         raise BootstrapError(f"{path}: expected a mapping with an 'accounts' list, for example:\n{example}")

@@ -109,7 +109,7 @@ def _endpoint_hint() -> str:
     if endpoint:
         return (
             f"check AWS_ENDPOINT_URL={endpoint} (for the embedded local AWS: deploy-helper local up, "
-            "then eval $(deploy-helper local env))"
+            'then eval "$(deploy-helper local env)")'
         )
     return "check the network and the region"
 
@@ -164,6 +164,9 @@ def translate(exc: BaseException) -> CliError | None:
     if isinstance(exc, PolicyFileError):
         return ConfigError(exc.message)
     if isinstance(exc, BrokerError):
+        cause = exc.__cause__
+        if isinstance(cause, bx.BotoCoreError | bx.ClientError):
+            return translate(cause)  # what to fix is in AWS's answer (credentials, endpoint, access)
         return ConfigError(exc.message) if exc.code == "misconfigured" else CliError(exc.message)
     if isinstance(exc, ValidationError):
         from deploy_helper.auth import short_errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import sys
 from datetime import UTC, datetime
@@ -159,6 +160,8 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
     """Entries as JSON Lines (exact stored fields) or CSV (one row per entry)."""
     from deploy_helper.ledger.query import select
 
+    found = select(handle.ledger.entries(), _filter(**filters))
+    first = next(found, None)  # reading fails here, before anything is written
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     count = 0
     try:
@@ -178,7 +181,7 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
                     "prev",
                 ]
             )
-        for e in select(handle.ledger.entries(), _filter(**filters)):
+        for e in itertools.chain([first] if first is not None else [], found):
             count += 1
             if writer is None:
                 out.write(json.dumps(e, sort_keys=True) + "\n")
