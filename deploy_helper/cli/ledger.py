@@ -103,8 +103,10 @@ def ledger() -> None:
     """
 
 
-def _row(e: dict[str, Any]) -> list[Any]:
+def _row(e: dict[str, Any], *, full: bool = False) -> list[Any]:
+    """A table row (ARNs shortened for reading) or, with ``full``, an export row (ARNs whole)."""
     g = e.get("grant") or {}
+    shown = (lambda value: value or "") if full else short
     return [
         e.get("seq"),
         e.get("time"),
@@ -113,8 +115,8 @@ def _row(e: dict[str, Any]) -> list[Any]:
         e.get("caller"),
         g.get("kind"),
         g.get("account"),
-        short(g.get("target")),
-        short(g.get("principal")),
+        shown(g.get("target")),
+        shown(g.get("principal")),
         e.get("rule_id"),
         e.get("reason"),
     ]
@@ -189,7 +191,7 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
                 ctx = e.get("context") or {}
                 writer.writerow(
                     [
-                        *_row(e),
+                        *_row(e, full=True),
                         e.get("request_id"),
                         e.get("key_id"),
                         ctx.get("pipeline"),

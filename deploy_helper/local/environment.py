@@ -125,6 +125,7 @@ class LocalState:
             "DEPLOY_HELPER_KEY_FILE": str(self.directory / "ci-tooling.pem"),
             "DEPLOY_HELPER_BROKER_ROLE_ARN": self.facts["broker_exec_role"],
             "DEPLOY_HELPER_LOCAL_GRANTS": str(self.directory / "grants.yaml"),
+            "DEPLOY_HELPER_LOCAL_DIR": str(self.directory),
         }
 
     def shell(self) -> str:
