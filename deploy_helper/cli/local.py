@@ -137,3 +137,36 @@ def down(state_dir: Path | None) -> None:
 
 def _flag(state_dir: Path | None) -> str:
     return f" --state-dir {state_dir}" if state_dir else ""
+
+
+@local.command(
+    "invoke",
+    epilog="""
+\b
+Examples:
+  deploy-helper local invoke "$DEPLOY_HELPER_LOCAL_DIR/events/create.json"
+  deploy-helper local invoke saved-envelope.json
+
+\b
+The event runs through deploy_helper.handler.lambda_handler in this process,
+configured by the DEPLOY_HELPER_* variables (eval "$(deploy-helper local env)").
+A custom-resource event's answer, which CloudFormation would receive at the
+event's ResponseURL, is caught on 127.0.0.1 instead and printed with the
+handler's own answer. Exit status 1 when the answer is a failure.
+""",
+)
+@click.argument("event_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def invoke(event_file: Path) -> None:
+    """Replay a Lambda event (a custom-resource event or a signed request) through the real handler."""
+    from deploy_helper.local.stacks import invoke as run
+
+    try:
+        event = json.loads(event_file.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{event_file}: not JSON: {exc}") from exc
+    result = run(event)
+    click.echo(json.dumps(result, indent=2))
+    cfn = result.get("cloudformation_response")
+    answer = result.get("answer") or {}
+    failed = cfn.get("Status") != "SUCCESS" if cfn is not None else not answer.get("ok", False)
+    raise SystemExit(1 if failed else 0)

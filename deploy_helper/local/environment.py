@@ -160,12 +160,15 @@ def build_environment(local: LocalAws, directory: Path, progress: Callable[[str]
     """The seed scenario on ``local``, bootstrapped, and the files that describe it."""
     from deploy_helper.local import scenario as seed
     from deploy_helper.local.demo import bootstrap_targets
+    from deploy_helper.local.stacks import deploy_service_stack
 
     directory.mkdir(parents=True, exist_ok=True)
     sc = seed.build(local, directory, bootstrap=False)
     progress("seed scenario: accounts " + ", ".join(f"{k}={v}" for k, v in seed.ACCOUNTS.items()))
     bootstrap_targets(sc)
     progress(f"bootstrap: broker role in {len(seed.TARGET_ACCOUNTS)} target accounts")
+    stack = deploy_service_stack(sc, directory)
+    progress(f"service stack with a Custom::DeployHelperGrant: {stack['stack_id']}")
     _write_other_key(sc, directory)
     _write_profiles(directory, sc.accounts)
     _write_grants(directory, sc)
@@ -186,6 +189,7 @@ def build_environment(local: LocalAws, directory: Path, progress: Callable[[str]
             "deploy_roles": sc.deploy_roles,
             "bucket": sc.bucket,
             "key_arn": sc.key_arn,
+            "stack": stack,
         },
     )
 

@@ -105,7 +105,14 @@ COMMANDS: dict[tuple[str, ...], tuple[Callable[[Path], list[str]], tuple[str, ..
     ("local", "up"): (lambda t: [], (), None),
     ("local", "env"): (lambda t: ["--state-dir", str(t / "none")], ("not-running",), None),
     ("local", "down"): (lambda t: ["--state-dir", str(t / "none")], (), None),
+    ("local", "invoke"): (lambda t: [_event(t)], (), "event"),
 }
+
+
+def _event(tmp: Path) -> str:
+    path = tmp / "event.json"
+    path.write_text(json.dumps({"signed": "{}", "signature": "x"}))
+    return str(path)
 
 
 def test_every_command_is_covered() -> None:
@@ -220,7 +227,7 @@ def _break(what: str, fault: str, args: list[str], tmp: Path) -> list[str]:
             (policies / "callers.yaml").write_text("callers: [unclosed\n")
             (policies / "rules.yaml").write_text("version: 1\nrules: {\n")
         return args
-    files = {"grants": _grants(tmp), "accounts": _accounts(tmp)}
+    files = {"grants": _grants(tmp), "accounts": _accounts(tmp), "event": _event(tmp)}
     path = files[what]
     if fault == "malformed-yaml":
         with open(path, "w") as fh:
@@ -252,6 +259,8 @@ def test_one_line_and_an_exit_status_never_a_traceback(
     status, says = EXPECTED[fault]
     if path == ("policies", "check"):  # its job is to report the files' problems: one per line, exit 1
         status, says = (1, "missing" if fault == "missing-file" else "YAML")
+    if file_arg == "event" and fault == "malformed-yaml":
+        says = "not JSON"
     assert result.exit_code == status, output
     errors = [line for line in output.splitlines() if line.startswith("Error:")]
     if path != ("policies", "check"):

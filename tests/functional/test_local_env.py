@@ -128,6 +128,14 @@ def _drive(grants: str, env: dict[str, str | None], tmp_path: Path) -> None:
     revoked = cli([*request, "--revoke"], env)
     assert [r["decision"] for r in json.loads(revoked.output)["results"]] == ["revoked"] * 3
 
+    # A custom-resource event of the service stack `local up` deployed, replayed through the real handler.
+    replayed = cli(["local", "invoke", f"{env['DEPLOY_HELPER_LOCAL_DIR']}/events/create.json"], env)
+    assert replayed.exit_code == 0, replayed.output
+    cfn = json.loads(replayed.output)["cloudformation_response"]
+    assert (cfn["Status"], cfn["Data"]["Decision"]) == ("SUCCESS", "applied")
+    stacks = [e for e in json.loads(cli(["ledger", "list", "--json"], env).output) if e["caller"] == "stacks-service-a"]
+    assert [e["type"] for e in stacks] == ["intent", "outcome"]
+
     targets = [a for name in seed.TARGET_ACCOUNTS for a in ("--account", seed.ACCOUNTS[name])]
     status = cli(["bootstrap", "status", *targets, "--json"], env)
     assert status.exit_code == 0, status.output
