@@ -1,12 +1,12 @@
-"""``deploy-helper local up|env|down``: a local AWS to work in, driven through the real CLI.
+"""``deploy-helper local up|env|down`` and the README's five-minute tour, through the real CLI.
 
-``local up --detach`` and ``local down`` run as real subprocesses (the server must
-outlive the command that started it); ``local env`` is evaluated by a real shell,
-and the variables it sets are the only configuration every other command gets.
-Those commands run in-process (click's runner) to keep the test quick: they are
-the same CLI, reading the same environment. Afterwards the demo, pointed at the
-running environment by ``AWS_ENDPOINT_URL``, leaves its grants and ledger there,
-read back with plain boto3 through the generated profiles.
+The README's tour block runs as written, in a real shell (``bash -e``) in an
+empty directory: ``local up --detach`` starts the server in its own process,
+``eval "$(deploy-helper local env)"`` is the only configuration every later
+command gets. Before the tour's last line (``local down``), the rest of the CLI
+is driven against the same environment, in-process to keep the test quick (the
+same commands, reading the environment the shell ended with), and the demo's
+results are read back with plain boto3 through the generated profiles.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import boto3
 from click.testing import CliRunner
@@ -27,114 +29,105 @@ from deploy_helper import handler
 from deploy_helper.cli import main
 from deploy_helper.local import scenario as seed
 
-if TYPE_CHECKING:
-    from pathlib import Path
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def tour() -> list[str]:
+    """The command lines of the README's tour block."""
+    block = README.read_text().split("<!-- tour -->", 1)[1]
+    body = re.search(r"```sh\n(.*?)```", block, re.S)
+    assert body is not None
+    return [line for line in body.group(1).splitlines() if line.strip()]
 
 
 def clean_environ() -> dict[str, str]:
-    """This process's environment without any AWS or deploy-helper setting (the fixtures set some)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DEPLOY_HELPER_", "MOTO_"))}
+    """This process's environment without AWS or deploy-helper settings (the fixtures set some)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DEPLOY_HELPER_", "MOTO_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the deploy-helper script
+    return env
 
 
-def deploy_helper(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def shell(lines: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = "set -e\n" + "\n".join(lines) + f'\nenv -0 > "{cwd}/env.out"\n'
     return subprocess.run(
-        [sys.executable, "-m", "deploy_helper", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
     )
 
 
-def sourced(state: Path, base: dict[str, str]) -> dict[str, str | None]:
-    """What ``eval "$(deploy-helper local env)"`` does to a shell's environment."""
-    script = f'eval "$("{sys.executable}" -m deploy_helper local env --state-dir "{state}")" && env -0'
-    shell = subprocess.run(["bash", "-c", script], capture_output=True, env=base, timeout=120, check=True)
-    after = dict(item.split("=", 1) for item in shell.stdout.decode().split("\0") if "=" in item)
+def ended_with(cwd: Path, base: dict[str, str]) -> dict[str, str | None]:
+    """The environment the shell ended with, as changes to this process's (None: unset there)."""
+    after = dict(item.split("=", 1) for item in (cwd / "env.out").read_text().split("\0") if "=" in item)
     changed: dict[str, str | None] = {k: v for k, v in after.items() if base.get(k) != v}
-    # Everything else this test process has (the fixtures' AWS_* variables) is gone in that shell.
     changed.update({k: None for k in os.environ if k.startswith(("AWS_", "DEPLOY_HELPER_")) and k not in after})
     return changed
 
 
 def cli(args: list[str], env: dict[str, str | None]) -> Any:
-    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
-    return result
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
 
 
-def test_local_up_env_then_every_command_then_down(tmp_path: Path) -> None:
-    state = tmp_path / "local"
+def test_the_readme_tour_and_every_command_against_a_running_local_aws(tmp_path: Path) -> None:
+    lines = tour()
+    assert lines[0].startswith("deploy-helper local up --detach") and lines[-1] == "deploy-helper local down"
     base = clean_environ()
-    up = deploy_helper("local", "up", "--detach", "--state-dir", str(state), env=base)
-    assert up.returncode == 0, up.stdout + up.stderr
+    ran = shell(lines[:-1], tmp_path, base)
     try:
-        assert "local AWS at http://127.0.0.1:" in up.stdout
-        again = deploy_helper("local", "up", "--detach", "--state-dir", str(state), env=base)
-        assert again.returncode == 0 and again.stdout.startswith("already running"), again.stdout
-
-        env = sourced(state, base)
-        assert env["AWS_ENDPOINT_URL"] and env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        for shown in ("would-apply", "applied", "WHOLE", '"Status": "SUCCESS"', "demo OK"):
+            assert shown in ran.stdout, shown
+        env = ended_with(tmp_path, base)
+        assert str(env["AWS_ENDPOINT_URL"]).startswith("http://127.0.0.1:")
         assert env["AWS_PROFILE"] == "deploy-helper-local" and env.get("AWS_ACCESS_KEY_ID") is None
-        grants = str(env["DEPLOY_HELPER_LOCAL_GRANTS"])
         try:
-            _drive(grants, env, tmp_path)
+            _every_command(env)
         finally:
             handler.set_broker(None)
-        _demo_leaves_its_results(env)
+        _results_readable_with_plain_boto3(env)
     finally:
-        down = deploy_helper("local", "down", "--state-dir", str(state), env=base)
+        down = shell(lines[-1:], tmp_path, base)
     assert down.returncode == 0, down.stderr
     assert down.stdout.startswith("stopped the local AWS")
-    assert not state.exists()
-    endpoint = str(env["AWS_ENDPOINT_URL"])
+    assert not (tmp_path / ".deploy-helper" / "local").exists()
     try:
-        urllib.request.urlopen(endpoint, timeout=2)  # noqa: S310 - loopback
+        urllib.request.urlopen(str(env["AWS_ENDPOINT_URL"]), timeout=2)  # noqa: S310 - loopback
         raise AssertionError("the local AWS still answers after local down")
     except OSError:
         pass
-    gone = cli(["local", "env", "--state-dir", str(state)], {})
+    gone = cli(["local", "env", "--state-dir", str(tmp_path / ".deploy-helper" / "local")], {})
     assert gone.exit_code == 2 and "deploy-helper local up" in gone.output
 
 
-def _drive(grants: str, env: dict[str, str | None], tmp_path: Path) -> None:
+def _every_command(env: dict[str, str | None]) -> None:
+    again = cli(["local", "up", "--detach"], env)
+    assert again.exit_code == 0 and again.output.startswith("already running"), again.output
+
+    grants = str(env["DEPLOY_HELPER_LOCAL_GRANTS"])
     request = ["request", grants, "--in-process", "--json"]
-    plan = cli([*request, "--plan"], env)
+    plan = cli([*request, "--plan", "--revoke"], env)
     assert plan.exit_code == 0, plan.output
-    assert [r["decision"] for r in json.loads(plan.output)["results"]] == ["would-apply"] * 3
+    assert [r["decision"] for r in json.loads(plan.output)["results"]] == ["would-revoke"] * 3
+    conflicting = cli([*request, "--apply", "--revoke"], env)
+    assert conflicting.exit_code == 2 and "contradict" in conflicting.output
 
-    applied = cli([*request, "--apply"], env)
-    assert applied.exit_code == 0, applied.output
-    results = json.loads(applied.output)["results"]
-    assert [r["decision"] for r in results] == ["applied"] * 3
-    key_arn = next(r["target"] for r in results if r["kind"] == "kms-grant")
+    listed = json.loads(cli(["ledger", "list", "--json"], env).output)
+    applied = [e for e in listed if e["type"] == "outcome" and e["context"].get("pipeline") == "local-tour"]
+    assert [e["decision"] for e in applied] == ["applied"] * 3
+    stacks = [e for e in listed if e.get("caller") == "stacks-service-a"]
+    assert [e["type"] for e in stacks] == ["intent", "outcome"]  # the replayed custom-resource event
 
-    listed = cli(["ledger", "list", "--json", "--decision", "applied"], env)
-    assert listed.exit_code == 0, listed.output
-    assert len([e for e in json.loads(listed.output) if e["type"] == "outcome"]) == 3
-
-    shown = cli(["ledger", "show", "1"], env)
-    assert shown.exit_code == 0 and json.loads(shown.output)["hash"]
+    shown = cli(["ledger", "show", str(applied[0]["seq"])], env)
+    assert shown.exit_code == 0 and json.loads(shown.output)["entry"] == applied[0]
 
     exported = cli(["ledger", "export", "--format", "csv"], env)
     rows = list(csv.DictReader(io.StringIO(exported.output)))
+    key_arn = next(e["grant"]["target"] for e in applied if e["grant"]["kind"] == "kms-grant")
     assert key_arn in {r["target"] for r in rows}  # whole ARNs in the export (tables shorten them)
     assert f"arn:aws:iam::{seed.ACCOUNTS['service-a']}:role/deploy" in {r["principal"] for r in rows}
 
-    verified = cli(["ledger", "verify", "--json"], env)
-    assert verified.exit_code == 0, verified.output
-    assert json.loads(verified.output)["whole"] is True
-
     revoked = cli([*request, "--revoke"], env)
     assert [r["decision"] for r in json.loads(revoked.output)["results"]] == ["revoked"] * 3
-
-    # A custom-resource event of the service stack `local up` deployed, replayed through the real handler.
-    replayed = cli(["local", "invoke", f"{env['DEPLOY_HELPER_LOCAL_DIR']}/events/create.json"], env)
-    assert replayed.exit_code == 0, replayed.output
-    cfn = json.loads(replayed.output)["cloudformation_response"]
-    assert (cfn["Status"], cfn["Data"]["Decision"]) == ("SUCCESS", "applied")
-    stacks = [e for e in json.loads(cli(["ledger", "list", "--json"], env).output) if e["caller"] == "stacks-service-a"]
-    assert [e["type"] for e in stacks] == ["intent", "outcome"]
+    verified = cli(["ledger", "verify", "--json"], env)
+    assert verified.exit_code == 0 and json.loads(verified.output)["whole"] is True
 
     targets = [a for name in seed.TARGET_ACCOUNTS for a in ("--account", seed.ACCOUNTS[name])]
     status = cli(["bootstrap", "status", *targets, "--json"], env)
@@ -142,32 +135,22 @@ def _drive(grants: str, env: dict[str, str | None], tmp_path: Path) -> None:
     assert {a["state"] for a in json.loads(status.output)["accounts"]} == {"current"}
 
 
-def _demo_leaves_its_results(env: dict[str, str | None]) -> None:
-    demo = cli(["demo", "--json"], env)
-    assert demo.exit_code == 0, demo.output[-2000:]
-    report = json.loads(demo.output)
-    assert report["endpoint"] == env["AWS_ENDPOINT_URL"]
-    # Read back with plain boto3 through the generated profiles, as a user would.
-    environ = {k: v for k, v in env.items() if v is not None}
+def _results_readable_with_plain_boto3(env: dict[str, str | None]) -> None:
+    """The demo's grants (service-b's KMS grant: the tour asked for service-a's only) and its ledger."""
     saved = dict(os.environ)
     os.environ.clear()
-    os.environ.update({**clean_environ_of(saved), **environ})
+    os.environ.update({k: v for k, v in saved.items() if not k.startswith(("AWS_", "DEPLOY_HELPER_"))})
+    os.environ.update({k: v for k, v in env.items() if v is not None})
     try:
         tooling = boto3.Session(profile_name="deploy-helper-local-tooling")
         assert tooling.client("sts").get_caller_identity()["Account"] == seed.ACCOUNTS["tooling"]
-        policy = json.loads(
-            tooling.client("s3").get_bucket_policy(Bucket=f"dh-artifacts-{seed.ACCOUNTS['tooling']}")["Policy"]
-        )
-        applied = {r["grant_id"] for r in report["applied"] if r["kind"] == "bucket-access"}
-        sids = {s["Sid"] for s in policy["Statement"]}
-        assert len(applied & sids) == 1  # service-a's read stays; the demo revoked service-b's
-        ledger = boto3.Session().client("dynamodb")
-        items = ledger.scan(TableName=str(env["DEPLOY_HELPER_LEDGER_TABLE"]), Select="COUNT")["Count"]
-        assert items >= len(report["audit_trail"]) > 0
+        kms = tooling.client("kms")
+        key = kms.list_keys()["Keys"][0]["KeyId"]
+        grantees = {g["GranteePrincipal"] for g in kms.list_grants(KeyId=key)["Grants"]}
+        assert f"arn:aws:iam::{seed.ACCOUNTS['service-b']}:role/deploy" in grantees
+        ddb = boto3.Session().client("dynamodb")  # the broker's account: deploy-helper-local
+        count = ddb.scan(TableName=str(env["DEPLOY_HELPER_LEDGER_TABLE"]), Select="COUNT")["Count"]
+        assert count > 20  # the tour's, the custom resource's and the demo's entries
     finally:
         os.environ.clear()
         os.environ.update(saved)
-
-
-def clean_environ_of(environ: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in environ.items() if not k.startswith(("AWS_", "DEPLOY_HELPER_", "MOTO_"))}
