@@ -61,9 +61,10 @@ class ConfigError(CliError):
 
 
 def one_line(text: str) -> str:
-    """``text`` on one line: whitespace runs collapsed, control characters shown escaped, long text cut."""
-    text = re.sub(r"\s+", " ", str(text)).strip()
-    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    """``text`` on one line, printed literally: line breaks folded, control characters escaped, long text cut."""
+    from deploy_helper.cli.output import literal
+
+    text = literal(re.sub(r"[ \t\r\n]+", " ", str(text)).strip())  # other control characters: escaped
     return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 1] + "…"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from deploy_helper.cli.errors import ConfigError
-from deploy_helper.cli.output import emit_json, json_option, print_response
+from deploy_helper.cli.output import emit_json, failure, json_option, print_response
 from deploy_helper.exceptions import BrokerError
 
 EPILOG = """
@@ -132,7 +132,7 @@ def request_command(
     try:
         response = client.request(spec.grants, action=mode, dry_run=dry_run, context=spec.context)
     except BrokerError as exc:
-        raise click.ClickException(exc.message) from exc
+        raise failure(exc.message) from exc
     if as_json:
         emit_json(response.model_dump(mode="json", exclude_none=True))
     else:
