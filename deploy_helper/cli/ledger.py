@@ -39,7 +39,6 @@ def ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--table",
         envvar="DEPLOY_HELPER_LEDGER_TABLE",
-        required=True,
         help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE).",
     )
     @click.option(
@@ -53,8 +52,14 @@ def ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="kms:<key> or file:<pem> (env DEPLOY_HELPER_CHECKPOINT_KEY).",
     )
     @functools.wraps(func)
-    def wrapper(table: str, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
-        from deploy_helper.cli.errors import aws_session
+    def wrapper(table: str | None, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
+        from deploy_helper.cli.errors import ConfigError, aws_session
+
+        if not table:
+            raise ConfigError(
+                "no ledger table: pass --table or set DEPLOY_HELPER_LEDGER_TABLE "
+                '(for the local AWS: eval "$(deploy-helper local env)")'
+            )
         from deploy_helper.ledger.setup import open_ledger
 
         handle = open_ledger(aws_session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)

@@ -313,16 +313,29 @@ def running(directory: Path) -> LocalState:
     return state
 
 
-def stop(directory: Path, timeout: float = 20) -> str:
-    """Stop the environment recorded in ``directory`` and remove the directory; says what was done."""
-    import shutil
+#: What ``up`` (and the scenario it builds) writes in the state directory; ``down`` removes
+#: only these, then the directory if nothing else is left in it.
+MANAGED = (
+    STATE_FILE,
+    STATE_FILE + ".tmp",
+    "aws-config",
+    "aws-credentials",
+    "grants.yaml",
+    "server.log",
+    "ci-tooling.pem",
+    OTHER_KEY_FILE,
+    "checkpoint-key.pem",
+    "policies",
+    "events",
+)
 
+
+def stop(directory: Path, timeout: float = 20) -> str:
+    """Stop the environment recorded in ``directory`` and remove what it wrote; says what was done."""
     state = LocalState.read(directory)
     if state is None:
-        if directory.exists() and directory.name == DEFAULT_DIR.name:
-            shutil.rmtree(directory)
         return f"no local AWS was running (nothing in {directory})"
-    message = f"the local AWS at {state.endpoint} was not running any more; removed {directory}"
+    message = f"the local AWS at {state.endpoint} was not running any more; cleaned up {directory}"
     if _is_up_process(state.pid):
         os.kill(state.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -330,9 +343,23 @@ def stop(directory: Path, timeout: float = 20) -> str:
             time.sleep(0.1)
         if _is_up_process(state.pid) and not _reaped(state.pid):
             os.kill(state.pid, signal.SIGKILL)
-        message = f"stopped the local AWS at {state.endpoint} (pid {state.pid}); removed {directory}"
-    shutil.rmtree(directory, ignore_errors=True)
+        message = f"stopped the local AWS at {state.endpoint} (pid {state.pid}); cleaned up {directory}"
+    _remove_managed(directory)
     return message
+
+
+def _remove_managed(directory: Path) -> None:
+    import contextlib
+    import shutil
+
+    for name in MANAGED:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only if nothing else is in it
 
 
 def _reaped(pid: int) -> bool:

@@ -288,3 +288,29 @@ def test_bootstrap_with_the_endpoint_down_is_one_line_at_once(tmp_path: Path, de
     assert result.exit_code == 2
     assert result.output.count("cannot reach AWS") == 1
     assert "100000000019" not in result.output
+
+
+def test_the_ledger_commands_say_where_the_ledger_is_missing(tmp_path: Path, deny_endpoint: str) -> None:
+    env = environment("access-denied", tmp_path, deny_endpoint)
+    result = CliRunner().invoke(main, ["ledger", "list"], env=env)
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: no ledger table: pass --table or set DEPLOY_HELPER_LEDGER_TABLE")
+
+
+def test_local_down_removes_only_what_local_up_wrote(tmp_path: Path) -> None:
+    """A state directory the user pointed elsewhere keeps everything that is not the environment's."""
+    from deploy_helper.local.environment import MANAGED, STATE_FILE
+
+    state = {"pid": 2**22 + 4321, "endpoint": "http://127.0.0.1:9", "region": "us-east-1"}
+    state.update(accounts={}, broker_env={}, facts={})
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "rules.yaml").write_text("version: 1\n")
+    (tmp_path / "aws-config").write_text("")
+    (tmp_path / "notes.txt").write_text("the user's own")
+    result = CliRunner().invoke(main, ["local", "down", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "was not running any more" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert "notes.txt" not in MANAGED
