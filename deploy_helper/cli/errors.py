@@ -69,8 +69,10 @@ def one_line(text: str) -> str:
 
 
 def region_from_env() -> str | None:
-    """``AWS_REGION``, else ``AWS_DEFAULT_REGION`` (boto3 itself reads only the latter)."""
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    """``deploy-helper --region``, else ``AWS_REGION``, else ``AWS_DEFAULT_REGION`` (boto3 reads only the last)."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.find_root().params.get("region") if ctx is not None else None
+    return given or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
 
 
 def client_config() -> Any:
@@ -124,7 +126,9 @@ def translate(exc: BaseException) -> CliError | None:
     from deploy_helper.exceptions import BrokerError, PolicyFileError
 
     if isinstance(exc, bx.NoRegionError):
-        return ConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or region in your AWS profile)")
+        return ConfigError(
+            "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or region in your AWS profile), or pass --region"
+        )
     if isinstance(exc, bx.ProfileNotFound):
         return ConfigError(f"{exc}: check AWS_PROFILE and AWS_CONFIG_FILE")
     if isinstance(exc, bx.ConfigParseError):

@@ -125,7 +125,11 @@ def test_every_command_is_covered() -> None:
 class DenyEverything(BaseHTTPRequestHandler):
     """Answers every AWS call with access denied, in the caller's protocol."""
 
+    #: The SigV4 credential scopes of the requests received (they name the region).
+    scopes: list[str] = []  # shared by the handler instances of one server
+
     def _answer(self) -> None:
+        self.scopes.append(self.headers.get("Authorization", "").split("Credential=")[-1].split(",")[0])
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         message = "User: arn:aws:iam::123456789012:user/nobody is not authorized to perform this action"
@@ -271,12 +275,17 @@ def test_one_line_and_an_exit_status_never_a_traceback(
         assert says in output
 
 
-def test_aws_region_and_aws_default_region_are_both_honoured(tmp_path: Path, deny_endpoint: str) -> None:
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        env = {**environment("no-region", tmp_path, deny_endpoint), name: "eu-west-1"}
-        result = CliRunner().invoke(main, ["ledger", "list", *LEDGER], env=env)
+def test_aws_region_and_aws_default_region_and_the_option_are_all_honoured(tmp_path: Path, deny_endpoint: str) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "--region"):
+        env = environment("no-region", tmp_path, deny_endpoint)
+        option = ["--region", "eu-west-1"] if name == "--region" else []
+        if not option:
+            env[name] = "eu-west-1"
+        DenyEverything.scopes.clear()
+        result = CliRunner().invoke(main, [*option, "ledger", "list", *LEDGER], env=env)
         assert result.exit_code == 1, result.output
-        assert "access denied" in result.output  # it got as far as asking AWS, in that region
+        assert "access denied" in result.output  # it got as far as asking AWS ...
+        assert DenyEverything.scopes and all("/eu-west-1/dynamodb/" in s for s in DenyEverything.scopes)  # there
 
 
 def test_bootstrap_with_the_endpoint_down_is_one_line_at_once(tmp_path: Path, deny_endpoint: str) -> None:
