@@ -77,6 +77,18 @@ class LedgerError(BrokerError):
     code = "ledger-unavailable"
 
 
+class LeaseLostError(ExecutionError):
+    """The request no longer held its lease on a resource with time to spare; the write was not sent."""
+
+    code = "lease-lost"
+
+
+class StaleWriteError(ExecutionError):
+    """AWS refused a write because the resource changed since the request read it (a precondition)."""
+
+    code = "stale-write"
+
+
 class RetriedRequest(AuthenticationError):
     """The same envelope, byte for byte, arrived again: answer as the first time, change nothing.
 
