@@ -580,7 +580,7 @@ class Broker:
         after: str,
         owners_of: dict[int, list[str] | None] | None = None,
     ) -> list[GrantResult]:
-        planned = {"applied": "would-apply", "revoked": "would-revoke"}
+        planned = {"applied": "would-apply", "revoked": "would-revoke", "failed": "would-fail"}
         results = []
         plan_entries = []
         for p in plan.items:
@@ -611,9 +611,11 @@ class Broker:
     def _fail_all(
         self, request: dict[str, Any], items: list[tuple[int, GrantSpec, str]], reason: str
     ) -> list[GrantResult]:
-        results = [self._result(i, spec, "failed", reason, rule) for i, spec, rule in items]
+        # A plan that cannot be made (a missing resource, an account out of reach) would fail.
+        decision = "would-fail" if str(request.get("action", "")).endswith(" (dry run)") else "failed"
+        results = [self._result(i, spec, decision, reason, rule) for i, spec, rule in items]
         fail_entries = [
-            entries.grant_entry(self.clock(), "decision", request, spec, decision="failed", reason=reason, rule_id=rule)
+            entries.grant_entry(self.clock(), "decision", request, spec, decision=decision, reason=reason, rule_id=rule)
             for _, spec, rule in items
         ]
         try:

@@ -369,7 +369,7 @@ def summarize(response: BrokerResponse) -> str:
     problems = [
         f"{r.decision}: {r.kind} on {r.target} for {r.principal}: {r.reason}"
         for r in response.results
-        if r.decision in ("denied", "failed")
+        if r.decision in ("denied", "failed", "would-fail")
     ]
     text = f"{len(response.results)} grant(s): {head}"
     return text + ("\n" + "\n".join(problems) if problems else "")
