@@ -279,6 +279,8 @@ def _serve_until_parent_exits() -> None:
     import sys
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    # moto tries to run a custom resource's function in Docker and logs its absence; expected here.
+    logging.getLogger("moto.awslambda").setLevel(logging.CRITICAL)
     server = _serialized_server()
     server.start()
     host, port = server.get_host_and_port()
