@@ -82,7 +82,8 @@ def up(state_dir: Path | None, detach: bool) -> None:
             state = start_detached(directory)
             click.echo(
                 f"local AWS at {state.endpoint} (pid {state.pid}); state, keys and profiles in {directory}\n"
-                f'next: eval "$(deploy-helper local env{_flag(state_dir)})"; stop with: deploy-helper local down{_flag(state_dir)}'
+                f'next: eval "$(deploy-helper local env{_flag(state_dir)})"; '
+                f"stop with: deploy-helper local down{_flag(state_dir)}"
             )
             return
         serve(directory, lambda message: err.print(f"[bold cyan]•[/bold cyan] {message}", markup=True))
