@@ -89,6 +89,12 @@ class StaleWriteError(ExecutionError):
     code = "stale-write"
 
 
+class CheckpointFormatError(LedgerError):
+    """A checkpoint object is not a well-formed signed note (it is reported, never trusted)."""
+
+    code = "checkpoint-malformed"
+
+
 class RetriedRequest(AuthenticationError):
     """The same envelope, byte for byte, arrived again: answer as the first time, change nothing.
 
