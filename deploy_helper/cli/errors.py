@@ -180,6 +180,11 @@ def translate(exc: BaseException) -> CliError | None:
     return None
 
 
+def explain(exc: BaseException) -> CliError:
+    """The one-line error for ``exc`` (AWS's cause, when it has one, says what to fix)."""
+    return translate(exc) or CliError(str(exc))
+
+
 class ErrorMappingGroup(click.Group):
     """The top-level command group: known errors from any command become one line and an exit status."""
 

@@ -46,6 +46,18 @@ EXAMPLES: dict[str, str] = {
     "ledger verify": """
   deploy-helper ledger verify
   deploy-helper ledger verify --public-key checkpoint.pub.pem --checkpoints-dir kept/ --json""",
+    "ledger prove": """
+  deploy-helper ledger prove 42 > entry-42.proof.json
+  deploy-helper ledger prove 42 --checkpoint 7 > entry-42.proof.json""",
+    "ledger check-proof": """
+  deploy-helper ledger check-proof entry-42.proof.json --public-key checkpointer.pub.pem
+  deploy-helper ledger check-proof entry-42.proof.json --public-key checkpointer.pub.pem --json""",
+    "ledger bundle": """
+  deploy-helper ledger bundle --out audit-2026-11/
+  deploy-helper ledger verify --bundle audit-2026-11/ --public-key checkpointer.pub.pem""",
+    "ledger pull": """
+  deploy-helper ledger pull --out kept-checkpoints/
+  deploy-helper ledger verify --since kept-checkpoints/""",
     "ledger active": """
   deploy-helper ledger active
   deploy-helper ledger active --account 333333333333 --json""",

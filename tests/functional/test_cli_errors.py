@@ -58,6 +58,13 @@ def _key(tmp: Path) -> str:
     return str(path)
 
 
+def _public(tmp: Path) -> str:
+    path = tmp / "checkpointer.pub.pem"
+    if not path.exists():
+        path.write_bytes(generate_ed25519()[1])
+    return str(path)
+
+
 def _grants(tmp: Path) -> str:
     path = tmp / "grants.yaml"
     grants = [{"kind": "bucket-access", "bucket": "dh-artifacts-x", "account": "111111111111"}]
@@ -88,6 +95,10 @@ COMMANDS: dict[tuple[str, ...], tuple[Callable[[Path], list[str]], tuple[str, ..
     ("ledger", "export"): (lambda t: [*LEDGER, "--format", "csv"], AWS, None),
     ("ledger", "verify"): (lambda t: LEDGER, AWS, None),
     ("ledger", "active"): (lambda t: LEDGER, AWS, None),
+    ("ledger", "prove"): (lambda t: ["1", *LEDGER, "--bucket", "checkpoints"], AWS, None),
+    ("ledger", "check-proof"): (lambda t: [_event(t), "--public-key", _public(t)], (), "event"),
+    ("ledger", "bundle"): (lambda t: [*LEDGER, "--bucket", "checkpoints", "--out", str(t / "bundle")], AWS, None),
+    ("ledger", "pull"): (lambda t: [*LEDGER, "--bucket", "checkpoints", "--out", str(t / "pulled")], AWS, None),
     ("ledger", "checkpoint"): (
         lambda t: [*LEDGER, "--bucket", "checkpoints", "--checkpoint-key", f"file:{_key(t)}"],
         AWS,
