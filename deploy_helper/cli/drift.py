@@ -100,6 +100,12 @@ principal: informational only).
 Exit status: 0 when every active grant is in force (foreign statements are
 reported, not counted); 1 when anything is missing, altered, unknown-managed or
 could not be read.
+
+\b
+Examples:
+  deploy-helper drift                          # every account, a table; progress on stderr
+  deploy-helper drift --account 222222222222 --kind lambda-invoke --json
+  deploy-helper drift --last                   # the newest scheduled check's report
 """
 
 
@@ -168,6 +174,11 @@ def _last(bucket: str | None) -> DriftReport:
 \b
 Exit status: 0 when every drift was repaired (or would be, with --plan); 1 when a
 grant was not restored (denied by the current rules, too large, or failed).
+
+\b
+Examples:
+  deploy-helper reconcile --plan               # what would be repaired; nothing changes
+  deploy-helper reconcile --apply --resource dh-artifacts-111111111111
 """,
 )
 @_filters

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 --drift live compares AWS with the ledger now (the broker's configuration and a
 role that may assume the broker role are needed, as for `drift`); --drift last
 uses the newest report of the scheduled drift check; --drift none leaves drift out.
+
+\b
+Examples:
+  deploy-helper report --html grants.html
+  deploy-helper report --html grants.html --drift live
 """,
 )
 @click.option(

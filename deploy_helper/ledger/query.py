@@ -23,6 +23,7 @@ DECISIONS = (
     "failed",
     "would-apply",
     "would-revoke",
+    "would-fail",
     "reconciled",
     "expired",
 )
