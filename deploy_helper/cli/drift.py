@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from deploy_helper.cli.output import echo, emit_json, failure, json_option, short, table, text
-from deploy_helper.exceptions import BrokerError
 from deploy_helper.grants import REGISTRY
 
 if TYPE_CHECKING:
@@ -48,19 +47,36 @@ def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _broker() -> Broker:
-    import boto3
+def _table(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--table",
+        "ledger_table",
+        envvar="DEPLOY_HELPER_LEDGER_TABLE",
+        required=True,
+        help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE); the rest of the broker's configuration "
+        "comes from its DEPLOY_HELPER_* variables, as `deploy-helper local env` prints them.",
+    )(func)
+
+
+def broker_for(table: str) -> Broker:
+    """The broker's pieces (sessions, references, locks, rules, ledger) as its variables configure them.
+
+    Drift and reconcile sign nothing and accept no request: a missing audience or nonce
+    table (which only requests need) is no error here.
+    """
+    import dataclasses
+    import os
 
     from deploy_helper.broker import Broker
+    from deploy_helper.cli.errors import aws_session, region_from_env
     from deploy_helper.config import BrokerConfig
 
-    try:
-        config = BrokerConfig.from_env()
-        if not config.ledger_table:
-            raise BrokerError("set DEPLOY_HELPER_LEDGER_TABLE: drift compares AWS with the grant ledger")
-        return Broker.from_config(config, session=boto3.Session())
-    except BrokerError as exc:
-        raise failure(exc.message) from exc
+    env = dict(os.environ)
+    env.setdefault("DEPLOY_HELPER_AUDIENCE", "deploy-helper:audit")
+    env.setdefault("DEPLOY_HELPER_NONCE_TABLE", "unused-by-drift")
+    config = BrokerConfig.from_env(env)
+    config = dataclasses.replace(config, ledger_table=table, region=region_from_env() or config.region)
+    return Broker.from_config(config, session=aws_session())
 
 
 def print_report(report: DriftReport) -> None:
@@ -110,6 +126,7 @@ Examples:
 
 
 @click.command("drift", epilog=EPILOG)
+@_table
 @_filters
 @click.option("--last", is_flag=True, help="Show the newest report of the scheduled drift check instead.")
 @click.option(
@@ -119,7 +136,13 @@ Examples:
 )
 @json_option
 def drift(
-    account: str | None, kind: str | None, resource: str | None, last: bool, bucket: str | None, as_json: bool
+    ledger_table: str,
+    account: str | None,
+    kind: str | None,
+    resource: str | None,
+    last: bool,
+    bucket: str | None,
+    as_json: bool,
 ) -> None:
     """Read every resource the ledger has grants on (once each) and classify what is there (read-only)."""
     from deploy_helper.audit.drift import DriftChecker, Filters
@@ -129,17 +152,14 @@ def drift(
         wanted = Filters(account, kind, resource)
         report.findings = [f for f in report.findings if wanted.admit((f.account, f.kind, f.resource, None))]
     else:
-        broker = _broker()
+        broker = broker_for(ledger_table)
 
         def progress(acct: str, done: int, total: int, drifted: int) -> None:
             note = f", {drifted} drifted or unreadable" if drifted else ""
             echo(f"[{done}/{total}] account {acct} checked{note}", err=True)
 
         checker = DriftChecker(broker.sessions, broker.references, clock=broker.clock)
-        try:
-            report = checker.check(broker.ledger, Filters(account, kind, resource), progress=progress)
-        except BrokerError as exc:
-            raise failure(exc.message) from exc
+        report = checker.check(broker.ledger, Filters(account, kind, resource), progress=progress)
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -150,19 +170,13 @@ def drift(
 def _last(bucket: str | None) -> DriftReport:
     import os
 
-    import boto3
-
     from deploy_helper.audit.scheduled import DriftReports
+    from deploy_helper.cli.errors import aws_session
 
     bucket = bucket or os.environ.get("DEPLOY_HELPER_CHECKPOINT_BUCKET")
     if not bucket:
         raise click.UsageError("give --bucket (or DEPLOY_HELPER_DRIFT_BUCKET) to read the newest drift report")
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        report = DriftReports(boto3.client("s3"), bucket).latest()
-    except (ClientError, BotoCoreError) as exc:
-        raise failure(f"cannot read the newest drift report from s3://{bucket}: {exc}") from exc
+    report = DriftReports(aws_session().client("s3"), bucket).latest()
     if report is None:
         raise failure(f"no drift report in s3://{bucket} yet: the scheduled drift check has not run")
     return report
@@ -181,11 +195,14 @@ Examples:
   deploy-helper reconcile --apply --resource dh-artifacts-111111111111
 """,
 )
+@_table
 @_filters
 @click.option("--plan", "mode", flag_value="plan", help="Only say what would be repaired (nothing changes).")
 @click.option("--apply", "mode", flag_value="apply", help="Repair: restore missing/altered, remove unknown-managed.")
 @json_option
-def reconcile(account: str | None, kind: str | None, resource: str | None, mode: str | None, as_json: bool) -> None:
+def reconcile(
+    ledger_table: str, account: str | None, kind: str | None, resource: str | None, mode: str | None, as_json: bool
+) -> None:
     """Make AWS match the ledger again, under the broker's locks, rules and size limits.
 
     Missing and altered grants are applied again if the current rules still allow
@@ -201,17 +218,14 @@ def reconcile(account: str | None, kind: str | None, resource: str | None, mode:
         raise click.UsageError("give --plan or --apply")
     from deploy_helper.audit.drift import DriftChecker
 
-    broker = _broker()
+    broker = broker_for(ledger_table)
     filters = Filters(account, kind, resource)
-    try:
-        # A read-only check first; only the resources it finds drifted are leased and repaired.
-        checker = DriftChecker(broker.sessions, broker.references, clock=broker.clock)
-        found = checker.check(broker.ledger, filters)
-        assert checker.view is not None
-        drifted = {(f.account, f.kind, f.resource) for f in found.drifted}
-        results = Repairer(broker).reconcile(checker.view, filters, apply=mode == "apply", only=drifted)
-    except BrokerError as exc:
-        raise failure(exc.message) from exc
+    # A read-only check first; only the resources it finds drifted are leased and repaired.
+    checker = DriftChecker(broker.sessions, broker.references, clock=broker.clock)
+    found = checker.check(broker.ledger, filters)
+    assert checker.view is not None
+    drifted = {(f.account, f.kind, f.resource) for f in found.drifted}
+    results = Repairer(broker).reconcile(checker.view, filters, apply=mode == "apply", only=drifted)
     if as_json:
         emit_json([r.as_dict() for r in results])
     else:

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from deploy_helper.cli.output import echo, failure
-from deploy_helper.exceptions import BrokerError
+from deploy_helper.cli.output import echo
 
 if TYPE_CHECKING:
     from deploy_helper.audit.drift import DriftReport
@@ -50,26 +49,22 @@ def report(
     drift_bucket: str | None,
 ) -> None:
     """Write the cross-account graph of active grants, a table per account, and the ledger's status."""
-    import boto3
-
     from deploy_helper.audit.drift import LedgerView
     from deploy_helper.audit.report import ReportData, render
+    from deploy_helper.cli.errors import aws_session
     from deploy_helper.ledger.entries import now_iso
     from deploy_helper.ledger.setup import open_ledger
     from deploy_helper.ledger.verify import verify_ledger
 
-    session = boto3.Session()
-    try:
-        handle = open_ledger(session, table=table, bucket=bucket, checkpoint_key=checkpoint_key)
-        stored = list(handle.ledger.entries())
-        objects = handle.checkpoints.versions() if handle.checkpoints else None
-        keys = [handle.public_key] if handle.public_key else []
-        verified = verify_ledger(handle.ledger, keys=keys, objects=objects).as_dict()
-    except BrokerError as exc:
-        raise failure(exc.message) from exc
+    session = aws_session()
+    handle = open_ledger(session, table=table, bucket=bucket, checkpoint_key=checkpoint_key)
+    stored = list(handle.ledger.entries())
+    objects = handle.checkpoints.versions() if handle.checkpoints else None
+    keys = [handle.public_key] if handle.public_key else []
+    verified = verify_ledger(handle.ledger, keys=keys, objects=objects).as_dict()
     view = LedgerView.of(stored)
     notes: list[str] = []
-    drift = _drift(drift_mode, drift_bucket or bucket, view, notes)
+    drift = _drift(drift_mode, drift_bucket or bucket, view, notes, table)
     newest: dict[str, Any] | None = verified.get("latest_checkpoint")
     now = time.time()
     page = render(
@@ -87,19 +82,18 @@ def report(
     echo(f"wrote {html_file}: {len(view.active)} active grants, ledger {'whole' if verified['whole'] else 'NOT whole'}")
 
 
-def _drift(mode: str, bucket: str | None, view: Any, notes: list[str]) -> DriftReport | None:
+def _drift(mode: str, bucket: str | None, view: Any, notes: list[str], table: str) -> DriftReport | None:
     if mode == "none":
         return None
     if mode == "last":
-        import boto3
-
         from deploy_helper.audit.scheduled import DriftReports
+        from deploy_helper.cli.errors import aws_session
 
         if not bucket:
             notes.append("No drift bucket configured: drift is not shown.")
             return None
         try:
-            last = DriftReports(boto3.client("s3"), bucket).latest()
+            last = DriftReports(aws_session().client("s3"), bucket).latest()
         except Exception as exc:  # the page is still useful without drift
             notes.append(f"The newest drift report could not be read: {exc}")
             return None
@@ -107,7 +101,7 @@ def _drift(mode: str, bucket: str | None, view: Any, notes: list[str]) -> DriftR
             notes.append("The scheduled drift check has not run yet: drift is not shown.")
         return last
     from deploy_helper.audit.drift import DriftChecker
-    from deploy_helper.cli.drift import _broker
+    from deploy_helper.cli.drift import broker_for
 
-    broker = _broker()
+    broker = broker_for(table)
     return DriftChecker(broker.sessions, broker.references, clock=broker.clock).run(view)

@@ -117,6 +117,9 @@ COMMANDS: dict[tuple[str, ...], tuple[Callable[[Path], list[str]], tuple[str, ..
     ("local", "env"): (lambda t: ["--state-dir", str(t / "none")], ("not-running",), None),
     ("local", "down"): (lambda t: ["--state-dir", str(t / "none")], (), None),
     ("local", "invoke"): (lambda t: [_event(t)], (), "event"),
+    ("drift",): (lambda t: LEDGER, AWS, None),
+    ("reconcile",): (lambda t: ["--plan", *LEDGER], AWS, None),
+    ("report",): (lambda t: ["--html", str(t / "report.html"), *LEDGER, "--drift", "none"], AWS, None),
 }
 
 
