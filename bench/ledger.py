@@ -34,7 +34,7 @@ def main() -> None:
     with LocalAws() as local, tempfile.TemporaryDirectory() as tmp:
         sc = seed.build(local, Path(tmp))
         ddb = local.client("dynamodb", seed.DEFAULT_ACCOUNT)
-        ledger = DynamoLedger(ddb, seed.TABLES["ledger"], ledger="bench")
+        ledger = DynamoLedger(ddb, sc.config.ledger_table, ledger="bench")
         entry = {"type": "decision", "decision": "unchanged", "reason": "bench" * 10}
         t0 = time.perf_counter()
         for _ in range(args.appends):

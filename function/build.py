@@ -94,8 +94,20 @@ def _resolve(requirements: list[str], architecture: str, python_version: str) ->
 
 
 def write_lock() -> None:
-    """Pin the function's dependencies (and theirs) for the Lambda runtime, on both architectures."""
+    """Pin the function's dependencies (and theirs) for the Lambda runtime, on both architectures.
+
+    The direct dependencies are pinned to the versions installed where this runs (the
+    test environment, if they are installed), so the function runs what the tests ran.
+    """
+    from importlib import metadata
+
     requirements = function_requirements()
+    for requirement in list(requirements):
+        name = re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0]
+        try:
+            requirements.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
     resolved = {arch: _resolve(requirements, arch, LAMBDA_PYTHON) for arch in PLATFORMS}
     if resolved["arm64"] != resolved["x86_64"]:
         raise SystemExit(f"arm64 and x86_64 resolve differently: {resolved}")

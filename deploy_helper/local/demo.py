@@ -1,6 +1,7 @@
 """The demo: the whole flow on the embedded local AWS, checked by reading AWS back.
 
-1. start a moto server on loopback and build the seed scenario;
+1. start a moto server on loopback and build the seed scenario (the broker's own
+   resources from template.yaml, deploy_helper.local.stack);
 2. put the broker role into each target account (bootstrap);
 3. apply, in one signed request, the authorizer permission for each service
    account's API and artifact-bucket read + KMS decrypt for each deploy role;
@@ -44,13 +45,24 @@ def run_demo(workdir: Path | None = None, progress: Step = _quiet) -> dict[str, 
 def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
     sc = seed.build(local, work, bootstrap=False)
     progress("seed scenario: accounts " + ", ".join(f"{k}={v}" for k, v in seed.ACCOUNTS.items()))
+    stack = sc.stack
+    assert stack is not None
+    progress(
+        f"broker stack {stack.name} created from template.yaml: {len(stack.resources)} resources"
+        f" ({len(stack.stand_ins)} completed or stood in for where the local AWS's CloudFormation falls short)"
+    )
     bootstrap = _bootstrap(sc)
     progress(f"bootstrap: broker role in {len(bootstrap)} target accounts")
     broker = sc.broker()
     client = sc.client(broker)
     context = {"pipeline": "demo-pipeline", "execution_id": "demo-0001", "commit": "0123abcd"}
     grants = sc.seed_grants()
-    report: dict[str, Any] = {"endpoint": local.endpoint, "accounts": seed.ACCOUNTS, "bootstrap": bootstrap}
+    report: dict[str, Any] = {
+        "endpoint": local.endpoint,
+        "accounts": seed.ACCOUNTS,
+        "broker_stack": {"name": stack.name, "outputs": stack.outputs, "stand_ins": stack.stand_ins},
+        "bootstrap": bootstrap,
+    }
 
     plan = client.request(grants, dry_run=True, context=context)
     report["plan"] = [r.decision for r in plan.results]
