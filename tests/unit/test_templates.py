@@ -217,11 +217,17 @@ def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[
     assert url["Condition"] == "FunctionUrlEnabled"
 
 
-def test_alarms_watch_errors_and_denials(template: dict[str, Any]) -> None:
-    alarms = {a["Properties"]["MetricName"] for a in resources_of(template, "AWS::CloudWatch::Alarm").values()}
-    assert {"Errors", "Denials", "LoggedErrors"} <= alarms
-    filters = [f["Properties"]["FilterPattern"] for f in resources_of(template, "AWS::Logs::MetricFilter").values()]
-    assert any('$.decision = "denied"' in f for f in filters)
+def test_alarms_watch_errors_denials_and_failures(template: dict[str, Any]) -> None:
+    alarms = {
+        a["Properties"]["MetricName"]: a["Properties"]
+        for a in resources_of(template, "AWS::CloudWatch::Alarm").values()
+    }
+    assert {"Errors", "Denied", "Failed", "LoggedErrors"} <= set(alarms)
+    # Denied and Failed are the function's own EMF metrics, in the namespace it is given.
+    variables = template["Resources"]["BrokerFunction"]["Properties"]["Environment"]["Variables"]
+    for name in ("Denied", "Failed"):
+        assert alarms[name]["Namespace"] == variables["DEPLOY_HELPER_METRICS_NAMESPACE"]
+        assert "Dimensions" not in alarms[name]  # the metric published without dimensions
     assert template["Outputs"]["ServiceToken"]["Value"] == {"Fn::GetAtt": ["BrokerFunction", "Arn"]}
     assert "Export" in template["Outputs"]["ServiceToken"]
 
