@@ -10,7 +10,7 @@ handler logs one line per grant with its target account, grant id, kind and deci
 
 Metrics use CloudWatch's embedded metric format (EMF): one JSON line on stdout per
 (caller, kind) with the counts of ``Applied``, ``Denied`` and ``Failed`` grants, in
-the namespace ``DEPLOY_HELPER_METRICS_NAMESPACE``; each is published with the
+the namespace ``DEPLOY_HELPER_METRICS_NAMESPACE``, when running in Lambda; each is published with the
 dimensions (Caller, Kind) and without dimensions, which the template's alarms watch.
 A refused request counts as ``Denied`` with caller ``unauthenticated`` and kind
 ``request``: nothing a request claims becomes a dimension before it is authenticated.
@@ -109,8 +109,8 @@ def metric_counts(answer: dict[str, Any]) -> dict[tuple[str, str], Counter[str]]
 def emit_metrics(answer: dict[str, Any], stream: TextIO | None = None) -> int:
     """Write the EMF lines of a broker answer; returns how many were written."""
     namespace = os.environ.get("DEPLOY_HELPER_METRICS_NAMESPACE")
-    if not namespace:
-        return 0
+    if not namespace or not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        return 0  # only in Lambda: the CLI's in-process broker must not write metrics to stdout
     out = stream or sys.stdout
     written = 0
     for (caller, kind), counter in metric_counts(answer).items():

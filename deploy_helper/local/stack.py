@@ -108,7 +108,12 @@ def _transformed(text: str, code_uri: str) -> str:
     from samtranslator.yaml_helper import yaml_parse
 
     template = yaml_parse(text)
-    template["Resources"][FUNCTION]["Properties"]["CodeUri"] = code_uri
+    uri_property = {"AWS::Serverless::Function": "CodeUri", "AWS::Serverless::LayerVersion": "ContentUri"}
+    for resource in template["Resources"].values():  # every function's and layer's code, as sam package does
+        key = uri_property.get(str(resource.get("Type"))) if isinstance(resource, dict) else None
+        properties: Any = resource.get("Properties") if key else None
+        if key and isinstance(properties, dict) and "InlineCode" not in properties:
+            properties[key] = properties[key] if str(properties.get(key, "")).startswith("s3://") else code_uri
     session = boto3.Session(region_name=LOCAL_REGION, aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
     translator = Translator(None, Parser(), boto_session=session)
     transformed = translator.translate(template, parameter_values={}, get_managed_policy_map=dict)
@@ -271,7 +276,10 @@ def _function_url(client: Client, logical_id: str, props: dict[str, Any]) -> str
 
 
 def _refuse(client: Client, logical_id: str, props: dict[str, Any]) -> str:
-    raise LocalStackError(f"the template's {logical_id} stops the deploy: {logical_id} names what to change")
+    raise LocalStackError(
+        f"the template stops the deploy at {logical_id} (its wait condition {props.get('Handle')} is never"
+        " signalled): their names say what to change"
+    )
 
 
 #: Resource type -> (how it is stood in for, what does it). Types moto creates are left to moto.

@@ -51,7 +51,7 @@ def test_every_resource_of_the_template_is_created_or_stood_in_for(scenario: see
     invokers = seed.broker_parameters()["InvokerAccountIds"].split(",")
     assert {json.dumps(a) for a in invokers} | {json.dumps({"Service": "events.amazonaws.com"})} == principals
     alarms = scenario.local.client("cloudwatch").describe_alarms()["MetricAlarms"]
-    assert {a["MetricName"] for a in alarms} >= {"Errors", "Throttles", "Denials", "LoggedErrors"}
+    assert {a["MetricName"] for a in alarms} >= {"Errors", "Throttles", "Denied", "Failed", "LoggedErrors"}
     rule = scenario.local.client("events").describe_rule(Name=stack.resources["BrokerFunctionCheckpointHeartbeat"])
     assert rule["ScheduleExpression"] == "rate(15 minutes)"
 

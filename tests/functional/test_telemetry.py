@@ -32,6 +32,7 @@ def invoke(
     scenario: Scenario, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: Any
 ) -> Iterator[Any]:
     monkeypatch.setenv("DEPLOY_HELPER_METRICS_NAMESPACE", NAMESPACE)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "deploy-helper-local")
     handler.set_broker(scenario.broker())
     caplog.set_level(logging.INFO, logger="deploy_helper")
 
