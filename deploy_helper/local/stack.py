@@ -102,6 +102,8 @@ class BrokerStack:
 
 @lru_cache(maxsize=4)
 def _transformed(text: str, code_uri: str) -> str:
+    import logging
+
     import boto3
     from samtranslator.parser.parser import Parser
     from samtranslator.translator.translator import Translator
@@ -116,6 +118,7 @@ def _transformed(text: str, code_uri: str) -> str:
             properties[key] = properties[key] if str(properties.get(key, "")).startswith("s3://") else code_uri
     session = boto3.Session(region_name=LOCAL_REGION, aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
     translator = Translator(None, Parser(), boto_session=session)
+    logging.getLogger("samtranslator.metrics").setLevel(logging.ERROR)  # "unpublished metrics": none are wanted
     transformed = translator.translate(template, parameter_values={}, get_managed_policy_map=dict)
     return json.dumps(transformed)
 
