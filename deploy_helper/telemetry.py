@@ -3,9 +3,10 @@
 The template sets the function's ``LoggingConfig`` to ``LogFormat: JSON``: Lambda's
 runtime writes every log record as one JSON object with its level, message, logger
 and ``requestId``, plus every extra attribute of the record. ``InvocationFilter``
-``install`` adds the invocation's request id, AWS request id and caller to every log
+``InvocationFilter`` adds the invocation's request id, AWS request id and caller to every log
 record (one invocation at a time runs in an execution environment, so a module-level
-value is shared correctly with the broker's worker threads), and the
+value is shared correctly with the broker's worker threads), each worker thread's
+records also carry the target account and resource it works on, and the
 handler logs one line per grant with its target account, grant id, kind and decision.
 
 Metrics use CloudWatch's embedded metric format (EMF): one JSON line on stdout per
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any, TextIO
@@ -34,36 +36,39 @@ DECISION_METRICS = {"applied": "Applied", "denied": "Denied", "failed": "Failed"
 UNAUTHENTICATED = "unauthenticated"
 
 _invocation: dict[str, str] = {}
+#: Per worker thread: the target account (and resource) the thread works on.
+_thread = threading.local()
 
 
-_installed: list[bool] = []
+class InvocationFilter(logging.Filter):
+    """Adds the invocation's values, and the worker thread's, to each record a handler writes.
+
+    A handler's filter rather than a record factory: it runs after ``extra`` is applied, so
+    a value a log call gives explicitly (a grant's own ``account``) is kept, never refused.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in {**_invocation, **getattr(_thread, "values", {})}.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+_FILTER = InvocationFilter()
 
 
 def install() -> None:
-    """Make every log record carry the current invocation's values (once per process).
-
-    A log record factory rather than a filter: a logger's filters do not apply to the
-    records of its child loggers (``deploy_helper.broker`` …). Outside an invocation
-    there are no values and records are unchanged.
-    """
-    if _installed:
-        return
-    previous = logging.getLogRecordFactory()
-
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        for key, value in _invocation.items():
-            if not hasattr(record, key):
-                setattr(record, key, value)
-        return record
-
-    logging.setLogRecordFactory(factory)
-    _installed.append(True)
+    """Put the filter on every handler of the root logger (Lambda's runtime installs one)."""
+    for handler in logging.getLogger().handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
 
 
 def begin(aws_request_id: str | None) -> None:
-    """A new invocation: forget the previous one's values."""
+    """A new invocation: forget the previous one's values (and filter handlers added since)."""
+    install()
     _invocation.clear()
+    _thread.values = {}
     if aws_request_id:
         _invocation["aws_request_id"] = aws_request_id
 
@@ -71,6 +76,11 @@ def begin(aws_request_id: str | None) -> None:
 def bind(**values: str | None) -> None:
     """Add values (``request_id``, ``caller``) to every following record of this invocation."""
     _invocation.update({k: v for k, v in values.items() if v})
+
+
+def bind_thread(**values: str | None) -> None:
+    """Values (``account``, ``resource``) for the records of this worker thread, replacing its previous ones."""
+    _thread.values = {k: v for k, v in values.items() if v}
 
 
 def record_grants(logger: logging.Logger, answer: dict[str, Any]) -> None:

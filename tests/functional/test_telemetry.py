@@ -35,6 +35,7 @@ def invoke(
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "deploy-helper-local")
     handler.set_broker(scenario.broker())
     caplog.set_level(logging.INFO, logger="deploy_helper")
+    caplog.set_level(logging.DEBUG, logger="botocore.endpoint")
 
     def run(event: dict[str, Any], aws_request_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[Any]]:
         capsys.readouterr()
@@ -65,9 +66,14 @@ def test_grant_outcomes_are_logged_with_their_ids_and_counted_per_caller_and_kin
     ]
     for record, result in zip(per_grant, answer["results"], strict=True):
         assert (record.account, record.grant_id) == (result["account"], result["grant_id"])
-    # Every line of the invocation carries its ids and the authenticated caller.
+    # Every line of the invocation carries its ids and the authenticated caller; lines written
+    # while working on a target account (here botocore's, in the broker's account threads)
+    # also carry that account.
     assert records and all(r.aws_request_id == "aws-req-1" for r in records)
     assert all((r.request_id, r.caller) == ("req-telemetry-1", "ci-tooling") for r in per_grant)
+    in_accounts = [r for r in records if r.threadName.startswith("account")]
+    assert in_accounts
+    assert {r.account for r in in_accounts} == {scenario.accounts["tooling"], scenario.accounts["token-service"]}
     # EMF: counts per (caller, kind), published with and without dimensions.
     by_kind = {line["Kind"]: line for line in emf}
     assert set(by_kind) == {"bucket-access", "lambda-invoke"}
