@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -361,7 +362,9 @@ def deploy_broker_stack(
             deferred.append((logical_id, kind, carried))
         if logical_id in removed:
             del template["Resources"][logical_id]
-    outputs = {k: v for k, v in template.get("Outputs", {}).items() if not any(r in json.dumps(v) for r in removed)}
+    # Outputs that name a resource taken out of the stack cannot be resolved there: left out.
+    names = re.compile("|".join(rf"(?<![A-Za-z0-9]){re.escape(r)}(?![A-Za-z0-9])" for r in removed) or "(?!)")
+    outputs = {k: v for k, v in template.get("Outputs", {}).items() if not names.search(json.dumps(v))}
     template["Outputs"] = {**outputs, **carriers.outputs}
 
     cfn = client("cloudformation")
