@@ -160,6 +160,8 @@ def test_the_package_holds_the_function_and_its_dependencies_only(package: Path)
     assert not list(package.rglob("strict_aws.py")) and not list(package.rglob("faults.py"))
     for policy in (ROOT / "policies").glob("*.yaml"):
         assert (package / "policies" / policy.name).read_bytes() == policy.read_bytes()
+    unzipped = sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
+    assert unzipped < 250 * 1024 * 1024  # Lambda's limit for a function's unzipped package
 
 
 def test_the_handler_runs_from_the_package_with_only_boto3_beside_it(
