@@ -275,3 +275,12 @@ def test_the_example_grants_are_valid_and_allowed_by_the_shipped_rules() -> None
     adapter: TypeAdapter[Any] = TypeAdapter(AnyGrant)
     allowed = [rules.authorize(grants_file.caller, adapter.validate_python(g)).rule_id for g in grants_file.grants]
     assert allowed == ["artifact-read", "artifact-read", "artifact-decrypt", "artifact-decrypt"]
+
+
+def test_every_function_ships_the_built_package_not_the_repository(template: dict[str, Any]) -> None:
+    """CodeUri: . would ship tests/, bench/ and the harness, and no dependency (function/Makefile builds any)."""
+    functions = resources_of(template, "AWS::Serverless::Function")
+    assert functions
+    for name, function in functions.items():
+        assert function["Properties"]["CodeUri"] == "function/", name
+        assert function.get("Metadata") == {"BuildMethod": "makefile"}, name
