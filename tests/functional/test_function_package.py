@@ -190,9 +190,13 @@ def test_the_handler_runs_from_the_package_with_only_boto3_beside_it(
 def test_a_dependency_left_out_of_the_recipe_is_caught(tmp_path: Path, boto: Path, scenario: seed.Scenario) -> None:
     build = _build_module()
     lock = tmp_path / "requirements.txt"
-    lock.write_text(
-        "".join(line + "\n" for line in build.LOCK.read_text().splitlines() if not line.startswith("rfc8785=="))
-    )
+    kept, dropping = [], False
+    for line in build.LOCK.read_text().splitlines():  # the rfc8785 requirement and its hash lines
+        dropping = line.startswith("rfc8785==") or (dropping and line.startswith(" "))
+        if not dropping:
+            kept.append(line)
+    lock.write_text("\n".join(kept) + "\n")
+    assert "rfc8785" not in lock.read_text() and set(build.read_lock(lock)) == set(build.read_lock()) - {"rfc8785"}
     package = build.build(tmp_path / "package", ARCHITECTURE, HOST_PYTHON, lock=lock)
     client = scenario.client()
     event = client.envelope(client.payload([scenario.authorizer_grant("service-a")]))
