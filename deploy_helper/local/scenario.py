@@ -35,6 +35,7 @@ from deploy_helper.local.stack import BrokerStack, deploy_broker_stack
 from deploy_helper.signing import Ed25519Signer, generate_ed25519
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import boto3
@@ -61,6 +62,7 @@ EXTERNAL_ID = "deploy-helper-local-external-id-0001"
 ENVIRONMENT = "local"
 #: The execution role the template makes (``deploy-helper-exec-<Environment>``).
 BROKER_EXEC_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/deploy-helper-exec-{ENVIRONMENT}"
+CHECKPOINT_ORIGIN = "deploy-helper.local/ledger/main"
 CALLER = "ci-tooling"
 OTHER_CALLER = "ci-service-b"
 FOREIGN_SID = "TeamOwnedDoNotTouch"
@@ -193,7 +195,34 @@ class Scenario:
             bucket=self.config.checkpoint_bucket,
             checkpoint_key=self.config.checkpoint_key,
             region=LOCAL_REGION,
+            origin=CHECKPOINT_ORIGIN,
         )
+
+    def checkpoint(self, clock: Callable[[], float] | None = None) -> dict[str, Any]:
+        """Run the checkpointer once on the stream records since its last run, as Lambda would.
+
+        An empty batch stands for the scheduled heartbeat.
+        """
+        from deploy_helper.checkpointer import handle
+        from deploy_helper.ledger.setup import open_ledger
+        from deploy_helper.local.stream import LedgerStream
+
+        assert self.config.ledger_table is not None
+        stream = self.extra.get("ledger_stream")
+        if stream is None:
+            stream = self.extra["ledger_stream"] = LedgerStream(self.local, self.config.ledger_table)
+        opened = open_ledger(
+            self.local.base_session(),
+            table=self.config.ledger_table,
+            bucket=self.config.checkpoint_bucket,
+            checkpoint_key=self.config.checkpoint_key,
+            region=LOCAL_REGION,
+            origin=CHECKPOINT_ORIGIN,
+        )
+        assert opened.checkpointer is not None
+        if clock is not None:
+            opened.checkpointer.clock = clock
+        return handle(stream.event(), opened.checkpointer)
 
     def environ(self) -> dict[str, str]:
         """The environment a CLI or a broker process needs to act on this scenario."""
@@ -213,6 +242,7 @@ class Scenario:
             ("DEPLOY_HELPER_REFERENCE_TABLE", c.reference_table),
             ("DEPLOY_HELPER_CHECKPOINT_BUCKET", c.checkpoint_bucket),
             ("DEPLOY_HELPER_CHECKPOINT_KEY", c.checkpoint_key),
+            ("DEPLOY_HELPER_LEDGER_ORIGIN", CHECKPOINT_ORIGIN if c.checkpoint_key else None),
         ):
             if value:
                 env[name] = value
@@ -356,11 +386,17 @@ def broker_parameters() -> dict[str, str]:
 def broker_config(stack: BrokerStack, policies: Path, checkpoint_key: Path) -> BrokerConfig:
     """The broker's configuration: the function's environment as the stack set it.
 
-    Two values are the harness's: the policies (the scenario's own callers and rules),
-    and the checkpoint key, an Ed25519 key file, because the local AWS creates the
-    template's ECC_NIST_P256 signing key as a symmetric key (see ``deploy_helper.local.stack``).
+    The checkpoint bucket is the checkpointer's (the harness runs it in process, from
+    ``Scenario.checkpoint``). Two values are the harness's: the policies (the scenario's
+    own callers and rules), and the checkpoint key, an Ed25519 key file, because the local
+    AWS creates the template's ECC_NIST_P256 signing keys as symmetric keys (see
+    ``deploy_helper.local.stack``).
     """
+    bucket = {
+        k: v for env in stack.environments.values() for k, v in env.items() if k == "DEPLOY_HELPER_CHECKPOINT_BUCKET"
+    }
     environment = {
+        **bucket,
         **stack.environment,
         "DEPLOY_HELPER_POLICIES_DIR": str(policies),
         "DEPLOY_HELPER_CHECKPOINT_KEY": f"file:{checkpoint_key}",

@@ -13,7 +13,7 @@
    each intrinsic in such a resource is carried through a stack output, so
    moto resolves ``!Ref``/``!GetAtt``/``!Sub``/``!If`` and nothing is
    re-implemented here;
-5. reads the function's environment back from the function the stack made.
+5. reads the functions' environments back from the functions the stack made.
 
 The local environment and the template therefore cannot drift apart: a table, a
 variable or an output added to the template is in the local environment too.
@@ -92,6 +92,8 @@ class BrokerStack:
     resources: dict[str, str]
     #: The broker function's environment variables, as the stack set them.
     environment: dict[str, str]
+    #: Every function's environment variables (logical id -> variables): the broker's and others'.
+    environments: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Logical id -> what was done for it outside moto's CloudFormation.
     stand_ins: dict[str, str] = field(default_factory=dict)
     #: Logical id -> resource type that neither moto nor a stand-in creates.
@@ -404,13 +406,23 @@ def deploy_broker_stack(
         resources[logical_id] = make(client, logical_id, props) if make else logical_id
         stand_ins[logical_id] = how
 
-    function = client("lambda").get_function_configuration(FunctionName=resources[FUNCTION])
+    lam = client("lambda")
+    environments = {
+        logical_id: dict(
+            lam.get_function_configuration(FunctionName=resources[logical_id])
+            .get("Environment", {})
+            .get("Variables", {})
+        )
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Lambda::Function" and logical_id in resources
+    }
     return BrokerStack(
         name=stack_name,
         stack_id=stack_id,
         outputs={k: v for k, v in every_output.items() if not k.startswith(_CARRIER)},
         resources=resources,
-        environment=dict(function.get("Environment", {}).get("Variables", {})),
+        environment=environments[FUNCTION],
+        environments=environments,
         stand_ins=stand_ins,
         not_created=not_created,
     )

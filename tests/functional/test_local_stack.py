@@ -49,11 +49,15 @@ def test_every_resource_of_the_template_is_created_or_stood_in_for(scenario: see
     )
     principals = {json.dumps(s["Principal"]) for s in policy["Statement"]}
     invokers = seed.broker_parameters()["InvokerAccountIds"].split(",")
-    assert {json.dumps(a) for a in invokers} | {json.dumps({"Service": "events.amazonaws.com"})} == principals
+    assert {json.dumps(a) for a in invokers} == principals
     alarms = scenario.local.client("cloudwatch").describe_alarms()["MetricAlarms"]
     assert {a["MetricName"] for a in alarms} >= {"Errors", "Throttles", "Denied", "Failed", "LoggedErrors"}
-    rule = scenario.local.client("events").describe_rule(Name=stack.resources["BrokerFunctionCheckpointHeartbeat"])
-    assert rule["ScheduleExpression"] == "rate(15 minutes)"
+    events = scenario.local.client("events")
+    schedules = {k: r for k, r in template["Resources"].items() if r["Type"] == "AWS::Events::Rule"}
+    assert schedules
+    for logical_id, rule in schedules.items():
+        made = events.describe_rule(Name=stack.resources[logical_id])
+        assert made["ScheduleExpression"] == rule["Properties"]["ScheduleExpression"]
 
 
 def test_the_broker_runs_with_the_environment_the_stack_gave_its_function(scenario: seed.Scenario) -> None:
@@ -66,17 +70,16 @@ def test_the_broker_runs_with_the_environment_the_stack_gave_its_function(scenar
     assert config.ledger_table == variables["DEPLOY_HELPER_LEDGER_TABLE"] == stack.outputs["LedgerTableName"]
     assert config.lock_table == variables["DEPLOY_HELPER_LOCK_TABLE"]
     assert config.reference_table == variables["DEPLOY_HELPER_REFERENCE_TABLE"]
-    assert (
-        config.checkpoint_bucket
-        == variables["DEPLOY_HELPER_CHECKPOINT_BUCKET"]
-        == stack.outputs["CheckpointBucketName"]
-    )
+    checkpointer = stack.environments["CheckpointerFunction"]
+    bucket = stack.outputs["CheckpointBucketName"]
+    assert config.checkpoint_bucket == checkpointer["DEPLOY_HELPER_CHECKPOINT_BUCKET"] == bucket
+    assert checkpointer["DEPLOY_HELPER_LEDGER_TABLE"] == config.ledger_table
     assert config.audience == variables["DEPLOY_HELPER_AUDIENCE"] == stack.outputs["Audience"] == seed.AUDIENCE
     assert config.external_id == variables["DEPLOY_HELPER_EXTERNAL_ID"] == seed.EXTERNAL_ID
     assert stack.outputs["ExecutionRoleArn"] == seed.BROKER_EXEC_ROLE == function["Role"]
-    # The one stand-in: the template's ECC key is symmetric on the local AWS, so checkpoints are
-    # signed with the harness's Ed25519 key file.
-    assert variables["DEPLOY_HELPER_CHECKPOINT_KEY"] == f"kms:{stack.outputs['CheckpointKeyArn']}"
+    # The one stand-in: the template's ECC keys are symmetric on the local AWS, so checkpoints
+    # are signed with the harness's Ed25519 key file.
+    assert checkpointer["DEPLOY_HELPER_CHECKPOINT_KEY"] == f"kms:{stack.outputs['CheckpointerKeyArn']}"
     assert config.checkpoint_key == f"file:{scenario.workdir / 'checkpoint-key.pem'}"
 
 
@@ -90,6 +93,7 @@ def test_deploy_helper_commands_work_with_the_stack_s_outputs(scenario: seed.Sce
         "AWS_REGION": LOCAL_REGION,
         "DEPLOY_HELPER_POLICIES_DIR": str(scenario.policies_dir),
         **stack.environment,
+        "DEPLOY_HELPER_CHECKPOINT_BUCKET": stack.outputs["CheckpointBucketName"],
         "DEPLOY_HELPER_CHECKPOINT_KEY": scenario.config.checkpoint_key or "",
     }
     key = ["--key-id", "ci-tooling-local", "--key-file", str(scenario.workdir / "ci-tooling.pem"), "--in-process"]
