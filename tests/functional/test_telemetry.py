@@ -91,8 +91,10 @@ def test_a_refused_request_counts_as_denied_without_trusting_what_it_claims(scen
     client = scenario.client()
     event = client.envelope(client.payload([scenario.bucket_grant("service-a")], request_id="req-telemetry-2"))
     invoke(event, "aws-req-2")
-    replayed = {**event, "signed": event["signed"]}
-    answer, emf, records = invoke(replayed, "aws-req-3")
+    # Claims to be ci-tooling, but the signature is not ci-tooling's (another caller's key).
+    impostor = scenario.client(signer=scenario.other_signer)
+    forged = impostor.envelope(impostor.payload([scenario.bucket_grant("service-a")], request_id="req-telemetry-3"))
+    answer, emf, records = invoke(forged, "aws-req-3")
     assert answer["ok"] is False
     assert emf == [
         {
