@@ -27,7 +27,7 @@ DriftClass = Literal["in-force", "missing", "altered", "unknown-managed", "forei
 DRIFT_CLASSES: tuple[DriftClass, ...] = ("in-force", "missing", "altered", "unknown-managed", "foreign")
 #: The classes that mean the ledger and AWS disagree (``foreign`` is informational).
 DRIFTED: tuple[DriftClass, ...] = ("missing", "altered", "unknown-managed")
-_SPEC = TypeAdapter(AnyGrant)
+_SPEC: TypeAdapter[GrantSpec] = TypeAdapter(AnyGrant)
 
 #: (account, kind, resource, region)
 ResourceKey = tuple[str, str, str, str | None]
