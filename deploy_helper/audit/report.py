@@ -132,12 +132,36 @@ def _ledger_section(data: ReportData) -> str:
 def _drift_summary(data: ReportData) -> str:
     if data.drift is None:
         return '<p class="warn">No drift report: the live state was not compared with the ledger.</p>'
+    e = html.escape
     counts = data.drift.counts()
-    cells = "".join(f'<td class="drift-{html.escape(k)}">{html.escape(k)}: {v}</td>' for k, v in counts.items())
-    return (
-        f'<h2>Drift</h2><p class="meta">Checked {html.escape(data.drift.time)}; '
+    cells = "".join(f'<td class="drift-{e(k)}">{e(k)}: {v}</td>' for k, v in counts.items())
+    # Statements no active grant stands for: planted or left over (unknown-managed), or not the broker's.
+    loose = [f for f in data.drift.findings if f.status in ("unknown-managed", "foreign")]
+    rows = "".join(
+        f'<tr class="finding-{e(f.status)}">'
+        + "".join(f"<td>{e(str(v or ''))}</td>" for v in (f.status, f.account, f.kind, f.resource, f.grant_id))
+        + f"<td>{e(str(f.principal or ''))}</td><td>{e(f.detail)}</td></tr>"
+        for f in loose
+    )
+    unreadable = "".join(
+        f"<tr><td>{e(x.account)}</td><td>{e(x.resource or '')}</td><td>{e(x.message)}</td></tr>"
+        for x in data.drift.errors
+    )
+    out = (
+        f'<h2>Drift</h2><p class="meta">Checked {e(data.drift.time)}; '
         f"{len(data.drift.errors)} resources could not be read.</p><table><tr>{cells}</tr></table>"
     )
+    if loose:
+        out += (
+            '<h3>Statements no active grant stands for</h3><table id="loose"><tr><th>class</th><th>account</th>'
+            f"<th>kind</th><th>resource</th><th>id</th><th>principal</th><th>detail</th></tr>{rows}</table>"
+        )
+    if unreadable:
+        out += (
+            '<h3>Not read</h3><table id="unreadable"><tr><th>account</th><th>resource</th><th>why</th></tr>'
+            f"{unreadable}</table>"
+        )
+    return out
 
 
 def _graph(data: ReportData, status: dict[tuple[str, str], str]) -> str:

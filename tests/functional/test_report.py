@@ -106,6 +106,13 @@ def test_report_renders_in_chromium_with_one_node_per_account(scenario: Scenario
 
     spec = parse_spec(scenario.authorizer_grant("service-b"))
     lam.remove_permission(FunctionName="token-authorizer", StatementId=kind_of(spec).grant_id(spec))
+    policy = scenario.bucket_policy()
+    assert policy is not None
+    planted = {"Sid": "DeployHelperPlantedForTheReport", "Effect": "Allow", "Principal": "*", "Action": "s3:*"}
+    policy["Statement"].append(planted)
+    scenario.local.client("s3", seed.ACCOUNTS["tooling"]).put_bucket_policy(
+        Bucket=scenario.bucket, Policy=json.dumps(policy)
+    )
     runner = CliRunner()
     assert runner.invoke(main, ["ledger", "checkpoint"], env=env, catch_exceptions=False).exit_code == 0
     out = tmp_path / "report.html"
@@ -124,6 +131,7 @@ def test_report_renders_in_chromium_with_one_node_per_account(scenario: Scenario
     assert [(e["data-kind"], e["data-drift"]) for e in drifted] == [("lambda-invoke", "missing")]
     assert [e["data-kind"] for e in dom.edges if "expiring" in e["class"].split()] == ["kms-grant"]
     assert dom.ids["ledger-status"] == "WHOLE"
+    assert 'class="finding-unknown-managed"' in result.stdout and "DeployHelperPlantedForTheReport" in result.stdout
     assert re.fullmatch(r"checkpoint \d+: \d+ entries, root .+", dom.ids["checkpoint"]), dom.ids["checkpoint"]
 
     ARTIFACTS.mkdir(exist_ok=True)
