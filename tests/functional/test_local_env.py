@@ -130,6 +130,10 @@ def _every_command(env: dict[str, str | None]) -> None:
     verified = cli(["ledger", "verify", "--json"], env)
     assert verified.exit_code == 0 and json.loads(verified.output)["whole"] is True
 
+    drift = cli(["drift", "--json"], env)  # the same settings: live AWS against the ledger
+    assert drift.exit_code == 0, drift.output
+    assert {f["status"] for f in json.loads(drift.stdout)["findings"]} <= {"in-force", "foreign"}
+
     targets = [a for name in seed.TARGET_ACCOUNTS for a in ("--account", seed.ACCOUNTS[name])]
     status = cli(["bootstrap", "status", *targets, "--json"], env)
     assert status.exit_code == 0, status.output
