@@ -101,7 +101,7 @@ def test_drift_classifies_each_planted_drift_and_reconcile_repairs_all_but_forei
     assert set(by_status(json.loads(first.stdout))) == {"in-force"}
 
     ids = plant_all(scenario)
-    foreign_before = [s for s in scenario.bucket_policy()["Statement"] if s["Sid"] == seed.FOREIGN_SID]  # type: ignore[index]
+    foreign_before = [s for s in scenario.bucket_policy()["Statement"] if s["Sid"] == seed.FOREIGN_SID]
     result = cli(["drift", "--json"], scenario)
     assert result.exit_code == 1
     report = json.loads(result.stdout)
@@ -142,8 +142,8 @@ def test_drift_classifies_each_planted_drift_and_reconcile_repairs_all_but_forei
     policy = scenario.function_policy()
     assert policy is not None
     assert FOREIGN_LAMBDA_SID in {s["Sid"] for s in policy["Statement"]}
-    assert [s for s in scenario.bucket_policy()["Statement"] if s["Sid"] == seed.FOREIGN_SID] == foreign_before  # type: ignore[index]
-    assert PLANTED_SID not in {s["Sid"] for s in scenario.bucket_policy()["Statement"]}  # type: ignore[index]
+    assert [s for s in scenario.bucket_policy()["Statement"] if s["Sid"] == seed.FOREIGN_SID] == foreign_before
+    assert PLANTED_SID not in {s["Sid"] for s in scenario.bucket_policy()["Statement"]}
     # The ledger shows each repair, naming the drift it repaired.
     entries = [e.entry for e in scenario.ledger().ledger.entries()]
     outcomes = [e for e in entries if e["decision"] == "reconciled" and e["type"] == "outcome"]
@@ -161,9 +161,9 @@ def test_drift_classifies_each_planted_drift_and_reconcile_repairs_all_but_forei
 
 def test_a_grant_the_rules_no_longer_allow_is_reported_not_restored(scenario: Scenario) -> None:
     apply_seed(scenario)
-    grant = sc_grant = scenario.authorizer_grant("service-a")
+    grant = scenario.authorizer_grant("service-a")
     lam = scenario.local.client("lambda", seed.ACCOUNTS["token-service"])
-    lam.remove_permission(FunctionName="token-authorizer", StatementId=gid(sc_grant))
+    lam.remove_permission(FunctionName="token-authorizer", StatementId=gid(grant))
     rules_file = scenario.policies_dir / "rules.yaml"
     rules = yaml.safe_load(rules_file.read_text())
     invoke_rule = next(r for r in rules["rules"] if r["id"] == "authorizer-invoke")
@@ -270,7 +270,7 @@ def test_a_condition_removed_and_a_kms_grant_remade_wider_are_altered_and_restor
 
     assert cli(["reconcile", "--apply"], scenario).exit_code == 0
     assert set(by_status(json.loads(cli(["drift", "--json"], scenario).stdout))) == {"in-force"}
-    (statement,) = [s for s in scenario.function_policy()["Statement"] if s["Sid"] == sid]  # type: ignore[index]
+    (statement,) = [s for s in scenario.function_policy()["Statement"] if s["Sid"] == sid]
     assert "ArnLike" in statement["Condition"]
     copies = [g for g in scenario.key_grants() if g.get("Name") == name]
     assert [sorted(g["Operations"]) for g in copies] == [["Decrypt", "DescribeKey"]]
@@ -318,19 +318,19 @@ def test_a_shared_statement_widened_by_hand_is_altered_and_written_again(scenari
     roles = [scenario.deploy_roles[s] for s in seed.SERVICE_ACCOUNTS]
     policy = scenario.bucket_policy()
     assert policy is not None
-    own = {kind.grant_id(s) for s in specs}  # type: ignore[arg-type]
-    merged = kind.shared_statement(specs[0], roles)  # type: ignore[arg-type]
+    own = {kind.grant_id(s) for s in specs}
+    merged = kind.shared_statement(specs[0], roles)
     policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] not in own] + [merged]
     s3 = scenario.local.client("s3", seed.ACCOUNTS["tooling"])
     s3.put_bucket_policy(Bucket=scenario.bucket, Policy=json.dumps(policy))
     assert set(by_status(json.loads(cli(["drift", "--json"], scenario).stdout))) == {"in-force"}
 
     intruder = "arn:aws:iam::444444444444:role/intruder"
-    widened = kind.shared_statement(specs[0], [*roles, intruder])  # type: ignore[arg-type]
+    widened = kind.shared_statement(specs[0], [*roles, intruder])
     policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != merged["Sid"]] + [widened]
     s3.put_bucket_policy(Bucket=scenario.bucket, Policy=json.dumps(policy))
     report = json.loads(cli(["drift", "--json"], scenario).stdout)
-    assert by_status(report)["altered"] == {("bucket-access", kind.grant_id(s)) for s in specs}  # type: ignore[arg-type]
+    assert by_status(report)["altered"] == {("bucket-access", kind.grant_id(s)) for s in specs}
 
     repaired = cli(["reconcile", "--apply", "--json"], scenario)
     assert repaired.exit_code == 0, repaired.output
