@@ -28,6 +28,7 @@ from account_bootstrap.evaluator import (
 )
 from deploy_helper.grants import REGISTRY
 from deploy_helper.grants.kms_grant import KmsOperation
+from deploy_helper.grants.lambda_invoke import ORGANIZATION_GRANTS_BOOTSTRAPPED
 
 ACCOUNT = "111111111111"
 OTHER_ACCOUNT = "999999999999"
@@ -378,3 +379,12 @@ def test_a_function_name_is_allowed_exactly_when_a_pattern_matches(name: str) ->
     )
     expected = any(fnmatch.fnmatchcase(name, p) for p in PARAMETERS["FunctionNamePatterns"].split(","))
     assert evaluate(policies, request).allowed is expected
+
+
+def test_what_the_broker_says_of_organization_grants_matches_the_role() -> None:
+    """An organization-wide grant is AddPermission with principal '*' (and PrincipalOrgID):
+    the broker suggests it as a remedy only if the bootstrap role allows it."""
+    request = add_permission("*")
+    with_org = Request(request.action, request.resource, {**request.context, "aws:PrincipalOrgID": "o-a1b2c3d4e5"})
+    assert evaluate(broker_policies(), with_org).allowed is ORGANIZATION_GRANTS_BOOTSTRAPPED
+    assert evaluate(broker_policies(), request).allowed is ORGANIZATION_GRANTS_BOOTSTRAPPED
