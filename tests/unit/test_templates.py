@@ -163,9 +163,17 @@ def test_state_is_kept_as_the_ledger_needs(template: dict[str, Any]) -> None:
 def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[str, Any]) -> None:
     for_each = template["Resources"]["Fn::ForEach::InvokerAccounts"]
     assert for_each[:2] == ["AccountId", {"Ref": "InvokerAccountIds"}]
-    permissions = list(for_each[2].values()) + list(resources_of(template, "AWS::Lambda::Permission").values())
-    assert len(permissions) == 4
+    # The broker function's: plain Invoke. The URL function's: tests/unit/test_function_url_template.py.
+    broker = {"Fn::GetAtt": ["BrokerFunction", "Arn"]}
+    own = [
+        p
+        for p in resources_of(template, "AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == broker
+    ]
+    permissions = list(for_each[2].values()) + own
+    assert len(permissions) == 2
     for permission in permissions:
+        assert permission["Properties"]["Action"] == "lambda:InvokeFunction"
         props = permission["Properties"]
         if props["Principal"] == "*":
             assert props["PrincipalOrgID"] == {"Ref": "InvokerOrganizationId"}
@@ -176,6 +184,7 @@ def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[
             assert props["FunctionUrlAuthType"] == "AWS_IAM"
     url = resources_of(template, "AWS::Lambda::Url")["BrokerFunctionUrl"]
     assert url["Properties"]["AuthType"] == "AWS_IAM"
+    assert url["Properties"]["TargetFunctionArn"] == {"Fn::GetAtt": ["BrokerUrlFunction", "Arn"]}
     assert url["Condition"] == "FunctionUrlEnabled"
 
 
