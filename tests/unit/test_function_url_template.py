@@ -106,6 +106,13 @@ def test_the_url_belongs_to_the_url_function_whose_handler_serves_only_urls(sam_
     assert url["Role"] == main["Role"]
     assert url["Environment"] == main["Environment"]  # the same broker: tables, ledger, audience
     assert url["LoggingConfig"] == main["LoggingConfig"]  # denials land in the same log and alarm
+    alarmed = [
+        d["Value"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"]["MetricName"] == "Errors"
+        for d in r["Properties"].get("Dimensions", [])
+    ]
+    assert sorted(alarmed) == ["<BrokerFunction>", "<BrokerUrlFunction>"]
 
 
 def test_every_url_invoke_permission_is_limited_to_url_calls(sam_output: dict[str, Any]) -> None:
