@@ -51,6 +51,7 @@ def _construct_tag(loader: _TemplateLoader, suffix: str, node: yaml.Node) -> dic
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
+        assert isinstance(node, yaml.MappingNode)
         value = loader.construct_mapping(node, deep=True)
     if suffix == "Ref":
         return {"Ref": value}

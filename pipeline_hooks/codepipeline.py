@@ -7,28 +7,38 @@ Add an ``Invoke`` action after the deploy stage::
       InputArtifacts: [{Name: BuildOutput}]
       Configuration:
         FunctionName: deploy-helper-pipeline-step
-        UserParameters: >-
-          {"grants_file": "deploy/grants.yaml", "action": "apply",
-           "context": {"pipeline": "service-a",
-                       "execution_id": "#{codepipeline.PipelineExecutionId}"}}
+        UserParameters: '{"grants_file": "deploy/grants.yaml", "action": "apply"}'
 
 ``UserParameters`` (JSON): ``grants_file`` (a path inside the input
 artifact; ``artifact`` names the input artifact when there are several) or
 ``grants`` (the list itself); ``action`` ``apply`` (default) or ``revoke``;
-``plan: true`` to only plan; ``context`` added to the grants file's context
-(CodePipeline resolves ``#{...}`` variables before the function runs).
+``plan: true`` to only plan; ``context`` added to the grants file's context.
 Placeholders in the grants file (``${env:NAME}``, ``${stack:STACK.OUTPUT}``)
 are resolved with the action function's own credentials.
+
+The invoking event is not trusted: only its job id is read, and the job is
+confirmed with CodePipeline before anything is signed (see
+``pipeline_hooks.codepipeline_job``). The configuration, the input artifacts
+and the credentials to read them are CodePipeline's own copy
+(``GetJobDetails``), and the request's ``pipeline`` (the pipeline's ARN) and
+``execution_id`` come from it too, whatever the grants file or
+``UserParameters`` say. The function must run in the pipeline's account and
+region.
 
 The action function is configured like the ``deploy-helper request`` command:
 ``DEPLOY_HELPER_FUNCTION`` (the broker), ``DEPLOY_HELPER_CALLER``,
 ``DEPLOY_HELPER_AUDIENCE``, ``DEPLOY_HELPER_KEY_ID`` and either
 ``DEPLOY_HELPER_KMS_KEY_ID`` (an ECC_NIST_P256 key; the private key never
-leaves KMS) or ``DEPLOY_HELPER_KEY_FILE``.
+leaves KMS) or ``DEPLOY_HELPER_KEY_FILE``; plus ``DEPLOY_HELPER_PIPELINES``,
+the names or ARNs of the pipelines it serves (comma-separated). Its role needs
+``codepipeline:GetJobDetails``, ``GetPipelineState`` (on those pipelines),
+``PutJobSuccessResult`` and ``PutJobFailureResult``.
 
-The job always ends with ``PutJobSuccessResult`` or ``PutJobFailureResult``
-and a message a person can act on: which grants were denied or failed and
-why, or what is wrong with the action's configuration.
+A confirmed job always ends with ``PutJobSuccessResult`` or
+``PutJobFailureResult`` and a message a person can act on: which grants were
+denied or failed and why, or what is wrong with the action's configuration. A
+job CodePipeline does not confirm as this function's running job is never
+answered: the invocation fails with ``JobNotConfirmedError``.
 """
 
 from __future__ import annotations
@@ -48,8 +58,20 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deploy_helper.auth import short_errors
-from deploy_helper.exceptions import BrokerError, RequestError
+from deploy_helper.exceptions import BrokerError
 from pipeline_hooks.client import BrokerClient, LambdaTransport
+from pipeline_hooks.codepipeline_job import (
+    ConfirmedJob,
+    FailureType,
+    JobNotConfirmedError,
+    StepError,
+    check_action,
+    check_running,
+    confirm_job,
+    job_id_from_event,
+    parse_pipelines,
+    pipeline_allowed,
+)
 from pipeline_hooks.grants_file import default_resolvers, load_grants_file
 
 if TYPE_CHECKING:
@@ -62,6 +84,8 @@ if TYPE_CHECKING:
     from pipeline_hooks.client import Transport
     from pipeline_hooks.grants_file import GrantsFile
 
+__all__ = ["ActionParameters", "JobNotConfirmedError", "PipelineStep", "StepError", "handler", "set_step", "summarize"]
+
 logger = logging.getLogger(__name__)
 logger.setLevel(os.environ.get("DEPLOY_HELPER_LOG_LEVEL", "INFO"))
 
@@ -70,64 +94,6 @@ MAX_GRANTS_FILE_BYTES = 1024 * 1024
 #: CodePipeline's limits for the result texts.
 MAX_FAILURE_MESSAGE = 5000
 MAX_SUMMARY = 2048
-FailureType = Literal["JobFailed", "ConfigurationError", "PermissionError", "SystemUnavailable"]
-
-
-class StepError(BrokerError):
-    """The action cannot run as configured; ``failure_type`` is what CodePipeline is told."""
-
-    def __init__(self, message: str, failure_type: FailureType = "ConfigurationError") -> None:
-        super().__init__(message, code="pipeline-step")
-        self.failure_type: FailureType = failure_type
-
-
-# -- the job event (written by CodePipeline; only the fields used here are read) -------
-
-
-class _Aws(BaseModel):
-    # CodePipeline adds fields to job events over time; unknown ones are ignored, the
-    # ones read here are validated.
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _S3Location(_Aws):
-    bucketName: str
-    objectKey: str
-
-
-class _Location(_Aws):
-    type: str
-    s3Location: _S3Location | None = None
-
-
-class _Artifact(_Aws):
-    name: str
-    location: _Location
-
-
-class _Credentials(_Aws):
-    accessKeyId: str
-    secretAccessKey: str
-    sessionToken: str
-
-
-class _Configuration(_Aws):
-    UserParameters: str = ""
-
-
-class _ActionConfiguration(_Aws):
-    configuration: _Configuration = _Configuration()
-
-
-class _JobData(_Aws):
-    actionConfiguration: _ActionConfiguration = _ActionConfiguration()
-    inputArtifacts: list[_Artifact] = []
-    artifactCredentials: _Credentials | None = None
-
-
-class _Job(_Aws):
-    id: Annotated[str, Field(min_length=1, max_length=128)]
-    data: _JobData = _JobData()
 
 
 class ActionParameters(BaseModel):
@@ -158,7 +124,7 @@ class ActionParameters(BaseModel):
 
 @dataclass
 class PipelineStep:
-    """Runs one CodePipeline job: read the grants, sign, send, report."""
+    """Runs one CodePipeline job: confirm it, read the grants, sign, send, report."""
 
     session: boto3.Session
     transport: Transport
@@ -166,6 +132,10 @@ class PipelineStep:
     caller: str | None
     audience: str | None
     codepipeline: Any
+    #: This action function's name: a job must be a Lambda action of it.
+    function_name: str
+    #: The pipelines (names or ARNs) whose jobs the step serves.
+    pipelines: frozenset[str]
 
     @classmethod
     def from_env(
@@ -182,6 +152,13 @@ class PipelineStep:
 
         env = os.environ if environ is None else environ
         session = session or boto3.Session()
+        function_name = env.get("AWS_LAMBDA_FUNCTION_NAME")
+        if not function_name:
+            raise StepError(
+                "AWS_LAMBDA_FUNCTION_NAME is not set: the step runs as the Lambda function that the "
+                "pipeline's action invokes (set it to that function's name to run it elsewhere)"
+            )
+        pipelines = parse_pipelines(env)
         key_id = env.get("DEPLOY_HELPER_KEY_ID")
         kms_key, key_file = env.get("DEPLOY_HELPER_KMS_KEY_ID"), env.get("DEPLOY_HELPER_KEY_FILE")
         if not key_id or bool(kms_key) == bool(key_file):
@@ -206,45 +183,73 @@ class PipelineStep:
             caller=env.get("DEPLOY_HELPER_CALLER") or None,
             audience=env.get("DEPLOY_HELPER_AUDIENCE") or None,
             codepipeline=session.client("codepipeline"),
+            function_name=function_name,
+            pipelines=pipelines,
         )
 
     def run(self, event: Any) -> dict[str, Any]:
-        """Process the job in ``event`` and report its result to CodePipeline."""
-        job_id = _job_id(event)
+        """Confirm the job in ``event`` with CodePipeline, process it and report its result.
+
+        Raises ``RequestError`` (no job id) or ``JobNotConfirmedError`` (CodePipeline does
+        not confirm it as this function's running job) before anything is signed; those
+        jobs are not answered.
+        """
+        job = self.confirm(job_id_from_event(event))
+        if not pipeline_allowed(job, self.pipelines):
+            return self._fail(
+                job,
+                "ConfigurationError",
+                f"this step does not serve pipeline {job.context.pipeline}: add its name or ARN to "
+                f"DEPLOY_HELPER_PIPELINES of function {self.function_name} (nothing was signed)",
+            )
         try:
-            response, request_id = self._send(event)
+            check_running(self.codepipeline, job)
+        except (ClientError, BotoCoreError) as exc:
+            return self._fail(
+                job, "PermissionError", f"cannot read the pipeline's state (codepipeline:GetPipelineState): {exc}"
+            )
+        try:
+            response, request_id = self._send(job)
         except StepError as exc:
-            return self._fail(job_id, exc.failure_type, exc.message)
+            return self._fail(job, exc.failure_type, exc.message)
         except BrokerError as exc:
-            return self._fail(job_id, "ConfigurationError", exc.message)
+            return self._fail(job, "ConfigurationError", exc.message)
         except (ClientError, BotoCoreError) as exc:
             kind: FailureType = "JobFailed"
             if isinstance(exc, ClientError) and "AccessDenied" in str(exc.response["Error"].get("Code")):
                 kind = "PermissionError"
-            return self._fail(job_id, kind, f"an AWS call failed: {exc}")
+            return self._fail(job, kind, f"an AWS call failed: {exc}")
         except Exception as exc:  # the job must still end, or the pipeline waits for its timeout
             logger.exception("unexpected error in the pipeline step")
-            return self._fail(job_id, "JobFailed", f"internal error in the pipeline step ({type(exc).__name__})")
+            return self._fail(job, "JobFailed", f"internal error in the pipeline step ({type(exc).__name__})")
         message = summarize(response)
         if response.failed:
-            return self._fail(job_id, "JobFailed", message, request_id)
-        self.codepipeline.put_job_success_result(
-            jobId=job_id,
-            executionDetails={
-                "summary": _fit(message, MAX_SUMMARY),
-                "externalExecutionId": request_id,
-                "percentComplete": 100,
-            },
-        )
-        logger.info("job %s succeeded: %s", job_id, message)
-        return {"job_id": job_id, "ok": True, "message": message, "request_id": request_id}
-
-    def _send(self, event: dict[str, Any]) -> tuple[BrokerResponse, str]:
+            return self._fail(job, "JobFailed", message, request_id)
         try:
-            job = _Job.model_validate(event["CodePipeline.job"])
-        except ValidationError as exc:
-            raise StepError(f"not a CodePipeline job event: {short_errors(exc)}") from exc
-        params = _parameters(job.data.actionConfiguration.configuration.UserParameters)
+            self.codepipeline.put_job_success_result(
+                jobId=job.id,
+                executionDetails={
+                    "summary": _fit(message, MAX_SUMMARY),
+                    "externalExecutionId": request_id,
+                    "percentComplete": 100,
+                },
+            )
+        except ClientError as exc:
+            if not _ended(exc):
+                raise
+            # Answered already: the same running job sent twice (its data, its grants, its context).
+            message = f"{message} (not answered: the job is no longer in progress)"
+        logger.info("%s succeeded: %s", job.describe(), message)
+        return {"job_id": job.id, "ok": True, "message": message, "request_id": request_id}
+
+    def confirm(self, job_id: str) -> ConfirmedJob:
+        """CodePipeline's own copy of the job, if it is a job of this function."""
+        job = confirm_job(self.codepipeline, job_id)
+        check_action(job, self.function_name)
+        return job
+
+    def _send(self, job: ConfirmedJob) -> tuple[BrokerResponse, str]:
+        params = _parameters(job.data.actionConfiguration.configuration.get("UserParameters", ""))
         grants_file = self._grants(job, params)
         caller = self.caller or grants_file.caller
         audience = self.audience or grants_file.audience
@@ -253,15 +258,16 @@ class PipelineStep:
                 "set DEPLOY_HELPER_CALLER and DEPLOY_HELPER_AUDIENCE (or caller: and audience: in the grants file)"
             )
         client = BrokerClient(caller=caller, audience=audience, signer=self.signer, transport=self.transport)
+        confirmed = {"pipeline": job.context.pipeline, "execution_id": job.context.pipelineExecutionId}
         payload = client.payload(
             grants_file.grants,
             action=params.action,
             dry_run=params.plan,
-            context={**grants_file.context, **params.context},
+            context={**grants_file.context, **params.context, **confirmed},
         )
         return client.send_envelope(client.envelope(payload)), str(payload["request_id"])
 
-    def _grants(self, job: _Job, params: ActionParameters) -> GrantsFile:
+    def _grants(self, job: ConfirmedJob, params: ActionParameters) -> GrantsFile:
         resolvers = default_resolvers(self.session)
         with tempfile.TemporaryDirectory(prefix="deploy-helper-") as tmp:
             path = Path(tmp) / "grants.yaml"
@@ -272,7 +278,7 @@ class PipelineStep:
                 path.write_bytes(self._artifact_member(job, params.artifact, params.grants_file))
             return load_grants_file(path, resolvers)
 
-    def _artifact_member(self, job: _Job, name: str | None, member: str) -> bytes:
+    def _artifact_member(self, job: ConfirmedJob, name: str | None, member: str) -> bytes:
         artifacts = job.data.inputArtifacts
         chosen = [a for a in artifacts if name is None or a.name == name]
         if not chosen:
@@ -286,12 +292,12 @@ class PipelineStep:
             raise StepError(f"input artifact {artifact.name} is not stored in S3")
         credentials = job.data.artifactCredentials
         if credentials is None:
-            raise StepError("the job carries no artifact credentials")
+            raise StepError("CodePipeline gave no artifact credentials for the job")
         s3 = self.session.client(
             "s3",
             aws_access_key_id=credentials.accessKeyId,
-            aws_secret_access_key=credentials.secretAccessKey,
-            aws_session_token=credentials.sessionToken,
+            aws_secret_access_key=credentials.secretAccessKey.get_secret_value(),
+            aws_session_token=credentials.sessionToken.get_secret_value(),
         )
         head = s3.head_object(Bucket=location.bucketName, Key=location.objectKey)
         if int(head.get("ContentLength", 0)) > MAX_ARTIFACT_BYTES:
@@ -311,26 +317,32 @@ class PipelineStep:
             return archive.read(info)
 
     def _fail(
-        self, job_id: str, failure_type: FailureType, message: str, request_id: str | None = None
+        self, job: ConfirmedJob, failure_type: FailureType, message: str, request_id: str | None = None
     ) -> dict[str, Any]:
-        details: dict[str, Any] = {
-            "type": failure_type,
-            "message": _fit(message, MAX_FAILURE_MESSAGE),
-        }
-        if request_id:
-            details["externalExecutionId"] = request_id
-        self.codepipeline.put_job_failure_result(jobId=job_id, failureDetails=details)
-        logger.warning("job %s failed (%s): %s", job_id, failure_type, message)
-        return {"job_id": job_id, "ok": False, "message": message, "request_id": request_id}
+        return fail_job(self.codepipeline, job, failure_type, message, request_id)
 
 
-def _job_id(event: Any) -> str:
-    job = event.get("CodePipeline.job") if isinstance(event, dict) else None
-    job_id = job.get("id") if isinstance(job, dict) else None
-    if not isinstance(job_id, str) or not job_id:
-        # Without a job id there is nobody to report to: fail the invocation loudly.
-        raise RequestError("not a CodePipeline job event (no CodePipeline.job.id)")
-    return job_id
+def fail_job(
+    codepipeline: Any, job: ConfirmedJob, failure_type: FailureType, message: str, request_id: str | None = None
+) -> dict[str, Any]:
+    """Answer the confirmed ``job`` with ``PutJobFailureResult``."""
+    details: dict[str, Any] = {"type": failure_type, "message": _fit(message, MAX_FAILURE_MESSAGE)}
+    if request_id:
+        details["externalExecutionId"] = request_id
+    try:
+        codepipeline.put_job_failure_result(jobId=job.id, failureDetails=details)
+    except ClientError as exc:
+        if not _ended(exc):
+            raise
+        # A finished job (a replayed id): CodePipeline keeps its result; nothing was signed.
+        message = f"{message} (not answered: the job is no longer in progress)"
+    logger.warning("%s failed (%s): %s", job.describe(), failure_type, message)
+    return {"job_id": job.id, "ok": False, "message": message, "request_id": request_id}
+
+
+def _ended(exc: ClientError) -> bool:
+    """CodePipeline refused an answer because the job is no longer in progress."""
+    return bool(exc.response.get("Error", {}).get("Code") == "InvalidJobStateException")
 
 
 def _parameters(text: str) -> ActionParameters:
@@ -366,21 +378,34 @@ def _fit(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_step: PipelineStep | None = None
+
+
+def set_step(step: PipelineStep | None) -> None:
+    """Use ``step`` for the following invocations (local harness and tests); None: from the environment."""
+    global _step
+    _step = step
+
+
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The CodePipeline action's Lambda entry point: ``pipeline_hooks.codepipeline.handler``."""
-    job_id = _job_id(event)
-    try:
-        step = PipelineStep.from_env()
-    except BrokerError as exc:  # misconfigured: still end the job, with what to fix
-        import boto3
+    global _step
+    job_id = job_id_from_event(event)
+    if _step is None:
+        try:
+            _step = PipelineStep.from_env()
+        except BrokerError as exc:  # misconfigured: still end the job, if it is a confirmed job of this function
+            return _misconfigured(job_id, exc)
+    return _step.run(event)
 
-        boto3.client("codepipeline").put_job_failure_result(
-            jobId=job_id,
-            failureDetails={
-                "type": "ConfigurationError",
-                "message": _fit(exc.message, MAX_FAILURE_MESSAGE),
-            },
-        )
-        logger.error("the pipeline step is misconfigured: %s", exc.message)
-        return {"job_id": job_id, "ok": False, "message": exc.message, "request_id": None}
-    return step.run(event)
+
+def _misconfigured(job_id: str, exc: BrokerError) -> dict[str, Any]:
+    import boto3
+
+    codepipeline = boto3.client("codepipeline")
+    job = confirm_job(codepipeline, job_id)
+    function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if function_name:  # always set in Lambda; unset only when run by hand
+        check_action(job, function_name)
+    logger.error("the pipeline step is misconfigured: %s", exc.message)
+    return fail_job(codepipeline, job, "ConfigurationError", exc.message)

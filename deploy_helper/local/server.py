@@ -70,11 +70,14 @@ def _serialized_server() -> Any:
     )
     from werkzeug.serving import make_server
 
+    from deploy_helper.local import codepipeline_jobs
+
     _snapshot_each_table_once()
 
     class SerializedMotoServer(ThreadedMotoServer):
         def _server_entry(self) -> None:
-            app = DomainDispatcherApplication(create_backend_app)
+            # CodePipeline's job API, which moto lacks, in front of moto (codepipeline_jobs).
+            app = codepipeline_jobs.wrap(DomainDispatcherApplication(create_backend_app))
             lock = threading.Lock()
 
             def serialized(environ: Any, start_response: Any) -> Any:

@@ -1,233 +1,53 @@
-"""The pipeline step: CodePipeline Lambda action and ``deploy-helper request`` with stack outputs.
+"""The pipeline step: the CodePipeline Lambda action and ``deploy-helper request`` with stack outputs.
 
-The action runs as it would in the tooling account: it reads the grants file
-from the input artifact (a zip in the artifact bucket, read with the job's
-artifact credentials), resolves ``${stack:...}`` / ``${env:...}``, signs (with
-a KMS key or a key file), sends the request through the real Lambda handler,
-and ends the job. moto 5.2 does not implement CodePipeline's job APIs
-(``PutJobSuccessResult``, ``PutJobFailureResult``), so the job results are
-recorded by a botocore hook on the action's CodePipeline client, after
-botocore has validated the call against CodePipeline's API model; the hook
-answers as AWS does (HTTP 200, empty body). Policies and KMS grants are read
-back from the moto server.
+How the action is run here (the local CodePipeline job API, jobs made from moto
+pipelines) is described in ``_pipeline_world``; the attacks on it are in
+``test_codepipeline_attacks``.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import secrets
-import uuid
-import zipfile
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import boto3
 import pytest
-import yaml
-from botocore.awsrequest import AWSResponse
+from _pipeline_world import (
+    GRANTS,
+    KMS_KEY_ID,
+    RecordingTransport,
+    World,
+    current_world,
+    entries,
+    role,
+    statement_for,
+    step,
+)
 from click.testing import CliRunner
 
 from deploy_helper import handler
 from deploy_helper.cli import main
+from deploy_helper.local import codepipeline_jobs as jobs
 from deploy_helper.local import scenario as seed
-from deploy_helper.local import strict_aws
-from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION
-from deploy_helper.signing import public_pem_from_der
-from pipeline_hooks.client import InProcessTransport
-from pipeline_hooks.codepipeline import PipelineStep
+from pipeline_hooks import codepipeline
 from pipeline_hooks.grants_file import default_resolvers, load_grants_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from deploy_helper.broker import Broker
     from deploy_helper.local.server import LocalAws
-
-TOOLING = seed.ACCOUNTS["tooling"]
-KMS_KEY_ID = "ci-tooling-kms-local"
-ARTIFACT_KEY = "service-a-pipeline/BuildOutput/build.zip"
-
-STORE_TEMPLATE = """
-AWSTemplateFormatVersion: "2010-09-09"
-Parameters:
-  BucketName: {Type: String}
-  KeyArn: {Type: String}
-Resources:
-  Notifications:
-    Type: AWS::SNS::Topic
-Outputs:
-  BucketName: {Value: !Ref BucketName}
-  KeyArn: {Value: !Ref KeyArn}
-"""
-
-GRANTS = """
-caller: ci-tooling
-audience: deploy-helper:local
-context:
-  repository: ${env:REPOSITORY}
-grants:
-  - kind: bucket-access
-    bucket: ${stack:artifact-store.BucketName}
-    account: "111111111111"
-    principal: arn:aws:iam::${env:TARGET_ACCOUNT}:role/deploy
-    access: ${env:ACCESS}
-  - kind: kms-grant
-    key: ${stack:artifact-store.KeyArn}
-    grantee: arn:aws:iam::${env:TARGET_ACCOUNT}:role/deploy
-    operations: [Decrypt, DescribeKey]
-"""
-
-
-class _Empty:
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield b""
-
-
-@dataclass
-class JobResults:
-    """Stands in for CodePipeline's job API on one session: records, answers 200."""
-
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def install(self, session: boto3.Session) -> None:
-        for operation in ("PutJobSuccessResult", "PutJobFailureResult"):
-            session.events.register(f"before-parameter-build.codepipeline.{operation}", self._record)
-            session.events.register(f"before-call.codepipeline.{operation}", self._answer)
-
-    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        self.calls.append((model.name, dict(params)))
-
-    def _answer(self, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
-        return AWSResponse(params["url"], 200, {}, _Empty()), {"ResponseMetadata": {"HTTPStatusCode": 200}}
-
-
-@dataclass
-class World:
-    local: LocalAws
-    scenario: seed.Scenario
-    broker: Broker
-    kms_key: str
-    sentinel: str
-    artifact_store: str
-
-    def alive(self) -> bool:
-        s3 = self.local.client("s3")
-        try:
-            s3.head_bucket(Bucket=self.sentinel)
-        except s3.exceptions.ClientError:
-            return False
-        return True
-
-    def tooling_session(self) -> boto3.Session:
-        """A fresh session with the tooling account's credentials (where the action runs)."""
-        frozen = self.local.admin_session(TOOLING).get_credentials().get_frozen_credentials()
-        return boto3.Session(
-            aws_access_key_id=frozen.access_key,
-            aws_secret_access_key=frozen.secret_key,
-            aws_session_token=frozen.token,
-            region_name=LOCAL_REGION,
-        )
-
-    def artifact(self, files: dict[str, str]) -> str:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            for name, text in files.items():
-                zf.writestr(name, text)
-        key = f"{ARTIFACT_KEY}.{secrets.token_hex(3)}"
-        self.local.client("s3", TOOLING).put_object(Bucket=self.artifact_store, Key=key, Body=buf.getvalue())
-        return key
-
-    def job(self, user_parameters: str, artifact_key: str) -> dict[str, Any]:
-        frozen = self.local.admin_session(TOOLING).get_credentials().get_frozen_credentials()
-        return {
-            "CodePipeline.job": {
-                "id": str(uuid.uuid4()),
-                "accountId": TOOLING,
-                "data": {
-                    "actionConfiguration": {
-                        "configuration": {"FunctionName": "deploy-helper-step", "UserParameters": user_parameters}
-                    },
-                    "inputArtifacts": [
-                        {
-                            "name": "BuildOutput",
-                            "revision": None,
-                            "location": {
-                                "type": "S3",
-                                "s3Location": {"bucketName": self.artifact_store, "objectKey": artifact_key},
-                            },
-                        }
-                    ],
-                    "outputArtifacts": [],
-                    "artifactCredentials": {
-                        "accessKeyId": frozen.access_key,
-                        "secretAccessKey": frozen.secret_key,
-                        "sessionToken": frozen.token,
-                        "expirationTime": 1_900_000_000_000,
-                    },
-                },
-            }
-        }
-
-
-def _store_stack(local: LocalAws, account: str, bucket: str, key_arn: str) -> None:
-    local.client("cloudformation", account).create_stack(
-        StackName="artifact-store",
-        TemplateBody=STORE_TEMPLATE,
-        Parameters=[
-            {"ParameterKey": "BucketName", "ParameterValue": bucket},
-            {"ParameterKey": "KeyArn", "ParameterValue": key_arn},
-        ],
-    )
-
-
-def build_world(local: LocalAws, workdir: Path) -> World:
-    local.reset()
-    scenario = seed.build(local, workdir)
-    # The tooling account's signing key in KMS, registered to ci-tooling.
-    kms = local.client("kms", TOOLING)
-    signing_key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
-    public = public_pem_from_der(kms.get_public_key(KeyId=signing_key)["PublicKey"])
-    callers_path = scenario.policies_dir / "callers.yaml"
-    callers = yaml.safe_load(callers_path.read_text())
-    window = {k: callers["callers"]["ci-tooling"]["keys"][0][k] for k in ("not_before", "not_after")}
-    callers["callers"]["ci-tooling"]["keys"].append(
-        {"id": KMS_KEY_ID, "algorithm": "ecdsa-p256-sha256", "public_key": public, "kms_key_arn": signing_key, **window}
-    )
-    callers_path.write_text(yaml.safe_dump(callers, sort_keys=False))
-    # The artifact store's stack, in the tooling account (where the action runs) and in the
-    # default account (where the CLI test's credentials act).
-    for account in (TOOLING, seed.ACCOUNTS["broker"]):
-        _store_stack(local, account, scenario.bucket, scenario.key_arn)
-    sentinel = f"dh-cp-world-{secrets.token_hex(6)}"
-    local.client("s3").create_bucket(Bucket=sentinel)
-    # CodePipeline's own artifact store (the builds it passes between actions).
-    artifact_store = f"codepipeline-{LOCAL_REGION}-{secrets.token_hex(6)}"
-    local.client("s3", TOOLING).create_bucket(Bucket=artifact_store)
-    sts = local.base_session().client("sts", endpoint_url=local.endpoint, config=LOCAL_CONFIG)
-    creds = sts.assume_role(RoleArn=seed.BROKER_EXEC_ROLE, RoleSessionName="deploy-helper")["Credentials"]
-    session = boto3.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        region_name=LOCAL_REGION,
-    )
-    strict_aws.install(session, local)
-    return World(local, scenario, scenario.broker(session=session), signing_key, sentinel, artifact_store)
 
 
 @pytest.fixture(scope="module")
-def world_box(local: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> dict[str, World]:
-    return {"world": build_world(local, tmp_path_factory.mktemp("cp-world"))}
+def world_box() -> dict[str, World]:
+    return {}
 
 
 @pytest.fixture
 def world(world_box: dict[str, World], local: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    if not world_box["world"].alive():  # another module reset the local AWS in between
-        world_box["world"] = build_world(local, tmp_path_factory.mktemp("cp-world"))
-    yield world_box["world"]
+    yield current_world(world_box, local, lambda: tmp_path_factory.mktemp("cp-world"))
     handler.set_broker(None)
+    codepipeline.set_step(None)
 
 
 @pytest.fixture
@@ -238,62 +58,64 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def step(world: World, results: JobResults, *, kms: bool) -> PipelineStep:
-    session = world.tooling_session()
-    results.install(session)
-    environ = {"DEPLOY_HELPER_CALLER": "ci-tooling", "DEPLOY_HELPER_AUDIENCE": seed.AUDIENCE}
-    if kms:
-        environ |= {"DEPLOY_HELPER_KEY_ID": KMS_KEY_ID, "DEPLOY_HELPER_KMS_KEY_ID": world.kms_key}
-    else:
-        environ |= {
-            "DEPLOY_HELPER_KEY_ID": "ci-tooling-local",
-            "DEPLOY_HELPER_KEY_FILE": str(world.scenario.workdir / "ci-tooling.pem"),
-        }
-    return PipelineStep.from_env(environ, session=session, transport=InProcessTransport(world.broker))
-
-
-def _statement_for(world: World, principal: str) -> dict[str, Any] | None:
-    policy = world.scenario.bucket_policy() or {"Statement": []}
-    return next((s for s in policy["Statement"] if s.get("Principal") == {"AWS": principal}), None)
+# -- the action as CodePipeline runs it ---------------------------------------------
 
 
 def test_the_action_applies_the_artifact_grants_and_reports_success(world: World, env: pytest.MonkeyPatch) -> None:
-    results = JobResults()
     key = world.artifact({"deploy/grants.yaml": GRANTS})
-    params = json.dumps({"grants_file": "deploy/grants.yaml", "context": {"execution_id": "exec-0001"}})
-    outcome = step(world, results, kms=True).run(world.job(params, key))
+    pipeline = world.pipeline(json.dumps({"grants_file": "deploy/grants.yaml", "context": {"commit": "0a1b2c3"}}))
+    job = world.job(pipeline, key)
+    transport = RecordingTransport(world.broker)
+    step(world, kms=True, pipelines=f"unrelated,{pipeline}", transport=transport)
+
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
 
     assert outcome["ok"] is True, outcome["message"]
-    ((operation, call),) = results.calls
-    assert operation == "PutJobSuccessResult"
-    assert call["executionDetails"]["summary"] == "2 grant(s): 2 applied"
-    assert call["executionDetails"]["externalExecutionId"] == outcome["request_id"]
-    role = f"arn:aws:iam::{seed.ACCOUNTS['service-a']}:role/deploy"
-    statement = _statement_for(world, role)
+    record = world.record(job["id"])
+    assert record is not None and record["status"] == "Succeeded"
+    details = record["result"]["executionDetails"]
+    assert details["summary"] == "2 grant(s): 2 applied"
+    assert details["externalExecutionId"] == outcome["request_id"]
+    assert world.calls_for(job["id"]) == ["GetJobDetails", "PutJobSuccessResult"]
+    assert len(transport.sent) == 1
+    statement = statement_for(world, role("service-a"))
     assert statement is not None and "s3:GetObject" in statement["Action"]
-    assert any(g["GranteePrincipal"] == role for g in world.scenario.key_grants())
-    outcome_entries = [
-        e.entry
-        for e in world.scenario.ledger().ledger.entries()
-        if e.entry.get("request_id") == outcome["request_id"] and e.entry["type"] == "outcome"
-    ]
+    assert any(g["GranteePrincipal"] == role("service-a") for g in world.scenario.key_grants())
+    outcome_entries = entries(world, outcome["request_id"])
     assert {e["key_id"] for e in outcome_entries} == {KMS_KEY_ID}
-    assert outcome_entries[0]["context"] == {"repository": "service-a", "execution_id": "exec-0001"}
+    context = job["data"]["pipelineContext"]
+    assert outcome_entries[0]["context"] == {
+        "repository": "service-a",
+        "commit": "0a1b2c3",
+        "pipeline": context["pipelineArn"],
+        "execution_id": context["pipelineExecutionId"],
+    }
+
+
+def test_a_pipeline_named_by_its_arn_is_served(world: World, env: pytest.MonkeyPatch) -> None:
+    key = world.artifact({"grants.yaml": GRANTS})
+    job = world.job(world.pipeline('{"grants_file": "grants.yaml", "plan": true}'), key)
+    step(world, kms=False, pipelines=job["data"]["pipelineContext"]["pipelineArn"])
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
+    assert outcome["ok"] is True, outcome["message"]
+    assert world.record(job["id"])["status"] == "Succeeded"  # type: ignore[index]
 
 
 def test_a_denied_grant_fails_the_job_and_says_why(world: World, env: pytest.MonkeyPatch) -> None:
     env.setenv("TARGET_ACCOUNT", seed.ACCOUNTS["service-b"])
     env.setenv("ACCESS", "write")  # the rule allows read only
-    results = JobResults()
     key = world.artifact({"grants.yaml": GRANTS})
+    pipeline = world.pipeline(json.dumps({"grants_file": "grants.yaml"}))
+    job = world.job(pipeline, key)
     before = world.scenario.snapshot()
-    outcome = step(world, results, kms=False).run(world.job(json.dumps({"grants_file": "grants.yaml"}), key))
+    step(world, kms=False, pipelines=pipeline)
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
 
     assert outcome["ok"] is False
-    ((operation, call),) = results.calls
-    assert operation == "PutJobFailureResult"
-    assert call["failureDetails"]["type"] == "JobFailed"
-    message = call["failureDetails"]["message"]
+    record = world.record(job["id"])
+    assert record is not None and record["status"] == "Failed"
+    assert record["result"]["failureDetails"]["type"] == "JobFailed"
+    message = record["result"]["failureDetails"]["message"]
     assert message.startswith("2 grant(s): 1 applied, 1 denied\n")
     assert "denied: bucket-access on arn:aws:s3:::dh-artifacts-111111111111" in message
     assert "rule 'artifact-read' refused the grant: access: access 'write' is not among ['read']" in message
@@ -326,15 +148,17 @@ def test_a_denied_grant_fails_the_job_and_says_why(world: World, env: pytest.Mon
 def test_a_misconfigured_action_fails_the_job_with_what_to_fix(
     world: World, env: pytest.MonkeyPatch, files: dict[str, str], params: str, expected: str
 ) -> None:
-    results = JobResults()
     key = world.artifact(files)
+    pipeline = world.pipeline(params)
+    job = world.job(pipeline, key)
     before = world.scenario.snapshot()
-    outcome = step(world, results, kms=False).run(world.job(params, key))
+    step(world, kms=False, pipelines=pipeline)
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
     assert outcome["ok"] is False
-    ((operation, call),) = results.calls
-    assert operation == "PutJobFailureResult"
-    assert call["failureDetails"]["type"] == "ConfigurationError"
-    assert expected in call["failureDetails"]["message"]
+    record = world.record(job["id"])
+    assert record is not None and record["status"] == "Failed"
+    assert record["result"]["failureDetails"]["type"] == "ConfigurationError"
+    assert expected in record["result"]["failureDetails"]["message"]
     assert world.scenario.snapshot() == before
 
 
