@@ -199,6 +199,7 @@ def target(action: str, opt_in: str, account: str = ACCOUNT) -> Request:
         context["kms:ResourceAliases"] = ["alias/artifacts-eu"] if opt_in == "name" else ["alias/payroll"]
         if action == "kms:CreateGrant":
             context["kms:GrantOperations"] = ["Decrypt", "DescribeKey"]
+            context["kms:GranteePrincipal"] = "arn:aws:iam::333333333333:role/deploy"
     else:
         raise AssertionError(f"no resource shape for {action}: add one for the new grant kind")
     return Request(action, resource, context)
@@ -388,3 +389,36 @@ def test_what_the_broker_says_of_organization_grants_matches_the_role() -> None:
     with_org = Request(request.action, request.resource, {**request.context, "aws:PrincipalOrgID": "o-a1b2c3d4e5"})
     assert evaluate(broker_policies(), with_org).allowed is ORGANIZATION_GRANTS_BOOTSTRAPPED
     assert evaluate(broker_policies(), request).allowed is ORGANIZATION_GRANTS_BOOTSTRAPPED
+
+
+@pytest.mark.parametrize(
+    ("grantee", "allowed"),
+    [
+        ("arn:aws:iam::333333333333:role/deploy", True),
+        ("arn:aws:iam::333333333333:role/team/cfn-deploy-a", True),
+        ("arn:aws:iam::333333333333:root", True),
+        ("arn:aws:iam::333333333333:user/alice", False),
+        ("arn:aws:sts::333333333333:assumed-role/deploy/session", False),
+        ("*", False),
+        ("kms.amazonaws.com", False),
+    ],
+)
+def test_grants_only_to_the_grantees_kms_grant_grants_have(grantee: str, allowed: bool) -> None:
+    base = create_grant(["Decrypt"])
+    verdict = explain(
+        broker_policies(), Request(base.action, base.resource, {**base.context, "kms:GranteePrincipal": grantee})
+    )
+    assert verdict.decision is (Decision.ALLOW if allowed else Decision.EXPLICIT_DENY)
+    if not allowed:
+        assert verdict.statements == ("OnlyGranteesOfKmsGrants",)
+
+
+@pytest.mark.parametrize("grantee", ["arn:aws:iam::333333333333:role/deploy", "333333333333"])
+def test_the_grantee_the_broker_sends_is_one_the_role_allows(grantee: str) -> None:
+    kind: Any = REGISTRY["kms-grant"]
+    spec = kind.spec.model_validate({**kind.example, "grantee": grantee})
+    base = create_grant(list(spec.operations))
+    request = Request(
+        base.action, base.resource, {**base.context, "kms:GranteePrincipal": kind.grantee_principal(spec)}
+    )
+    assert evaluate(broker_policies(), request) is Decision.ALLOW
