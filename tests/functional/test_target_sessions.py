@@ -152,6 +152,18 @@ def test_one_assume_role_per_target_account_per_request(
         assert {a["RoleSessionName"] for a in recorder.assumed} == {f"dh-{request_id}"}
 
 
+def test_a_request_asking_again_for_an_account_gets_its_own_session_back(
+    strict_broker: Broker, recorder: Recorder
+) -> None:
+    tooling = seed.ACCOUNTS["tooling"]
+    first = strict_broker.sessions.for_account(tooling, "req-again-1")
+    again = strict_broker.sessions.for_account(tooling, "req-again-1")
+    other = strict_broker.sessions.for_account(tooling, "req-again-2")
+    assert [a["RoleSessionName"] for a in recorder.assumed] == ["dh-req-again-1", "dh-req-again-2"]
+    names = [c.client("sts").get_caller_identity()["Arn"].rsplit("/", 1)[1] for c in (first, again, other)]
+    assert names == ["dh-req-again-1", "dh-req-again-1", "dh-req-again-2"]
+
+
 def test_a_second_request_loads_no_service_model(
     scenario: Scenario, strict_broker: Broker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
