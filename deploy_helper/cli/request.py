@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from deploy_helper.cli.output import emit_json, json_option, print_response
+from deploy_helper.cli.output import emit_json, failure, json_option, print_response
 from deploy_helper.exceptions import BrokerError
 
 EPILOG = """
@@ -80,7 +80,7 @@ def request_command(
     try:
         spec = load_grants_file(grants_file, default_resolvers(session))
     except BrokerError as exc:
-        raise click.ClickException(exc.message) from exc
+        raise failure(exc.message) from exc
     caller = caller or spec.caller
     audience = audience or spec.audience
     if not caller or not audience:
@@ -94,7 +94,7 @@ def request_command(
         try:
             transport = InProcessTransport(Broker.from_config(BrokerConfig.from_env(), session=session))
         except BrokerError as exc:
-            raise click.ClickException(exc.message) from exc
+            raise failure(exc.message) from exc
     elif function:
         transport = LambdaTransport(function, session.client("lambda"))
     else:
@@ -103,7 +103,7 @@ def request_command(
     try:
         response = client.request(spec.grants, action=mode, dry_run=dry_run, context=spec.context)
     except BrokerError as exc:
-        raise click.ClickException(exc.message) from exc
+        raise failure(exc.message) from exc
     if as_json:
         emit_json(response.model_dump(mode="json", exclude_none=True))
     else:
@@ -120,5 +120,5 @@ def _signer(key_id: str, key_file: Path | None, kms_key_id: str | None, session:
         try:
             return Ed25519Signer.from_file(key_id, key_file)
         except BrokerError as exc:
-            raise click.ClickException(exc.message) from exc
+            raise failure(exc.message) from exc
     return KmsSigner(key_id=key_id, kms_key_id=str(kms_key_id), client=session.client("kms"))
