@@ -15,6 +15,11 @@ left, no new resource is started; its grants are reported ``failed`` with
 Fail closed: a change is sent to AWS only after its intent entry is in the
 ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
+
+Leases: a resource whose kind serializes writes is read, planned and written under
+its lease (``deploy_helper.locks``); every write attempt under it first proves the
+lease is still held and outlasts the attempt (``deploy_helper.fencing``), so a
+request that fell behind a newer one fails (``lease-lost``) instead of undoing it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from deploy_helper import fencing
 from deploy_helper.auth import Authenticator, Identity, parse_envelope
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError
 from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
@@ -62,7 +68,12 @@ NOT_ATTEMPTED = "not attempted before the deadline; re-send the request"
 RESOURCE_WORKERS = 4
 
 #: Target-account calls: adaptive client-side rate limiting and jittered exponential backoff.
+#: Writes under a lease are checked before each attempt (``deploy_helper.fencing``), so
+#: every attempt (connect + read timeout, 25 s) must fit in a renewed lease with its margin.
 TARGET_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
+#: The reference table: bounded, so a whole reference write, retries included, fits in a lease.
+TABLE_CLIENT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=3, read_timeout=5)
+TABLE_WRITE_SECONDS = fencing.worst_case_seconds(TABLE_CLIENT_CONFIG)
 
 
 class Broker:
@@ -149,7 +160,8 @@ class Broker:
         if config.reference_table:
             from deploy_helper.references import DynamoReferences
 
-            references = DynamoReferences(ddb, config.reference_table)
+            table_client = session.client("dynamodb", region_name=config.region, config=TABLE_CLIENT_CONFIG)
+            references = DynamoReferences(table_client, config.reference_table)
         return cls(
             config,
             callers=callers,
@@ -345,7 +357,9 @@ class Broker:
         rule_of = {id(spec): rule for _, spec, rule in items}
         index_of = {id(spec): index for index, spec, _ in items}
         hold = self.locks.hold(resource) if kind.serialize_writes and not payload.dry_run else nullcontext()
-        with hold:
+        with hold as lease:
+            if lease is not None:
+                fencing.guard(client)
             state = kind.read(client, resource)
             asked = [(spec, payload.action) for _, spec, _ in items]
             version = 0
@@ -407,7 +421,9 @@ class Broker:
                 return results
             error: str | None = None
             try:
-                self._write(kind, client, plan, payload.action, version)
+                # Each write attempt first proves the lease is still held (``deploy_helper.fencing``).
+                with fencing.fenced(lease) if lease is not None else nullcontext():
+                    self._write(kind, client, plan, payload.action, version)
             except (ClientError, BotoCoreError) as exc:
                 error = _describe(exc)
             except BrokerError as exc:
@@ -451,11 +467,18 @@ class Broker:
             kind.write(client, plan)
             return
         if action == "apply":
+            fencing.check(TABLE_WRITE_SECONDS)
             self.references.write(plan.resource, plan.references, version)
             kind.write(client, plan)
         else:
+            # Claim the version first (a conditional write of the references as they are): if
+            # they changed since this request read them, nothing is removed.
+            current, _ = self.references.read(plan.resource)
+            fencing.check(TABLE_WRITE_SECONDS)
+            self.references.write(plan.resource, current, version)
             kind.write(client, plan)
-            self.references.write(plan.resource, plan.references, version)
+            fencing.check(TABLE_WRITE_SECONDS)
+            self.references.write(plan.resource, plan.references, version + 1)
 
     def _planned(
         self,

@@ -15,7 +15,9 @@ are also conditional on ``version``, so a lost lease can never lose a reference.
 Order, so that a crash at any point leaves at worst a reference without a
 permission (re-sending the request repairs it), never a permission nobody holds:
 on apply the reference is written before the permission is added; on revoke the
-permission is removed before the reference is.
+permission is removed before the reference is, but only after a conditional write
+of the references as they were read has claimed their version, so a permission is
+never removed when the reference write that goes with it would fail.
 """
 
 from __future__ import annotations

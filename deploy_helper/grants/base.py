@@ -204,10 +204,13 @@ def in_parallel(calls: Sequence[Callable[[], None]], workers: int = WRITE_WORKER
         for call in calls:
             call()
         return
+    import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
+    # Each call runs in a copy of the caller's context: the lease the write runs under
+    # (``deploy_helper.fencing``) goes with it into the pool's threads.
     with ThreadPoolExecutor(max_workers=min(workers, len(calls)), thread_name_prefix="write") as pool:
-        futures = [pool.submit(call) for call in calls]
+        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]  # type: ignore[misc]

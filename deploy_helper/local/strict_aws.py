@@ -42,6 +42,10 @@ Lambda ``AddPermission``
 
 Lambda ``RemovePermission``: the same model-pattern validation.
 
+Lambda ``RevisionId`` (a stale revision -> ``PreconditionFailedException`` 412) is not
+checked here: the revision is the server's state, so the local server keeps it as
+Lambda does in its own process (``deploy_helper.local.lambda_revisions``).
+
 S3 ``GetBucketPolicy`` / ``PutBucketPolicy`` / ``DeleteBucketPolicy`` with
 ``ExpectedBucketOwner``: a bucket that exists but is not the named account's ->
 ``AccessDenied`` 403, "Access Denied" (S3 checks the owner before anything else; moto
