@@ -40,6 +40,7 @@ DECISION_STYLE = {
     "revoked": "green",
     "unchanged": "cyan",
     "absent": "cyan",
+    "kept": "cyan",
     "would-apply": "yellow",
     "would-revoke": "yellow",
     "denied": "red",

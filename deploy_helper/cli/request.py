@@ -25,7 +25,10 @@ Every option can also come from the environment: DEPLOY_HELPER_FUNCTION,
 DEPLOY_HELPER_CALLER, DEPLOY_HELPER_AUDIENCE, DEPLOY_HELPER_KEY_ID,
 DEPLOY_HELPER_KEY_FILE, DEPLOY_HELPER_KMS_KEY_ID.
 
-Exit status: 0 when every grant ended applied/unchanged/revoked/absent (or
+Revoking removes this pipeline's ownership (`owner:` in the file, default the
+context's pipeline); a grant other stacks or pipelines still own is `kept`.
+
+Exit status: 0 when every grant ended applied/unchanged/revoked/absent/kept (or
 would, for --plan); 1 when any grant was denied or failed, or the request was
 refused; 2 on a usage error.
 """
@@ -101,7 +104,7 @@ def request_command(
         raise click.UsageError("give --function (the broker to invoke) or --in-process")
     client = BrokerClient(caller=caller, audience=audience, signer=signer, transport=transport)
     try:
-        response = client.request(spec.grants, action=mode, dry_run=dry_run, context=spec.context)
+        response = client.request(spec.grants, action=mode, dry_run=dry_run, context=spec.context, owner=spec.owner)
     except BrokerError as exc:
         raise failure(exc.message) from exc
     if as_json:

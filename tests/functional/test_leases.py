@@ -358,8 +358,8 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     )
     fast = broker(sc, aws_calls, leases(sc, Clock()))
     slow_broker, stalls = held(sc, aws_calls, NoLock())
-    # request 1's second read of the references: the one made just before it writes
-    stall = stalls.hold("dynamodb.GetItem", where=lambda p: p.get("TableName") == references, skip=1)
+    # request 1's claim of the version it read: the conditional write made just before it removes
+    stall = stalls.hold("dynamodb.UpdateItem", where=lambda p: p.get("TableName") == references)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(sc.client(slow_broker).request, [leaving], action="revoke", request_id="last-leaves")
@@ -374,7 +374,7 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     assert second.results[0].decision == "applied"
     assert second.results[0].compaction is not None and shared in second.results[0].compaction
     assert revoke.results[0].decision == "failed"
-    assert "references of" in revoke.results[0].reason and "changed" in revoke.results[0].reason
+    assert "references and owners of" in revoke.results[0].reason and "changed" in revoke.results[0].reason
     assert shared in sids(sc.function_policy()), "the shared permission stays: it stands for the joining grant"
     assert "lambda.RemovePermission" not in aws_calls.operations()
     item = tables.get_item(TableName=references, Key={"pk": {"S": sc.authorizer_arn}}, ConsistentRead=True)["Item"]

@@ -85,7 +85,7 @@ def test_the_broker_role_may_do_only_what_the_broker_does(template: dict[str, An
     # Leases: taken, renewed and given back with conditional updates; read to say who took one over.
     assert allowed["LockTable"] == {"dynamodb:UpdateItem", "dynamodb:GetItem"}
     # References of shared permissions: read, and replaced with a conditional put.
-    assert allowed["ReferenceTable"] == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    assert allowed["ReferenceTable"] == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
     # Append-only: the ledger can be added to and read, never changed or emptied.
     assert allowed["LedgerTable"] == {
         "dynamodb:PutItem",
