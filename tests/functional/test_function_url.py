@@ -202,3 +202,20 @@ def test_the_url_function_serves_nothing_but_url_requests(scenario: Scenario, br
 
     # The envelope refused there is still good where it belongs (its nonce was not used).
     assert handler.lambda_handler(envelope, None)["ok"] is True
+
+
+def test_the_stack_makes_the_url_function_with_the_url(fresh_local: Any) -> None:
+    """template.yaml created on the local AWS with EnableFunctionUrl: the URL is the URL function's."""
+    from deploy_helper.local import stack as local_stack
+
+    stack = local_stack.deploy_broker_stack(fresh_local, {**seed.broker_parameters(), "EnableFunctionUrl": "true"})
+    assert stack.not_created == {}
+    lam = fresh_local.client("lambda")
+    handlers = {f["FunctionName"]: f["Handler"] for f in lam.list_functions()["Functions"]}
+    url_functions = [name for name, h in handlers.items() if h == "deploy_helper.handler.function_url_handler"]
+    assert len(url_functions) == 1
+    assert lam.get_function_url_config(FunctionName=url_functions[0])["AuthType"] == "AWS_IAM"
+    for name in handlers:
+        if name not in url_functions:
+            with pytest.raises(lam.exceptions.ResourceNotFoundException):
+                lam.get_function_url_config(FunctionName=name)
