@@ -94,6 +94,11 @@ class BucketAccess(GrantKind[BucketAccessGrant]):
     size_limit: ClassVar[int | None] = S3_POLICY_LIMIT
     compactions: ClassVar[tuple[str, ...]] = (MERGE_PRINCIPALS,)
     serialize_writes: ClassVar[bool] = True
+    access_levels: ClassVar[dict[str, tuple[str, ...]]] = {
+        level: tuple(sorted(set(objects + buckets))) for level, (objects, buckets) in ACCESS_ACTIONS.items()
+    }
+    resource_names_account: ClassVar[bool] = False
+    variants: ClassVar[dict[str, Any]] = {"access": "write", "prefix": "x/", "principal": "333333333333"}
     example: ClassVar[dict[str, Any]] = {
         "kind": "bucket-access",
         "bucket": "tooling-artifacts-111111111111",
