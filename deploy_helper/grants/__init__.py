@@ -14,6 +14,7 @@ from pydantic import Field
 from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, ResourcePlan, managed_id
 from deploy_helper.grants.bucket_access import BucketAccess, BucketAccessGrant
 from deploy_helper.grants.kms_grant import KmsGrant, KmsGrantSpec
+from deploy_helper.grants.kms_key_policy import KmsKeyPolicy, KmsKeyPolicyGrant
 from deploy_helper.grants.lambda_invoke import LambdaInvoke, LambdaInvokeGrant
 
 REGISTRY: dict[str, GrantKind[Any]] = {}
@@ -28,9 +29,13 @@ def register(kind: GrantKind[Any]) -> None:
 register(LambdaInvoke())
 register(BucketAccess())
 register(KmsGrant())
+register(KmsKeyPolicy())
 
 #: A grant in a request: one of the registered specs, chosen by ``kind``.
-AnyGrant = Annotated[LambdaInvokeGrant | BucketAccessGrant | KmsGrantSpec, Field(discriminator="kind")]
+AnyGrant = Annotated[
+    LambdaInvokeGrant | BucketAccessGrant | KmsGrantSpec | KmsKeyPolicyGrant,
+    Field(discriminator="kind"),
+]
 
 
 def kind_of(spec: GrantSpec) -> GrantKind[Any]:
