@@ -13,6 +13,7 @@ from pydantic import Field
 
 from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, ResourcePlan, managed_id
 from deploy_helper.grants.bucket_access import BucketAccess, BucketAccessGrant
+from deploy_helper.grants.ecr_pull import EcrPull, EcrPullGrant
 from deploy_helper.grants.kms_grant import KmsGrant, KmsGrantSpec
 from deploy_helper.grants.kms_key_policy import KmsKeyPolicy, KmsKeyPolicyGrant
 from deploy_helper.grants.lambda_invoke import LambdaInvoke, LambdaInvokeGrant
@@ -30,10 +31,11 @@ register(LambdaInvoke())
 register(BucketAccess())
 register(KmsGrant())
 register(KmsKeyPolicy())
+register(EcrPull())
 
 #: A grant in a request: one of the registered specs, chosen by ``kind``.
 AnyGrant = Annotated[
-    LambdaInvokeGrant | BucketAccessGrant | KmsGrantSpec | KmsKeyPolicyGrant,
+    LambdaInvokeGrant | BucketAccessGrant | KmsGrantSpec | KmsKeyPolicyGrant | EcrPullGrant,
     Field(discriminator="kind"),
 ]
 
