@@ -17,6 +17,7 @@ from deploy_helper.grants.ecr_pull import EcrPull, EcrPullGrant
 from deploy_helper.grants.kms_grant import KmsGrant, KmsGrantSpec
 from deploy_helper.grants.kms_key_policy import KmsKeyPolicy, KmsKeyPolicyGrant
 from deploy_helper.grants.lambda_invoke import LambdaInvoke, LambdaInvokeGrant
+from deploy_helper.grants.sqs_send import SqsSend, SqsSendGrant
 
 REGISTRY: dict[str, GrantKind[Any]] = {}
 
@@ -32,10 +33,11 @@ register(BucketAccess())
 register(KmsGrant())
 register(KmsKeyPolicy())
 register(EcrPull())
+register(SqsSend())
 
 #: A grant in a request: one of the registered specs, chosen by ``kind``.
 AnyGrant = Annotated[
-    LambdaInvokeGrant | BucketAccessGrant | KmsGrantSpec | KmsKeyPolicyGrant | EcrPullGrant,
+    LambdaInvokeGrant | BucketAccessGrant | KmsGrantSpec | KmsKeyPolicyGrant | EcrPullGrant | SqsSendGrant,
     Field(discriminator="kind"),
 ]
 
