@@ -17,6 +17,7 @@ from deploy_helper.grants.ecr_pull import EcrPull, EcrPullGrant
 from deploy_helper.grants.kms_grant import KmsGrant, KmsGrantSpec
 from deploy_helper.grants.kms_key_policy import KmsKeyPolicy, KmsKeyPolicyGrant
 from deploy_helper.grants.lambda_invoke import LambdaInvoke, LambdaInvokeGrant
+from deploy_helper.grants.sns_publish import SnsPublish, SnsPublishGrant
 from deploy_helper.grants.sqs_send import SqsSend, SqsSendGrant
 
 REGISTRY: dict[str, GrantKind[Any]] = {}
@@ -34,10 +35,17 @@ register(KmsGrant())
 register(KmsKeyPolicy())
 register(EcrPull())
 register(SqsSend())
+register(SnsPublish())
 
 #: A grant in a request: one of the registered specs, chosen by ``kind``.
 AnyGrant = Annotated[
-    LambdaInvokeGrant | BucketAccessGrant | KmsGrantSpec | KmsKeyPolicyGrant | EcrPullGrant | SqsSendGrant,
+    LambdaInvokeGrant
+    | BucketAccessGrant
+    | KmsGrantSpec
+    | KmsKeyPolicyGrant
+    | EcrPullGrant
+    | SqsSendGrant
+    | SnsPublishGrant,
     Field(discriminator="kind"),
 ]
 
