@@ -17,6 +17,7 @@ from deploy_helper.grants.ecr_pull import EcrPull, EcrPullGrant
 from deploy_helper.grants.kms_grant import KmsGrant, KmsGrantSpec
 from deploy_helper.grants.kms_key_policy import KmsKeyPolicy, KmsKeyPolicyGrant
 from deploy_helper.grants.lambda_invoke import LambdaInvoke, LambdaInvokeGrant
+from deploy_helper.grants.secret_read import SecretRead, SecretReadGrant
 from deploy_helper.grants.sns_publish import SnsPublish, SnsPublishGrant
 from deploy_helper.grants.sqs_send import SqsSend, SqsSendGrant
 
@@ -36,6 +37,7 @@ register(KmsKeyPolicy())
 register(EcrPull())
 register(SqsSend())
 register(SnsPublish())
+register(SecretRead())
 
 #: A grant in a request: one of the registered specs, chosen by ``kind``.
 AnyGrant = Annotated[
@@ -45,7 +47,8 @@ AnyGrant = Annotated[
     | KmsKeyPolicyGrant
     | EcrPullGrant
     | SqsSendGrant
-    | SnsPublishGrant,
+    | SnsPublishGrant
+    | SecretReadGrant,
     Field(discriminator="kind"),
 ]
 
