@@ -14,6 +14,7 @@ from pydantic import Field
 from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, ResourcePlan, managed_id
 from deploy_helper.grants.bucket_access import BucketAccess, BucketAccessGrant
 from deploy_helper.grants.ecr_pull import EcrPull, EcrPullGrant
+from deploy_helper.grants.events_put import EventsPut, EventsPutGrant
 from deploy_helper.grants.kms_grant import KmsGrant, KmsGrantSpec
 from deploy_helper.grants.kms_key_policy import KmsKeyPolicy, KmsKeyPolicyGrant
 from deploy_helper.grants.lambda_invoke import LambdaInvoke, LambdaInvokeGrant
@@ -38,6 +39,7 @@ register(EcrPull())
 register(SqsSend())
 register(SnsPublish())
 register(SecretRead())
+register(EventsPut())
 
 #: A grant in a request: one of the registered specs, chosen by ``kind``.
 AnyGrant = Annotated[
@@ -48,7 +50,8 @@ AnyGrant = Annotated[
     | EcrPullGrant
     | SqsSendGrant
     | SnsPublishGrant
-    | SecretReadGrant,
+    | SecretReadGrant
+    | EventsPutGrant,
     Field(discriminator="kind"),
 ]
 
