@@ -279,6 +279,12 @@ def test_function_patterns_cover_versions_and_aliases() -> None:
             {"kms:GrantOperations": ["Decrypt", "CreateGrant"]},
             "NoGrantsThatCreateGrants",
         ),
+        ("kms:PutKeyPolicy", {"kms:BypassPolicyLockoutSafetyCheck": "true"}, "NoKeyPolicyLockoutBypass"),
+        (
+            "secretsmanager:PutResourcePolicy",
+            {"secretsmanager:BlockPublicPolicy": "false"},
+            "NoSecretPolicyWithoutPublicBlock",
+        ),
     ],
 )
 def test_guardrails_deny_even_on_opted_in_resources(action: str, extra: dict[str, Any], sid: str) -> None:
