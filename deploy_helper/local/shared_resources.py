@@ -118,6 +118,12 @@ def rules(caller: str, tooling: str, services: list[str]) -> list[dict[str, Any]
             ["put-events"],
             accounts=services,
         ),
+        {
+            **rule("events-put", "", [f"arn:aws:events:*:{tooling}:event-bus/deployments"], ["put-events"]),
+            "id": "deployments-bus-organization",
+            "description": "every account of the organization puts events on the tooling bus",
+            "principals": {"organization": True},
+        },
     ]
 
 
