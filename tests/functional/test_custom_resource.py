@@ -340,6 +340,17 @@ def _register_stacks(policies: Path) -> None:
             },
         }
     )
+    rules["rules"].append(  # for test_custom_resource_kinds: another kind through the same path
+        {
+            "id": "stack-deploy-events",
+            "description": "service-a's stacks may let their own topics deliver to the tooling queue",
+            "callers": [STACKS_CALLER],
+            "kind": "sqs-send",
+            "targets": [f"arn:aws:sqs:*:{seed.ACCOUNTS['tooling']}:deploy-events"],
+            "principals": {"services": [{"service": "sns.amazonaws.com", "source_accounts": ["service-a"]}]},
+            "access": ["send"],
+        }
+    )
     (policies / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
 
 
