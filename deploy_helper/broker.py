@@ -12,9 +12,21 @@ Deadline: ``handle``/``execute`` take ``remaining_ms`` (the Lambda context's
 left, no new resource is started; its grants are reported ``failed`` with
 ``NOT_ATTEMPTED`` and re-sending the same request finishes only what is left.
 
+Owners: between planning and the grant kinds sits one kind-agnostic layer,
+``deploy_helper.owners.OwnerBook``: a revoke removes only the requester's
+ownership (``kept`` while others own the grant, ``denied`` for a non-owner) and
+reaches the kind only for the last owner. Owners are kept in the reference
+table, changed in the same version-conditional write as references, under the
+resource's lease.
+
 Fail closed: a change is sent to AWS only after its intent entry is in the
 ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
+
+Leases: a resource whose kind serializes writes is read, planned and written under
+its lease (``deploy_helper.locks``); every write attempt under it first proves the
+lease is still held and outlasts the attempt (``deploy_helper.fencing``), so a
+request that fell behind a newer one fails (``lease-lost``) instead of undoing it.
 """
 
 from __future__ import annotations
@@ -30,12 +42,14 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from deploy_helper import fencing
 from deploy_helper.auth import Authenticator, Identity, parse_envelope
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError
 from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
 from deploy_helper.ledger import entries
 from deploy_helper.locks import Locker, NoLock
 from deploy_helper.models import BrokerResponse, ErrorBody, GrantResult
+from deploy_helper.owners import Acting, OwnerBook, pipeline_owner
 from deploy_helper.policydoc import digest
 from deploy_helper.request import RequestPayload, parse_payload
 
@@ -46,10 +60,11 @@ if TYPE_CHECKING:
 
     from deploy_helper.callers import CallerRegistry
     from deploy_helper.config import BrokerConfig
+    from deploy_helper.grants.base import Operation
     from deploy_helper.ledger import Ledger
     from deploy_helper.ledger.checkpoints import Checkpoints
     from deploy_helper.nonces import NonceStore
-    from deploy_helper.references import ReferenceStore
+    from deploy_helper.references import ReferenceStore, ResourceRecord
     from deploy_helper.rules import RuleSet
     from deploy_helper.sessions import TargetClients, TargetSessions
 
@@ -62,7 +77,12 @@ NOT_ATTEMPTED = "not attempted before the deadline; re-send the request"
 RESOURCE_WORKERS = 4
 
 #: Target-account calls: adaptive client-side rate limiting and jittered exponential backoff.
+#: Writes under a lease are checked before each attempt (``deploy_helper.fencing``), so
+#: every attempt (connect + read timeout, 25 s) must fit in a renewed lease with its margin.
 TARGET_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
+#: The reference table: bounded, so a whole reference write, retries included, fits in a lease.
+TABLE_CLIENT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=3, read_timeout=5)
+TABLE_WRITE_SECONDS = fencing.worst_case_seconds(TABLE_CLIENT_CONFIG)
 
 
 class Broker:
@@ -89,7 +109,8 @@ class Broker:
         self.ledger = ledger
         self._group = GroupCommit(ledger)
         self.locks = locks or NoLock()
-        #: Who shares a widened Lambda permission; None: no reference table, so no widening.
+        #: Who shares a widened Lambda permission and who owns each grant (``deploy_helper.owners``);
+        #: None: no reference table, so no widening and no owners (the first revoke removes a grant).
         self.references = references
         self.clock = clock
         self.authenticator = Authenticator(
@@ -149,7 +170,8 @@ class Broker:
         if config.reference_table:
             from deploy_helper.references import DynamoReferences
 
-            references = DynamoReferences(ddb, config.reference_table)
+            table_client = session.client("dynamodb", region_name=config.region, config=TABLE_CLIENT_CONFIG)
+            references = DynamoReferences(table_client, config.reference_table)
         return cls(
             config,
             callers=callers,
@@ -222,14 +244,24 @@ class Broker:
 
     # -- execution ----------------------------------------------------------
     def execute(
-        self, auth: Identity, payload: RequestPayload, *, remaining_ms: Callable[[], int] | None = None
+        self,
+        auth: Identity,
+        payload: RequestPayload,
+        *,
+        remaining_ms: Callable[[], int] | None = None,
+        acting: Acting | None = None,
     ) -> BrokerResponse:
-        """Authorize, plan and (unless dry run) apply the grants of an authenticated request."""
+        """Authorize, plan and (unless dry run) apply the grants of an authenticated request.
+
+        ``acting`` is the owner the request acts for; by default the authenticated caller's
+        pipeline owner (``deploy_helper.owners.pipeline_owner``) named by the payload.
+        """
 
         def out_of_time() -> bool:
             return remaining_ms is not None and remaining_ms() < DEADLINE_RESERVE_MS
 
-        request = entries.request_fields(auth, payload)
+        acting = acting or Acting(pipeline_owner(auth.caller, payload.owner or payload.context.pipeline))
+        request = entries.request_fields(auth, payload, acting.owner)
         results: list[GrantResult | None] = [None] * len(payload.grants)
         denied_entries: list[tuple[int, dict[str, Any]]] = []
         allowed_of: dict[int, Allowed] = {}
@@ -270,7 +302,7 @@ class Broker:
         def run_account(account: str) -> list[GrantResult]:
             if out_of_time():
                 return self._fail_all(request, [i for g in groups[account].values() for i in g], NOT_ATTEMPTED)
-            return self._run_account(auth, payload, request, account, groups[account], out_of_time, allowed_of)
+            return self._run_account(auth, payload, request, account, groups[account], out_of_time, allowed_of, acting)
 
         workers = max(1, min(self.config.max_workers, len(groups)))
         if workers == 1:
@@ -300,6 +332,7 @@ class Broker:
         resources: dict[tuple[str, str, str | None], list[tuple[int, GrantSpec, str]]],
         out_of_time: Callable[[], bool] = lambda: False,
         allowed_of: dict[int, Allowed] | None = None,
+        acting: Acting | None = None,
     ) -> list[GrantResult]:
         try:
             clients = self.sessions.for_account(account, payload.request_id)
@@ -313,7 +346,7 @@ class Broker:
             if out_of_time():
                 return self._fail_all(request, items, NOT_ATTEMPTED)
             try:
-                return self._run_resource(payload, request, clients, resource, region, items, allowed_of)
+                return self._run_resource(payload, request, clients, resource, region, items, allowed_of, acting)
             except LedgerError:
                 raise
             except (BrokerError, ClientError, BotoCoreError) as exc:
@@ -338,27 +371,33 @@ class Broker:
         region: str | None,
         items: list[tuple[int, GrantSpec, str]],
         allowed_of: dict[int, Allowed] | None = None,
+        acting: Acting | None = None,
     ) -> list[GrantResult]:
+        from deploy_helper.references import ResourceRecord
+
         kind = kind_of(items[0][1])
         allowed = [(allowed_of or {}).get(index) or Allowed(rule) for index, _, rule in items]
         client = clients.client(kind.service, region)
         rule_of = {id(spec): rule for _, spec, rule in items}
         index_of = {id(spec): index for index, spec, _ in items}
-        hold = self.locks.hold(resource) if kind.serialize_writes and not payload.dry_run else nullcontext()
-        with hold:
+        # Owners (kept in the reference table) change under the lease, whatever the kind.
+        leased = kind.serialize_writes or self.references is not None
+        hold = self.locks.hold(resource) if leased and not payload.dry_run else nullcontext()
+        with hold as lease:
+            if lease is not None:
+                fencing.guard(client)
             state = kind.read(client, resource)
-            asked = [(spec, payload.action) for _, spec, _ in items]
-            version = 0
-            if kind.uses_references:
-                references, version = self.references.read(resource) if self.references else (None, 0)
-                plan = kind.plan(state, resource, asked, allowed, references=references)  # type: ignore[call-arg]
-            else:
-                plan = kind.plan(state, resource, asked, allowed)
+            record = self.references.read_record(resource) if self.references else ResourceRecord()
+            version = record.version
+            acting = acting or Acting(request.get("owner") or pipeline_owner(str(request.get("caller")), None))
+            book = OwnerBook(record.owners if self.references else None, acting)
+            plan = self._plan(kind, state, resource, items, allowed, record, book, payload.action)
+            owners_of = {id(p.spec): book.after(p.spec, kind.grant_id(p.spec)) for p in plan.items}
             before, after = digest(plan.before), digest(plan.after)
             if payload.dry_run:
-                return self._planned(request, kind.diff(plan), plan, rule_of, index_of, before, after)
-            changing = [p for p in plan.items if p.outcome in ("applied", "revoked")]
-            settled = [p for p in plan.items if p.outcome not in ("applied", "revoked")]
+                return self._planned(request, kind.diff(plan), plan, rule_of, index_of, before, after, owners_of)
+            changing = [p for p in plan.items if p.outcome in ("applied", "revoked") or book.changed(p.spec)]
+            settled = [p for p in plan.items if not (p.outcome in ("applied", "revoked") or book.changed(p.spec))]
             results: list[GrantResult] = []
             settled_entries = [
                 entries.grant_entry(
@@ -372,6 +411,7 @@ class Broker:
                     before=before,
                     after=before,
                     compaction=p.compaction,
+                    owners=owners_of[id(p.spec)],
                 )
                 for p in settled
             ]
@@ -387,6 +427,7 @@ class Broker:
                     before=before,
                     after=after,
                     compaction=p.compaction,
+                    owners=owners_of[id(p.spec)],
                 )
                 for p in changing
             ]
@@ -406,8 +447,11 @@ class Broker:
             if not changing:
                 return results
             error: str | None = None
+            recorded: list[bool] = []  # whether the owners were written (before a failure)
             try:
-                self._write(kind, client, plan, payload.action, version)
+                # Each write attempt first proves the lease is still held (``deploy_helper.fencing``).
+                with fencing.fenced(lease) if lease is not None else nullcontext():
+                    self._write(kind, client, plan, payload.action, version, recorded)
             except (ClientError, BotoCoreError) as exc:
                 error = _describe(exc)
             except BrokerError as exc:
@@ -422,12 +466,15 @@ class Broker:
                         request,
                         p.spec,
                         decision=decision,
-                        reason=error or "",
+                        reason=error or p.reason,
                         rule_id=rule_of[id(p.spec)],
                         before=before,
                         after=before if error else after,
                         intent=intent_id,
                         compaction=p.compaction,
+                        owners=owners_of[id(p.spec)]
+                        if recorded or not error
+                        else book.before(p.spec, kind.grant_id(p.spec)),
                     )
                 )
             try:
@@ -439,23 +486,62 @@ class Broker:
                 outcome_ids = intent_ids
             for p, entry_id in zip(changing, outcome_ids, strict=True):
                 decision = "failed" if error else p.outcome
+                reason = error or p.reason
                 results.append(
-                    self._result(index_of[id(p.spec)], p.spec, decision, error or "", rule_of[id(p.spec)], entry_id)
+                    self._result(index_of[id(p.spec)], p.spec, decision, reason, rule_of[id(p.spec)], entry_id)
                 )
                 results[-1].compaction = p.compaction
             return results
 
-    def _write(self, kind: Any, client: Any, plan: ResourcePlan, action: str, version: int) -> None:
-        """Make the change; references first on apply and last on revoke (see ``deploy_helper.references``)."""
-        if plan.references is None or self.references is None:
+    def _plan(
+        self,
+        kind: Any,
+        state: Any,
+        resource: str,
+        items: list[tuple[int, GrantSpec, str]],
+        allowed: list[Allowed],
+        record: ResourceRecord,
+        book: OwnerBook,
+        action: Operation,
+    ) -> ResourcePlan:
+        """The kind's plan of the grants the owner layer lets through, with the owner layer's own decisions."""
+        screened = [book.screen(spec, kind.grant_id(spec), action) for _, spec, _ in items]
+        asked = [(spec, action) for (_, spec, _), s in zip(items, screened, strict=True) if s is None]
+        allow = [a for a, s in zip(allowed, screened, strict=True) if s is None]
+        if kind.uses_references:
+            references = record.references if self.references else None
+            plan: ResourcePlan = kind.plan(state, resource, asked, allow, references=references)
+        else:
+            plan = kind.plan(state, resource, asked, allow)
+        for p in plan.items:
+            book.settle(p, kind.grant_id(p.spec))
+        plan.items.extend(s for s in screened if s is not None)
+        plan.owners = book.result()
+        return plan
+
+    def _write(
+        self, kind: Any, client: Any, plan: ResourcePlan, action: str, version: int, recorded: list[bool]
+    ) -> None:
+        """Make the change; references and owners first on apply and last on revoke (``deploy_helper.owners``).
+
+        ``recorded`` gets an item once the owners are written, so a failure after it is told apart.
+        """
+        if (plan.references is None and plan.owners is None) or self.references is None:
             kind.write(client, plan)
             return
         if action == "apply":
-            self.references.write(plan.resource, plan.references, version)
+            fencing.check(TABLE_WRITE_SECONDS)
+            self.references.write(plan.resource, plan.references, version, owners=plan.owners)
+            recorded.append(True)
             kind.write(client, plan)
         else:
+            # Claim the version first (a conditional write that only moves the version on): if
+            # the references or owners changed since this request read them, nothing is removed.
+            fencing.check(TABLE_WRITE_SECONDS)
+            self.references.write(plan.resource, None, version)
             kind.write(client, plan)
-            self.references.write(plan.resource, plan.references, version)
+            fencing.check(TABLE_WRITE_SECONDS)
+            self.references.write(plan.resource, plan.references, version + 1, owners=plan.owners)
 
     def _planned(
         self,
@@ -466,6 +552,7 @@ class Broker:
         index_of: dict[int, int],
         before: str,
         after: str,
+        owners_of: dict[int, list[str] | None] | None = None,
     ) -> list[GrantResult]:
         planned = {"applied": "would-apply", "revoked": "would-revoke"}
         results = []
@@ -484,6 +571,7 @@ class Broker:
                     before=before,
                     after=after,
                     compaction=p.compaction,
+                    owners=(owners_of or {}).get(id(p.spec)),
                 )
             )
             result = self._result(index_of[id(p.spec)], p.spec, decision, p.reason, rule_of[id(p.spec)])

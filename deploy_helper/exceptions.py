@@ -75,3 +75,15 @@ class LedgerError(BrokerError):
     """The ledger could not be written or read; no change is made without it."""
 
     code = "ledger-unavailable"
+
+
+class LeaseLostError(ExecutionError):
+    """The request no longer held its lease on a resource with time to spare; the write was not sent."""
+
+    code = "lease-lost"
+
+
+class StaleWriteError(ExecutionError):
+    """AWS refused a write because the resource changed since the request read it (a precondition)."""
+
+    code = "stale-write"

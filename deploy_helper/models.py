@@ -70,7 +70,10 @@ class Envelope(StrictModel):
     signature: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9_-]{40,200}={0,2}$")]
 
 
-Decision = Literal["applied", "unchanged", "revoked", "absent", "denied", "failed", "would-apply", "would-revoke"]
+#: ``kept``: the requester's ownership was removed, the grant stays for its other owners.
+Decision = Literal[
+    "applied", "unchanged", "revoked", "absent", "kept", "denied", "failed", "would-apply", "would-revoke"
+]
 
 
 class GrantResult(BaseModel):

@@ -34,7 +34,6 @@ A refusal names the rule and the check that failed.
 from __future__ import annotations
 
 import re
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -51,6 +50,7 @@ from deploy_helper.identifiers import (
     ServicePrincipal,
     account_of_principal,
 )
+from deploy_helper.patterns import arn_witness, has_wildcards
 from deploy_helper.policyfiles import parse_file
 
 if TYPE_CHECKING:
@@ -84,10 +84,23 @@ AccountRef = Annotated[str, Field(pattern=r"^(\d{12}|[a-z0-9][a-z0-9-]{0,62})$")
 
 
 def arn_matches(pattern: str, arn: str) -> bool:
-    """Match part by part: a wildcard never crosses a ``:`` between ARN parts."""
-    p_parts = pattern.split(":", 5)
-    a_parts = arn.split(":", 5)
-    return len(p_parts) == len(a_parts) == 6 and all(fnmatchcase(a, p) for p, a in zip(p_parts, a_parts, strict=True))
+    """Whether the rule's ``pattern`` admits ``arn``, part by part (a wildcard never crosses a ``:`` between parts).
+
+    ``arn`` may itself be an ``ArnLike`` pattern (a grant's ``SourceArn``): it is admitted
+    only when every ARN it matches, ``pattern`` matches too — its ``*`` and ``?`` are
+    wildcards, never characters a rule's ``?`` or ``*`` could stand for. Only ``*`` and
+    ``?`` are special; ``[`` is a plain character (see ``deploy_helper.patterns``).
+    """
+    return arn_witness(pattern, arn) is None
+
+
+def _unmatched(what: str, value: str, patterns: list[str]) -> str:
+    """Why ``value`` is admitted by none of ``patterns``; for a wildcard value, an ARN it would reach beyond them."""
+    reason = f"{what} {value} matches none of {patterns}"
+    if has_wildcards(value) and patterns:
+        beyond = arn_witness(patterns[0], value)
+        reason += f" (as an ArnLike pattern it also matches {beyond}, which {patterns[0]} does not)"
+    return reason
 
 
 class _Strict(BaseModel):
@@ -355,7 +368,7 @@ class RuleSet(_Strict):
             if arn_account and arn_account not in allowed:
                 return f"source_arn account {arn_account} is not among {svc.source_accounts}"
             if svc.source_arns and not any(arn_matches(p, source_arn) for p in svc.source_arns):
-                return f"source_arn {source_arn} matches none of {svc.source_arns}"
+                return _unmatched("source_arn", source_arn, svc.source_arns)
         elif svc.source_arns:
             return "this rule requires a source_arn"
         return ""

@@ -24,11 +24,21 @@ A forger would need the power to deploy a stack with a registered deploy role
 in a registered account — the very thing the rules already trust — so a
 forged event achieves nothing more than a real one.
 
+6. the resource's ``ServiceToken`` in the resolved template is the function
+   this broker was invoked through (``service_token_refusal``): a resource
+   declared for another broker (another environment) is not this one's.
+
 Deletes are confirmed with (1) to (4) and the resource type; the properties are
 compared too when the stack is being deleted or rolled back as a whole. In
 the clean-up phases of an update, CloudFormation deletes *old* physical ids
-whose properties are no longer in the template, so there only the type is
-checked: a Delete can only remove access, and the rules still apply to it.
+whose properties are no longer in the template, so there the properties
+cannot be compared. Instead: the physical id must not be the logical
+resource's current one (``DescribeStackResource``: CloudFormation deletes in
+clean-up only what the update replaced or removed), and the broker acts only
+for the owner ``stack/logical/physical`` it recorded when it created that
+grant (``deploy_helper.owners``). For a grant applied before owners were kept,
+the stack's events (``DescribeStackEvents``) must show that this logical id
+had this physical id (``ConfirmedStack.history_confirmed``).
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper.exceptions import AuthenticationError, BrokerError
-from deploy_helper.identifiers import STACK_ARN_RE
+from deploy_helper.identifiers import LAMBDA_ARN_RE, STACK_ARN_RE
 from deploy_helper.stack_template import StackFacts, Unresolvable, load_template, normalize, resolve
 
 if TYPE_CHECKING:
@@ -68,8 +78,34 @@ IN_PROGRESS: dict[str, frozenset[str]] = {
     "Update": frozenset({"UPDATE_IN_PROGRESS", "UPDATE_ROLLBACK_IN_PROGRESS"}),
     "Delete": frozenset({"DELETE_IN_PROGRESS", "ROLLBACK_IN_PROGRESS"}) | CLEANUP_STATUSES,
 }
-#: Properties that choose the provider, not the grant; never compared.
+#: Properties that choose the provider, not the grant; never compared as grant fields.
 PROVIDER_PROPERTIES = ("ServiceToken", "ServiceTimeout")
+#: Pages of stack events read to find a resource's past physical id (100 events a page).
+HISTORY_PAGES = 20
+#: Resource statuses that show a physical id was the resource's (it was created or updated).
+_HAD_STATUSES = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE"})
+
+
+def service_token_refusal(token: object, own_function: str | None, where: str) -> str | None:
+    """Why ``token`` is not this broker's ServiceToken, or None when it is.
+
+    It must be the ARN this broker was invoked through (``own_function``, the Lambda
+    context's ``invoked_function_arn``): the same function, and the same alias or
+    version if any — CloudFormation invokes exactly the ServiceToken, so a genuine
+    event always matches, while a resource of another environment's broker (another
+    function, or another alias of one function) does not.
+    """
+    if own_function is None:
+        return "the broker cannot tell its own function ARN (no Lambda context), so it acts on no custom resource"
+    shown = str(token)[:140] if token is not None else "missing"
+    token_m = LAMBDA_ARN_RE.fullmatch(token) if isinstance(token, str) else None
+    own_m = LAMBDA_ARN_RE.fullmatch(own_function)
+    if token_m is None or own_m is None or token_m.groupdict() != own_m.groupdict():
+        return (
+            f"{where} ServiceToken ({shown}) is not this broker ({own_function}): the resource belongs to "
+            "another broker (another environment); nothing was changed"
+        )
+    return None
 
 
 class StackNotConfirmed(AuthenticationError):
@@ -93,6 +129,8 @@ class StackClaim:
     resource_type: str
     properties: dict[str, Any]
     request_id: str
+    #: For a Delete: the physical id it removes.
+    physical_resource_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +144,10 @@ class ConfirmedStack:
     status: str
     role_arn: str
     properties_compared: bool
+    #: A Delete in an update's clean-up (properties not comparable).
+    cleanup: bool = False
+    #: For a clean-up Delete: the stack's events show its logical id had this physical id.
+    history_confirmed: bool = False
 
 
 class StackVerifier:
@@ -127,8 +169,12 @@ class StackVerifier:
         """The verifier of a broker: its callers, its sessions' reader role, its region."""
         return cls(broker.authenticator.callers, broker.sessions.reader_for, region=broker.config.region)
 
-    def confirm(self, claim: StackClaim) -> ConfirmedStack:
-        """The confirmed stack; raises ``StackNotConfirmed`` naming the check that failed."""
+    def confirm(self, claim: StackClaim, *, service_token: str | None = None) -> ConfirmedStack:
+        """The confirmed stack; raises ``StackNotConfirmed`` naming the check that failed.
+
+        ``service_token`` is the function ARN this broker was invoked through; the resource's
+        ServiceToken in the template must be it.
+        """
         match = STACK_ARN_RE.fullmatch(claim.stack_id)
         if match is None:
             raise StackNotConfirmed(f"{claim.stack_id[:120]!r} is not a stack id", check="stack-id")
@@ -173,8 +219,13 @@ class StackVerifier:
                 check="deploy-role",
                 status=status,
             )
-        compared = self._check_template(cfn, claim, stack, status)
-        return ConfirmedStack(caller, account, region, claim.stack_id, status, role, compared)
+        compared = self._check_template(cfn, claim, stack, status, service_token)
+        cleanup = claim.request_type == "Delete" and status in CLEANUP_STATUSES
+        history = False
+        if cleanup and claim.physical_resource_id is not None:
+            self._not_current(cfn, claim, claim.physical_resource_id, status)
+            history = self._had(cfn, claim, claim.physical_resource_id)
+        return ConfirmedStack(caller, account, region, claim.stack_id, status, role, compared, cleanup, history)
 
     # -- AWS reads ------------------------------------------------------------
     def _cloudformation(self, account: str, region: str, request_id: str) -> Any:
@@ -203,7 +254,59 @@ class StackVerifier:
             raise StackNotConfirmed(f"stack {stack_id} does not exist", check="stack-not-found")
         return dict(exact[0])
 
-    def _check_template(self, cfn: Any, claim: StackClaim, stack: dict[str, Any], status: str) -> bool:
+    def _not_current(self, cfn: Any, claim: StackClaim, physical: str, status: str) -> None:
+        """A clean-up Delete must not name the resource's current physical id (still in use).
+
+        A resource being deleted shows ``DELETE_IN_PROGRESS``; one the update removed is gone.
+        """
+        try:
+            resource = cfn.describe_stack_resource(
+                StackName=claim.stack_id, LogicalResourceId=claim.logical_resource_id
+            ).get("StackResourceDetail", {})
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") == "ValidationError" and "does not exist" in str(error.get("Message", "")):
+                return  # removed from the stack by the update being cleaned up
+            raise StackNotConfirmed(
+                f"cannot read {claim.logical_resource_id} of stack {_name(claim.stack_id)}: {exc}",
+                check="stack-unreadable",
+                status=status,
+            ) from exc
+        except BotoCoreError as exc:
+            raise StackNotConfirmed(f"cannot reach CloudFormation: {exc}", check="stack-unreadable") from exc
+        deleting = str(resource.get("ResourceStatus", "")).startswith("DELETE")
+        if resource.get("PhysicalResourceId") == physical and not deleting:
+            raise StackNotConfirmed(
+                f"{physical} is still the current physical id of {claim.logical_resource_id} in stack "
+                f"{_name(claim.stack_id)}; CloudFormation's clean-up deletes only what an update replaced "
+                "or removed: the event is forged",
+                check="cleanup-current-resource",
+                status=status,
+            )
+
+    def _had(self, cfn: Any, claim: StackClaim, physical: str) -> bool:
+        """Whether the stack's events show its logical resource created or updated as ``physical``."""
+        kwargs: dict[str, Any] = {"StackName": claim.stack_id}
+        try:
+            for _ in range(HISTORY_PAGES):
+                page = cfn.describe_stack_events(**kwargs)
+                for e in page.get("StackEvents") or []:
+                    if (
+                        e.get("LogicalResourceId") == claim.logical_resource_id
+                        and e.get("PhysicalResourceId") == physical
+                        and e.get("ResourceStatus") in _HAD_STATUSES
+                    ):
+                        return True
+                if not page.get("NextToken"):
+                    return False
+                kwargs["NextToken"] = page["NextToken"]
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning("cannot read the events of stack %s: %s", _name(claim.stack_id), exc)
+        return False
+
+    def _check_template(
+        self, cfn: Any, claim: StackClaim, stack: dict[str, Any], status: str, service_token: str | None
+    ) -> bool:
         try:
             body = cfn.get_template(StackName=claim.stack_id, TemplateStage="Processed")["TemplateBody"]
             template = load_template(body)
@@ -238,8 +341,25 @@ class StackVerifier:
             parameters={p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters") or []},
             resources=lambda: _physical_ids(cfn, claim.stack_id),
         )
-        self._compare(claim, facts, resource.get("Properties") or {}, status)
+        written = resource.get("Properties") or {}
+        self._compare(claim, facts, written, status)
+        self._check_service_token(claim, facts, written, status, service_token)
         return True
+
+    def _check_service_token(
+        self, claim: StackClaim, facts: StackFacts, written: dict[str, Any], status: str, service_token: str | None
+    ) -> None:
+        try:
+            token = resolve(written.get("ServiceToken"), facts)
+        except Unresolvable as exc:
+            raise StackNotConfirmed(
+                f"the ServiceToken of {claim.logical_resource_id} cannot be checked against the stack: {exc}",
+                check="service-token",
+                status=status,
+            ) from exc
+        refused = service_token_refusal(token, service_token, "the stack's template's")
+        if refused is not None:
+            raise StackNotConfirmed(refused, check="service-token", status=status)
 
     def _compare(self, claim: StackClaim, facts: StackFacts, written: Any, status: str) -> None:
         if not isinstance(written, dict):

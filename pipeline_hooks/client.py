@@ -89,12 +89,16 @@ class BrokerClient:
         dry_run: bool = False,
         context: dict[str, Any] | None = None,
         request_id: str | None = None,
+        owner: str | None = None,
     ) -> dict[str, Any]:
+        """The payload to sign; ``owner`` names whose grants these are within the caller
+        (default: the context's ``pipeline``, so re-runs of one pipeline are one owner)."""
         return {
             "request_id": request_id or new_request_id(),
             "action": action,
             "dry_run": dry_run,
             "context": context or {},
+            **({"owner": owner} if owner else {}),
             "grants": grants,
         }
 
@@ -113,6 +117,9 @@ class BrokerClient:
         dry_run: bool = False,
         context: dict[str, Any] | None = None,
         request_id: str | None = None,
+        owner: str | None = None,
     ) -> BrokerResponse:
-        payload = self.payload(grants, action=action, dry_run=dry_run, context=context, request_id=request_id)
+        payload = self.payload(
+            grants, action=action, dry_run=dry_run, context=context, request_id=request_id, owner=owner
+        )
         return self.send_envelope(self.envelope(payload))

@@ -264,6 +264,7 @@ class PipelineStep:
             action=params.action,
             dry_run=params.plan,
             context={**grants_file.context, **params.context, **confirmed},
+            owner=grants_file.owner,
         )
         return client.send_envelope(client.envelope(payload)), str(payload["request_id"])
 

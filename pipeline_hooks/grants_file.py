@@ -7,6 +7,7 @@ Example::
     context:
       pipeline: ${env:PIPELINE_NAME}
       commit: ${env:GIT_COMMIT}
+    owner: service-a-artifacts   # optional: whose grants these are (default: context.pipeline)
     grants:
       - kind: bucket-access
         bucket: tooling-artifacts-111111111111
@@ -49,6 +50,8 @@ class GrantsFile(BaseModel):
     caller: str | None = None
     audience: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
+    #: The owner name the grants are applied and revoked under (``deploy_helper.owners``).
+    owner: str | None = None
     grants: list[dict[str, Any]] = Field(min_length=1)
 
 

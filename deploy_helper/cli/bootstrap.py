@@ -37,11 +37,13 @@ from account_bootstrap.rollout import (
     status_accounts,
     status_organization,
 )
+from deploy_helper.cli.output import literal, text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     import boto3
+    from rich.text import Text
 
 _STYLE = {
     "succeeded": "green",
@@ -149,7 +151,7 @@ class _Progress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TextColumn("{task.fields[last]}"),
+                TextColumn("{task.fields[last]}", markup=False),
                 console=self.err,
                 transient=True,
             )
@@ -171,25 +173,24 @@ class _Progress:
         self.done += 1
         word = f"{result.outcome} ({_CHANGE_WORDS[result.change]})"
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, last=f"{result.account} {word}")
+            self.bar.update(self.task, advance=1, last=literal(f"{result.account} {word}"))
         else:
-            self.err.print(f"[{self.done}/{self.total or '?'}] {result.account} {word}", highlight=False)
+            self.err.print(text(f"[{self.done}/{self.total or '?'}] {result.account} {word}"))
 
 
 def _report_table(report: RolloutReport) -> Table:
     title = "Bootstrap plan" if report.plan else "Bootstrap"
-    table = Table(title=f"{title} (version {report.version}, {report.mode})", title_justify="left")
+    table = Table(title=text(f"{title} (version {report.version}, {report.mode})"), title_justify="left")
     for column in ("Account", "Name", "Change", "Result", "Version", "Detail"):
         table.add_column(column, overflow="fold")
     for result in report.results:
-        style = _STYLE.get(result.outcome, "")
         table.add_row(
-            result.account,
-            result.name,
-            _CHANGE_WORDS[result.change],
-            f"[{style}]{result.outcome}[/]",
-            "" if result.version is None else str(result.version),
-            result.message,
+            text(result.account),
+            text(result.name),
+            text(_CHANGE_WORDS[result.change]),
+            text(result.outcome, _STYLE.get(result.outcome, "")),
+            text(result.version),
+            text(result.message),
         )
     return table
 
@@ -199,13 +200,13 @@ def _emit_report(report: RolloutReport, as_json: bool, out: Console, err: Consol
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         if report.stack_set_change is not None:
-            out.print(f"Stack set: {_CHANGE_WORDS[report.stack_set_change]}", highlight=False)
+            out.print(text(f"Stack set: {_CHANGE_WORDS[report.stack_set_change]}"))
         out.print(_report_table(report))
         for note in report.notes:
-            out.print(f"Note: {note}", highlight=False)
-        out.print(report.summary(), highlight=False)
+            out.print(text(f"Note: {note}"))
+        out.print(text(report.summary()))
     if report.failed:
-        lines = "\n".join(f"  {r.account}: {r.outcome}: {r.message}" for r in report.failed)
+        lines = "\n".join(literal(f"  {r.account}: {r.outcome}: {r.message}") for r in report.failed)
         err.print(
             f"bootstrap failed in {len(report.failed)} account(s):\n{lines}\n"
             "Fix the cause and re-run the same command; "
@@ -217,7 +218,9 @@ def _emit_report(report: RolloutReport, as_json: bool, out: Console, err: Consol
 
 
 def _consoles() -> tuple[Console, Console]:
-    return Console(file=sys.stdout, soft_wrap=False), Console(file=sys.stderr)
+    """Consoles that read no markup from strings: what they print may quote AWS or a file."""
+    plain: dict[str, Any] = {"markup": False, "emoji": False, "highlight": False}
+    return Console(file=sys.stdout, soft_wrap=False, **plain), Console(file=sys.stderr, **plain)
 
 
 def _options(*options: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[..., Any]:
@@ -504,11 +507,16 @@ def _pydantic_message(exc: ValueError) -> str:
     return str(exc)
 
 
-def _status_rows(statuses: Sequence[AccountStatus]) -> Iterator[tuple[str, ...]]:
+def _status_rows(statuses: Sequence[AccountStatus]) -> Iterator[tuple[Text, ...]]:
     for status in statuses:
         style = _STYLE.get(status.state, "")
-        version = "" if status.version is None else str(status.version)
-        yield status.account, status.name, f"[{style}]{status.state}[/]", version, status.message
+        yield (
+            text(status.account),
+            text(status.name),
+            text(status.state, style),
+            text(status.version),
+            text(status.message),
+        )
 
 
 @bootstrap.command("status")
@@ -566,7 +574,7 @@ def status(ctx: click.Context, **options: Any) -> None:
         )
     else:
         table = Table(
-            title=f"Bootstrap status (this deploy-helper: version {BOOTSTRAP_VERSION})",
+            title=text(f"Bootstrap status (this deploy-helper: version {BOOTSTRAP_VERSION})"),
             title_justify="left",
         )
         for column in ("Account", "Name", "State", "Version", "Detail"):
@@ -581,5 +589,5 @@ def status(ctx: click.Context, **options: Any) -> None:
         )
     if behind:
         names = ", ".join(f"{s.account} ({s.state})" for s in behind)
-        err.print(f"not current: {names}", highlight=False, markup=False)
+        err.print(text(f"not current: {names}"))
         raise SystemExit(1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from deploy_helper.cli.output import console, emit_json, json_option, short, table
+from deploy_helper.cli.output import console, emit_json, json_option, short, table, text
 
 
 @click.command(
@@ -33,13 +33,15 @@ def demo(workdir: Path | None, as_json: bool) -> None:
     tampered and an impersonating request refused, revokes one grant, reads
     every policy back and verifies the ledger.
     """
+    from rich.text import Text
+
     from deploy_helper.local.demo import run_demo
 
     out = console(stderr=True)
 
     def progress(message: str) -> None:
         if not as_json:
-            out.print(f"[bold cyan]•[/bold cyan] {message}")
+            out.print(Text.assemble(("•", "bold cyan"), " ", text(message)))
 
     report = run_demo(workdir, progress)
     if as_json:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from deploy_helper.cli.output import emit_json, json_option, short, table
+from deploy_helper.cli.output import echo, emit_json, json_option, literal, short, table
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -157,7 +157,11 @@ def show(handle: LedgerHandle, entry_id: int) -> None:
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout)."
 )
 def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) -> None:
-    """Entries as JSON Lines (exact stored fields) or CSV (one row per entry)."""
+    """Entries as JSON Lines (exact stored fields) or CSV (one row per entry).
+
+    In CSV, control characters in a value are written as escapes (\\x1b, \\n): the
+    rows stay safe to view; JSON Lines keeps every value exact.
+    """
     from deploy_helper.ledger.query import select
 
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
@@ -186,7 +190,8 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
             else:
                 ctx = e.get("context") or {}
                 writer.writerow(
-                    [
+                    literal(cell)
+                    for cell in [
                         *_row(e),
                         e.get("request_id"),
                         e.get("key_id"),
@@ -249,12 +254,12 @@ def verify(handle: LedgerHandle, public_key: Path | None, checkpoints_dir: Path 
         emit_json(report.as_dict())
     else:
         status = "WHOLE" if report.whole else "BROKEN" if report.problems else "INCOMPLETE"
-        click.echo(
+        echo(
             f"ledger {handle.ledger.table}: {status} — {report.size} entries, head {report.head[:16]}…, "
             f"{report.checkpoints} checkpoint(s) verified"
         )
         for problem in report.problems:
-            click.echo(f"  problem: {problem}")
+            echo(f"  problem: {problem}")
         if report.open_intents:
             click.echo(
                 f"  {len(report.open_intents)} intent(s) without an outcome: entries "
@@ -311,4 +316,4 @@ def checkpoint(handle: LedgerHandle, as_json: bool) -> None:
     if as_json:
         emit_json({"name": written.name, **written.data})
     else:
-        click.echo(f"checkpoint {written.name}: {written.data['size']} entries, head {written.data['head'][:16]}…")
+        echo(f"checkpoint {written.name}: {written.data['size']} entries, head {written.data['head'][:16]}…")

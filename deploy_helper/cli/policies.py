@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from deploy_helper.cli.output import emit_json, json_option
+from deploy_helper.cli.output import echo, emit_json, json_option
 
 
 @click.group("policies")
@@ -35,7 +35,7 @@ def check(directory: Path, as_json: bool) -> None:
         emit_json({"ok": not errors, "errors": errors, **summary})
     elif errors:
         for error in errors:
-            click.echo(error, err=True)
+            echo(error, err=True)
         click.echo(f"{len(errors)} problem(s) in {directory}", err=True)
     else:
         click.echo(

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from deploy_helper.cli.output import emit_json, json_option, print_response
+from deploy_helper.cli.output import emit_json, failure, json_option, print_response
 from deploy_helper.exceptions import BrokerError
 
 EPILOG = """
@@ -25,7 +25,10 @@ Every option can also come from the environment: DEPLOY_HELPER_FUNCTION,
 DEPLOY_HELPER_CALLER, DEPLOY_HELPER_AUDIENCE, DEPLOY_HELPER_KEY_ID,
 DEPLOY_HELPER_KEY_FILE, DEPLOY_HELPER_KMS_KEY_ID.
 
-Exit status: 0 when every grant ended applied/unchanged/revoked/absent (or
+Revoking removes this pipeline's ownership (`owner:` in the file, default the
+context's pipeline); a grant other stacks or pipelines still own is `kept`.
+
+Exit status: 0 when every grant ended applied/unchanged/revoked/absent/kept (or
 would, for --plan); 1 when any grant was denied or failed, or the request was
 refused; 2 on a usage error.
 """
@@ -80,7 +83,7 @@ def request_command(
     try:
         spec = load_grants_file(grants_file, default_resolvers(session))
     except BrokerError as exc:
-        raise click.ClickException(exc.message) from exc
+        raise failure(exc.message) from exc
     caller = caller or spec.caller
     audience = audience or spec.audience
     if not caller or not audience:
@@ -94,16 +97,16 @@ def request_command(
         try:
             transport = InProcessTransport(Broker.from_config(BrokerConfig.from_env(), session=session))
         except BrokerError as exc:
-            raise click.ClickException(exc.message) from exc
+            raise failure(exc.message) from exc
     elif function:
         transport = LambdaTransport(function, session.client("lambda"))
     else:
         raise click.UsageError("give --function (the broker to invoke) or --in-process")
     client = BrokerClient(caller=caller, audience=audience, signer=signer, transport=transport)
     try:
-        response = client.request(spec.grants, action=mode, dry_run=dry_run, context=spec.context)
+        response = client.request(spec.grants, action=mode, dry_run=dry_run, context=spec.context, owner=spec.owner)
     except BrokerError as exc:
-        raise click.ClickException(exc.message) from exc
+        raise failure(exc.message) from exc
     if as_json:
         emit_json(response.model_dump(mode="json", exclude_none=True))
     else:
@@ -120,5 +123,5 @@ def _signer(key_id: str, key_file: Path | None, kms_key_id: str | None, session:
         try:
             return Ed25519Signer.from_file(key_id, key_file)
         except BrokerError as exc:
-            raise click.ClickException(exc.message) from exc
+            raise failure(exc.message) from exc
     return KmsSigner(key_id=key_id, kms_key_id=str(kms_key_id), client=session.client("kms"))

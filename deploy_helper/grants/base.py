@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 Operation = Literal["apply", "revoke"]
-Outcome = Literal["applied", "unchanged", "revoked", "absent", "failed"]
+#: ``kept`` and ``denied`` are settled by the owner layer (``deploy_helper.owners``), never by a kind.
+Outcome = Literal["applied", "unchanged", "revoked", "absent", "failed", "kept", "denied"]
 #: Ways a rule may let the broker fit grants into a policy's size limit (``Rule.compaction``).
 Compaction = Literal["merge-principals", "widen-source-arn"]
 MERGE_PRINCIPALS: Compaction = "merge-principals"
@@ -101,6 +102,9 @@ class ResourcePlan:
     #: For kinds that keep references (``GrantKind.uses_references``): the resource's
     #: references after the change, or None when they do not change.
     references: dict[str, list[str]] | None = None
+    #: The owners of the resource's grants after the change (``deploy_helper.owners``), or
+    #: None when they do not change; set by the broker's owner layer, never by a kind.
+    owners: dict[str, list[str]] | None = None
 
     @property
     def changes(self) -> bool:
@@ -218,10 +222,13 @@ def in_parallel(calls: Sequence[Callable[[], None]], workers: int = WRITE_WORKER
         for call in calls:
             call()
         return
+    import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
+    # Each call runs in a copy of the caller's context: the lease the write runs under
+    # (``deploy_helper.fencing``) goes with it into the pool's threads.
     with ThreadPoolExecutor(max_workers=min(workers, len(calls)), thread_name_prefix="write") as pool:
-        futures = [pool.submit(call) for call in calls]
+        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]  # type: ignore[misc]

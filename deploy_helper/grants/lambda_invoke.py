@@ -7,16 +7,16 @@ invoke it, bound to that API with ``SourceArn``/``SourceAccount``.
 Made with ``AddPermission``/``RemovePermission`` — each call changes one
 statement atomically on the service side, so concurrent writers cannot lose
 each other's statements; a racing duplicate surfaces as
-``ResourceConflictException`` and is resolved by reading again.
+``ResourceConflictException`` and is resolved by reading again. Each call also
+carries the policy's ``RevisionId`` (``deploy_helper.grants.lambda_write``), so a
+writer that fell behind a newer change fails instead of undoing it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from botocore.exceptions import ClientError
 from pydantic import model_validator
 
 from deploy_helper import PRODUCT_PREFIX
@@ -30,9 +30,9 @@ from deploy_helper.grants.base import (
     Operation,
     ResourcePlan,
     SourceScope,
-    in_parallel,
     managed_id,
 )
+from deploy_helper.grants.lambda_write import PolicyState, read_policy, write_pinned
 from deploy_helper.identifiers import (
     ACCOUNT_RE,
     LAMBDA_ARN_RE,
@@ -43,7 +43,7 @@ from deploy_helper.identifiers import (
     ServicePrincipal,
     SourceArn,
 )
-from deploy_helper.policydoc import compact_size, empty_policy, find_statement, load_policy, normalize_principal
+from deploy_helper.policydoc import compact_size, find_statement, normalize_principal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -161,18 +161,9 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         return statement
 
     # -- resource operations ----------------------------------------------
-    def read(self, client: Any, resource: str) -> dict[str, Any]:
-        name, qualifier = _name_and_qualifier(resource)
-        kwargs: dict[str, Any] = {"FunctionName": name}
-        if qualifier:
-            kwargs["Qualifier"] = qualifier
-        try:
-            response = client.get_policy(**kwargs)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ResourceNotFoundException" and "policy" in str(exc).lower():
-                return empty_policy()
-            raise
-        return load_policy(response.get("Policy"))
+    def read(self, client: Any, resource: str) -> PolicyState:
+        """The function policy, with the ``RevisionId`` its writes are pinned to (``lambda_write``)."""
+        return read_policy(client, *_name_and_qualifier(resource))
 
     def plan(
         self,
@@ -392,42 +383,13 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         ).message
 
     def write(self, client: Any, plan: ResourcePlan) -> None:
-        """One call per permission; permissions with different ids are sent concurrently.
+        """One call per permission, in order, each pinned to the policy revision it was planned on.
 
-        Each AddPermission/RemovePermission is atomic in Lambda, so concurrent calls
-        cannot lose a statement; the calls for one statement id (remove, then add)
-        stay in order.
+        Each AddPermission/RemovePermission is atomic in Lambda; the ``RevisionId`` on each
+        makes a call fail rather than undo a change made since (see ``lambda_write``).
         """
         name, qualifier = _name_and_qualifier(plan.resource)
-        by_sid: dict[str, list[tuple[str, str, dict[str, Any] | None]]] = {}
-        for op in plan.writes:
-            by_sid.setdefault(op[1], []).append(op)
-
-        def send(ops: list[tuple[str, str, dict[str, Any] | None]]) -> None:
-            for op, sid, kwargs in ops:
-                self._send(client, name, qualifier, op, sid, kwargs)
-
-        in_parallel([functools.partial(send, ops) for ops in by_sid.values()])
-
-    def _send(
-        self, client: Any, name: str, qualifier: str | None, op: str, sid: str, kwargs: dict[str, Any] | None
-    ) -> None:
-        base: dict[str, Any] = {"FunctionName": name, "StatementId": sid}
-        if qualifier:
-            base["Qualifier"] = qualifier
-        if op == "remove":
-            try:
-                client.remove_permission(**base)
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] != "ResourceNotFoundException":
-                    raise
-            return
-        try:
-            client.add_permission(**base, **(kwargs or {}))
-        except ClientError as exc:
-            # A concurrent request added the same statement first: same Sid, same content.
-            if exc.response["Error"]["Code"] != "ResourceConflictException":
-                raise
+        write_pinned(client, plan, name, qualifier, _equivalent)
 
     def present(self, state: dict[str, Any], spec: LambdaInvokeGrant, references: References | None = None) -> bool:
         """In force as its own permission, or listed in ``references`` for a shared permission that exists."""

@@ -11,6 +11,11 @@ One entry per decision and per change. ``type`` is one of:
 - ``outcome`` — written after it: ``applied``/``revoked``/``failed``,
   with ``intent`` naming the intent entry it closes.
 
+Grant entries made since owners are kept (``deploy_helper.owners``) also say
+who acted — ``owner``, the owner the request acts for — and ``owners``, the
+grant's owners after the change (before it, for a failed change); entries
+written before owners existed simply lack both.
+
 Secrets never appear here: no signature, no credentials, only the SHA-256 of
 the signed request.
 """
@@ -43,6 +48,8 @@ ENTRY_FIELDS = (
     "policy_after",
     "intent",
     "compaction",
+    "owner",
+    "owners",
 )
 
 
@@ -65,7 +72,8 @@ def grant_summary(spec: GrantSpec) -> dict[str, Any]:
     }
 
 
-def request_fields(auth: Identity, payload: RequestPayload) -> dict[str, Any]:
+def request_fields(auth: Identity, payload: RequestPayload, owner: str | None = None) -> dict[str, Any]:
+    """The fields every grant entry of a request shares; ``owner`` is the owner it acts for."""
     return {
         "request_id": payload.request_id,
         "caller": auth.caller,
@@ -74,6 +82,7 @@ def request_fields(auth: Identity, payload: RequestPayload) -> dict[str, Any]:
         "request_digest": auth.signed_digest,
         "context": payload.context.model_dump(mode="json", exclude_none=True),
         "action": f"{payload.action}{' (dry run)' if payload.dry_run else ''}",
+        **({"owner": owner} if owner is not None else {}),
     }
 
 
@@ -117,6 +126,7 @@ def grant_entry(
     after: str | None = None,
     intent: str | None = None,
     compaction: str | None = None,
+    owners: list[str] | None = None,
 ) -> dict[str, Any]:
     return {
         "type": entry_type,
@@ -130,4 +140,5 @@ def grant_entry(
         "policy_after": after,
         "intent": intent,
         "compaction": compaction,
+        **({"owners": sorted(owners)} if owners is not None else {}),
     }

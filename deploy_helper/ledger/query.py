@@ -12,7 +12,17 @@ if TYPE_CHECKING:
 
     from deploy_helper.ledger.store import StoredEntry
 
-DECISIONS = ("applied", "unchanged", "revoked", "absent", "denied", "failed", "would-apply", "would-revoke")
+DECISIONS = (
+    "applied",
+    "unchanged",
+    "revoked",
+    "absent",
+    "kept",
+    "denied",
+    "failed",
+    "would-apply",
+    "would-revoke",
+)
 
 
 @dataclass(frozen=True)

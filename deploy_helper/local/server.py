@@ -71,8 +71,10 @@ def _serialized_server() -> Any:
     from werkzeug.serving import make_server
 
     from deploy_helper.local import codepipeline_jobs
+    from deploy_helper.local.lambda_revisions import keep_revisions_as_lambda
 
     _snapshot_each_table_once()
+    keep_revisions_as_lambda()
 
     class SerializedMotoServer(ThreadedMotoServer):
         def _server_entry(self) -> None:

@@ -42,6 +42,10 @@ Lambda ``AddPermission``
 
 Lambda ``RemovePermission``: the same model-pattern validation.
 
+Lambda ``RevisionId`` (a stale revision -> ``PreconditionFailedException`` 412) is not
+checked here: the revision is the server's state, so the local server keeps it as
+Lambda does in its own process (``deploy_helper.local.lambda_revisions``).
+
 S3 ``PutBucketPolicy`` (all refusals are ``MalformedPolicy`` 400)
   * not a JSON object -> "Policies must be valid JSON and the first byte must be '{'".
   * larger than 20,480 bytes once whitespace is removed -> "Policy exceeds the maximum

@@ -66,6 +66,7 @@ caller: ci-tooling
 audience: deploy-helper:local
 context:
   repository: ${env:REPOSITORY}
+owner: artifact-store  # the apply and the revoke pipelines own the grants as one
 grants:
   - kind: bucket-access
     bucket: ${stack:artifact-store.BucketName}

@@ -21,13 +21,14 @@ def invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
 
 
-def write_grants(sc: Scenario, path: Path, grants: list[dict[str, Any]]) -> Path:
+def write_grants(sc: Scenario, path: Path, grants: list[dict[str, Any]], owner: str | None = None) -> Path:
     path.write_text(
         yaml.safe_dump(
             {
                 "caller": "ci-tooling",
                 "audience": "deploy-helper:local",
                 "context": {"pipeline": "${env:PIPELINE}"},
+                **({"owner": owner} if owner else {}),
                 "grants": grants,
             }
         )
@@ -129,6 +130,37 @@ def test_request_plan_apply_revoke_through_the_cli(scenario: Scenario, tmp_path:
     assert [r["decision"] for r in json.loads(revoked.output)["results"]] == ["revoked"]
     entries = [e.entry for e in scenario.ledger().ledger.entries()]
     assert {e["context"].get("pipeline") for e in entries if e["type"] == "outcome"} == {"svc-a-deploy"}
+
+
+def test_two_grants_files_owning_one_grant_keep_it_until_both_revoke(scenario: Scenario, tmp_path: Path) -> None:
+    env = {**scenario.environ(), "PIPELINE": "svc-a-deploy"}
+    grant = scenario.bucket_grant("service-a")
+    key = ["--json", "--key-id", "ci-tooling-local", "--key-file", str(scenario.workdir / "ci-tooling.pem")]
+    files = [
+        write_grants(scenario, tmp_path / "deploy.yaml", [grant]),  # owner: the context's pipeline
+        write_grants(scenario, tmp_path / "artifacts.yaml", [grant], owner="artifact-store"),
+    ]
+
+    def run(path: Path, mode: str) -> tuple[int, str]:
+        result = invoke(["request", str(path), mode, *key, "--in-process"], env)
+        return result.exit_code, json.loads(result.output)["results"][0]["decision"]
+
+    assert [run(f, "--apply") for f in files] == [(0, "applied"), (0, "unchanged")]
+    assert run(files[0], "--revoke") == (0, "kept")
+    assert grant["principal"] in json.dumps(scenario.bucket_policy())
+    assert run(files[1], "--revoke") == (0, "revoked")
+    assert grant["principal"] not in json.dumps(scenario.bucket_policy())
+    outcomes = [e.entry for e in scenario.ledger().ledger.entries() if e.entry["type"] == "outcome"]
+    assert [(e["decision"], e["owner"], e["owners"]) for e in outcomes] == [
+        ("applied", "pipeline:ci-tooling/svc-a-deploy", ["pipeline:ci-tooling/svc-a-deploy"]),
+        (
+            "unchanged",
+            "pipeline:ci-tooling/artifact-store",
+            ["pipeline:ci-tooling/artifact-store", "pipeline:ci-tooling/svc-a-deploy"],
+        ),
+        ("kept", "pipeline:ci-tooling/svc-a-deploy", ["pipeline:ci-tooling/artifact-store"]),
+        ("revoked", "pipeline:ci-tooling/artifact-store", []),
+    ]
 
 
 def test_request_exits_non_zero_on_a_denied_grant_and_says_why(scenario: Scenario, tmp_path: Path) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from deploy_helper.broker import Broker
 from deploy_helper.grants import kind_of
 from deploy_helper.grants.bucket_access import BucketAccessGrant
 from deploy_helper.grants.lambda_invoke import LambdaInvokeGrant
@@ -24,7 +26,6 @@ from deploy_helper.locks import DynamoLocks, NoLock
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from deploy_helper.broker import Broker
     from deploy_helper.local.server import LocalAws
     from deploy_helper.models import BrokerResponse
 
@@ -92,6 +93,10 @@ def test_without_the_lock_bucket_statements_are_lost(scaled: seed.Scenario) -> N
     ``PutBucketPolicy`` holds every writer at a barrier until all N requests have
     read the policy -- an interleaving AWS allows for concurrent writers. Every
     writer then puts its own read plus its statement, and all but one are lost.
+
+    The brokers also run without the reference table: its version-conditional owner
+    write (``deploy_helper.owners``) would otherwise let only one of the unlocked
+    writers through, which hides what the lock is for.
     """
     sc = scaled
     barrier = threading.Barrier(N, timeout=60)
@@ -103,7 +108,8 @@ def test_without_the_lock_bucket_statements_are_lost(scaled: seed.Scenario) -> N
     for _ in range(BROKERS):
         session = sc.local.base_session()
         session.events.register("before-call.s3.PutBucketPolicy", hold_writer)
-        brokers.append(sc.broker(session=session, locks=NoLock()))
+        config = replace(sc.config, reference_table=None)
+        brokers.append(Broker.from_config(config, session=session, locks=NoLock()))
     bucket_grants = [sc.bucket_grant(s) for s in sc.services]
 
     responses = _send_all(sc, brokers, bucket_grants)

@@ -4,7 +4,7 @@ The stack below lets its own SNS topic deliver to the tooling account's queue
 (``sqs-send``, SNS bound to the topic's ARN). Its properties are the grant's fields in
 PascalCase -- ``custom_resource`` derives them from the kind's spec -- and the event is
 confirmed against the real stack exactly as for ``lambda-invoke`` (the world, the
-stand-in response bucket and the helpers are ``test_custom_resource``'s).
+stand-in response bucket and the helpers are ``_cfn``'s).
 """
 
 from __future__ import annotations
@@ -12,19 +12,14 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-import test_custom_resource as cr
-from test_custom_resource import DEPLOY_ROLE, SERVICE, SERVICE_TOKEN, Stack, answer, event
+from _cfn import DEPLOY_ROLE, SERVICE, SERVICE_TOKEN, Stack, answer, bucket, event, world, world_box
 
 from deploy_helper import PRODUCT_PREFIX
 
 if TYPE_CHECKING:
-    from test_custom_resource import ResponseBucket, World
+    from _cfn import ResponseBucket, World
 
-# The custom-resource world (its stacks caller, reader role and rules) and the stand-in
-# response bucket, shared with test_custom_resource.
-world_box = cr.world_box
-world = cr.world
-bucket = cr.bucket
+__all__ = ["bucket", "world", "world_box"]  # fixtures used by the tests below
 
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"

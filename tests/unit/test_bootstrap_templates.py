@@ -39,6 +39,7 @@ READER_ACTIONS = {
     "cloudformation:GetTemplate",
     "cloudformation:DescribeStackResource",
     "cloudformation:DescribeStackResources",
+    "cloudformation:DescribeStackEvents",
 }
 
 

@@ -82,10 +82,10 @@ def broker_permissions(template: dict[str, Any]) -> dict[str, set[str]]:
 def test_the_broker_role_may_do_only_what_the_broker_does(template: dict[str, Any]) -> None:
     allowed = broker_permissions(template)
     assert allowed["NonceTable"] == {"dynamodb:PutItem"}
-    # Leases: taken with a conditional put, given back with a conditional delete.
-    assert allowed["LockTable"] == {"dynamodb:PutItem", "dynamodb:DeleteItem"}
+    # Leases: taken, renewed and given back with conditional updates; read to say who took one over.
+    assert allowed["LockTable"] == {"dynamodb:UpdateItem", "dynamodb:GetItem"}
     # References of shared permissions: read, and replaced with a conditional put.
-    assert allowed["ReferenceTable"] == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    assert allowed["ReferenceTable"] == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
     # Append-only: the ledger can be added to and read, never changed or emptied.
     assert allowed["LedgerTable"] == {
         "dynamodb:PutItem",
