@@ -475,3 +475,19 @@ def test_two_requests_editing_one_policy_at_once_both_land(scenario: Scenario, s
         responses = list(pool.map(send, range(len(grants))))
     assert [only(r).decision for r in responses] == ["applied", "applied"]
     assert len(managed(scenario, kind)) == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_grant_with_two_owners_stays_until_its_last_owner_revokes(
+    scenario: Scenario, strict_broker: Broker, kind: str
+) -> None:
+    """Owners are kind-agnostic: two pipelines ask for one grant; it goes with the last of them."""
+    client = scenario.client(strict_broker)
+    grant = scenario.grant(kind)
+    first = only(client.request([grant], owner="pipeline-one"))
+    assert first.decision == "applied"
+    assert only(client.request([grant], owner="pipeline-two")).decision == "unchanged"
+    assert only(client.request([grant], action="revoke", owner="pipeline-one")).decision != "revoked"
+    assert managed(scenario, kind) == [first.grant_id]
+    assert only(client.request([grant], action="revoke", owner="pipeline-two")).decision == "revoked"
+    assert managed(scenario, kind) == []
