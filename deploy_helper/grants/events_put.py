@@ -12,9 +12,10 @@ bus policy, or adding its statements by ``Sid``), the bus ends with exactly the
 planned document. A bus whose last statement goes has no policy.
 
 Size limit (Amazon EventBridge User Guide, "Amazon EventBridge quotas": "Event bus
-policy size ... 10,240 ... Maximum policy size, in characters"; adjustable). The
-broker keeps to the default and counts bytes of compact JSON, never fewer than
-characters.
+policy size ... 10,240 ... Maximum policy size, in characters"; adjustable; the
+PutPermission API reference: "The permission policy on the event bus cannot exceed
+10 KB in size"). The broker keeps to the default and counts bytes of compact JSON,
+never fewer than characters.
 """
 
 from __future__ import annotations
