@@ -69,7 +69,14 @@ def rules(caller: str, tooling: str, services: list[str]) -> list[dict[str, Any]
     """One rule per resource-policy kind: the deploy roles of ``services`` (or SNS / accounts there)."""
     deploy_roles = {"roles": ["arn:aws:iam::*:role/deploy"], "role_accounts": services}
 
-    def rule(kind: str, description: str, targets: list[str], access: list[str], **principals: Any) -> dict[str, Any]:
+    def rule(
+        kind: str,
+        description: str,
+        targets: list[str],
+        access: list[str],
+        compaction: list[str] | None = None,
+        **principals: Any,
+    ) -> dict[str, Any]:
         return {
             "id": RULES[kind],
             "description": description,
@@ -78,6 +85,7 @@ def rules(caller: str, tooling: str, services: list[str]) -> list[dict[str, Any]
             "targets": targets,
             "principals": {**deploy_roles, **principals},
             "access": access,
+            **({"compaction": compaction} if compaction else {}),
         }
 
     return [
@@ -103,6 +111,7 @@ def rules(caller: str, tooling: str, services: list[str]) -> list[dict[str, Any]
             services=[
                 {"service": "sns.amazonaws.com", "source_accounts": services, "source_arns": ["arn:aws:sns:*:*:*"]}
             ],
+            compaction=["merge-principals"],
         ),
         rule("sns-publish", "deploy roles publish deployments", [f"arn:aws:sns:*:{tooling}:deployments"], ["publish"]),
         rule(

@@ -491,3 +491,40 @@ def test_a_grant_with_two_owners_stays_until_its_last_owner_revokes(
     assert managed(scenario, kind) == [first.grant_id]
     assert only(client.request([grant], action="revoke", owner="pipeline-two")).decision == "revoked"
     assert managed(scenario, kind) == []
+
+
+def test_past_the_queues_statement_limit_role_grants_share_one_statement(
+    scenario: Scenario, strict_broker: Broker, aws_calls: Any
+) -> None:
+    """merge-principals (the seed rule allows it for the queue): 19 team statements + 2 grants still fit in 20.
+
+    As for bucket-access, grants of one request merge when their own statements would not
+    fit; a later grant joins the shared statement of its shape.
+    """
+    current = document(scenario, "sqs-send")
+    current["Statement"] = [team_statement(scenario, "sqs-send", f"T{i}", "Deny") for i in range(19)]
+    shared_resources.put_policy(scenario.local, TOOLING, "sqs-send", scenario.resources["sqs-send"], current)
+    team = foreign(scenario, "sqs-send")
+    grants = [
+        {**scenario.grant("sqs-send", s), "principal": scenario.deploy_roles[s]} for s in ("service-a", "service-b")
+    ]
+    for grant in grants:
+        del grant["source_arn"]
+    client = scenario.client(strict_broker)
+    response = client.request(grants)  # two own statements would make 21: they share one
+    assert [(r.decision, r.compaction) for r in response.results] == [
+        ("applied", f"merged into {response.results[0].compaction.split()[2]} with 2 principals")  # type: ignore[union-attr]
+    ] * 2
+    assert refused_by_aws("sqs-send", aws_calls) == []
+    statements = document(scenario, "sqs-send")["Statement"]
+    assert len(statements) == 20 and foreign(scenario, "sqs-send") == team
+    (shared,) = [s for s in statements if s["Sid"].startswith(f"{PRODUCT_PREFIX}Shared")]
+    assert sorted(shared["Principal"]["AWS"]) == sorted(scenario.deploy_roles.values())
+    assert only(client.request([grants[0]], action="revoke")).decision == "revoked"
+    (shared,) = [
+        s for s in document(scenario, "sqs-send")["Statement"] if s["Sid"].startswith(f"{PRODUCT_PREFIX}Shared")
+    ]
+    assert shared["Principal"]["AWS"] == scenario.deploy_roles["service-b"]
+    rejoined = only(client.request([grants[0]]))  # a later grant joins the shared statement of its shape
+    assert rejoined.decision == "applied" and rejoined.compaction and "with 2 principals" in rejoined.compaction
+    assert len(document(scenario, "sqs-send")["Statement"]) == 20
