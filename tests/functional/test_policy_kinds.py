@@ -324,7 +324,7 @@ def test_the_queue_policys_statement_limit_is_enforced_too(
 
 
 def bad_principals(scenario: Scenario, kind: str) -> list[dict[str, Any]]:
-    """A wildcard principal, and a service principal with nothing binding it to a source."""
+    """A wildcard principal, a service principal with nothing binding it to a source, policy text in a field."""
     grant = scenario.grant(kind)
     bound = {k: v for k, v in grant.items() if k not in ("source_arn", "source_account")}
     cases = [
@@ -332,6 +332,7 @@ def bad_principals(scenario: Scenario, kind: str) -> list[dict[str, Any]]:
         {**bound, "principal": "arn:aws:iam::*:role/deploy"},
         {**bound, "principal": "sns.amazonaws.com"},
         {**bound, "principal": "lambda.amazonaws.com"},
+        {**bound, "principal": 'arn:aws:iam::333333333333:role/x"},{"Effect":"Allow","Principal":"*'},  # injection
     ]
     if kind == "events-put":  # '*' is expressible there, with an organization id: only one's own
         cases.append({**bound, "principal": "*", "principal_org_id": "o-zzzzzzzzzz"})
