@@ -62,7 +62,6 @@ if TYPE_CHECKING:
     from deploy_helper.config import BrokerConfig
     from deploy_helper.grants.base import Operation
     from deploy_helper.ledger import Ledger
-    from deploy_helper.ledger.checkpoints import Checkpoints
     from deploy_helper.nonces import NonceStore
     from deploy_helper.references import ReferenceStore, ResourceRecord
     from deploy_helper.rules import RuleSet
@@ -99,11 +98,9 @@ class Broker:
         ledger: Ledger,
         locks: Locker | None = None,
         clock: Callable[[], float] = time.time,
-        checkpoints: Checkpoints | None = None,
         references: ReferenceStore | None = None,
     ) -> None:
         self.config = config
-        self.checkpoints = checkpoints
         self.rules = rules
         self.sessions = sessions
         self.ledger = ledger
@@ -146,20 +143,12 @@ class Broker:
         callers = CallerRegistry.load(config.policies_dir / "callers.yaml")
         rules = RuleSet.load(config.policies_dir / "rules.yaml")
         ddb = session.client("dynamodb", region_name=config.region)
-        checkpoints = None
         if ledger is None:
             if config.ledger_table:
                 from deploy_helper.ledger.setup import open_ledger
 
-                handle = open_ledger(
-                    session,
-                    table=config.ledger_table,
-                    bucket=config.checkpoint_bucket,
-                    checkpoint_key=config.checkpoint_key,
-                    region=config.region,
-                    clock=clock,
-                )
-                ledger, checkpoints = handle.ledger, handle.checkpoints
+                # Checkpoints are the checkpointer's (deploy_helper.checkpointer), never the broker's.
+                ledger = open_ledger(session, table=config.ledger_table, region=config.region, clock=clock).ledger
             else:
                 ledger = MemoryLedger()
         if locks is None and config.lock_table:
@@ -181,7 +170,6 @@ class Broker:
             ledger=ledger,
             locks=locks,
             clock=clock,
-            checkpoints=checkpoints,
             references=references,
         )
 
@@ -210,9 +198,7 @@ class Broker:
                 RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed
             )
         try:
-            response = self.execute(auth, payload, remaining_ms=remaining_ms)
-            self._maybe_checkpoint()
-            return response
+            return self.execute(auth, payload, remaining_ms=remaining_ms)
         except LedgerError as exc:
             return BrokerResponse(
                 ok=False,
@@ -222,15 +208,6 @@ class Broker:
                 dry_run=payload.dry_run,
                 error=ErrorBody(code=exc.code, message=exc.message),
             )
-
-    def _maybe_checkpoint(self) -> None:
-        """A periodic checkpoint; its failure never fails the request (the entries are in)."""
-        if self.checkpoints is None or self.checkpoints.signer is None:
-            return
-        try:
-            self.checkpoints.maybe()
-        except (BrokerError, ClientError, BotoCoreError):
-            logger.exception("could not write a ledger checkpoint")
 
     def _refuse(self, exc: BrokerError, claimed: dict[str, Any]) -> BrokerResponse:
         logger.info("request refused", extra={"code": exc.code, "claimed_caller": claimed.get("caller")})

@@ -25,6 +25,8 @@ class BrokerConfig:
     lock_table: str | None = None
     #: Who shares a widened Lambda permission (``widen-source-arn``); without it no widening.
     reference_table: str | None = None
+    #: Where the checkpointer keeps checkpoints and its key: read by ``ledger`` commands and the
+    #: local harness; the broker itself never signs or writes a checkpoint.
     checkpoint_bucket: str | None = None
     checkpoint_key: str | None = None
     target_role_name: str = DEFAULT_ROLE_NAME

@@ -87,3 +87,9 @@ class StaleWriteError(ExecutionError):
     """AWS refused a write because the resource changed since the request read it (a precondition)."""
 
     code = "stale-write"
+
+
+class CheckpointFormatError(LedgerError):
+    """A checkpoint object is not a well-formed signed note (it is reported, never trusted)."""
+
+    code = "checkpoint-malformed"

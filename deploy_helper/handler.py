@@ -54,26 +54,6 @@ def is_function_url(event: Any) -> bool:
     )
 
 
-def is_checkpoint_heartbeat(event: Any) -> bool:
-    """The scheduled event that writes a ledger checkpoint (``template.yaml``: CheckpointHeartbeat)."""
-    return isinstance(event, dict) and event == {"deploy_helper": "checkpoint"}
-
-
-def checkpoint_heartbeat(broker: Broker) -> dict[str, Any]:
-    """Sign and store a checkpoint now, even if nothing happened since the last one.
-
-    Anyone allowed to invoke the function can send this event; all it can cause
-    is one more checkpoint of the ledger as it is.
-    """
-    if broker.checkpoints is None or broker.checkpoints.signer is None:
-        return {"ok": False, "error": {"code": "misconfigured", "message": "no checkpoint bucket or key configured"}}
-    try:
-        written = broker.checkpoints.write()
-    except BrokerError as exc:
-        return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
-    return {"ok": True, "checkpoint": written.name, "size": written.data.get("size")}
-
-
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     """Handle one invocation; always returns a JSON-serializable answer."""
     if is_custom_resource(event):
@@ -86,8 +66,6 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         logger.error("broker configuration error: %s", exc.message)
         return BrokerResponse(ok=False, error=ErrorBody(code=exc.code, message=exc.message)).model_dump(mode="json")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if is_checkpoint_heartbeat(event):
-        return checkpoint_heartbeat(broker)
     if is_function_url(event):
         from deploy_helper.function_url import handle_function_url
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from deploy_helper.cli.ledger_proof import bundle, check_proof, optional_ledger_options, prove, pull, run_verify
 from deploy_helper.cli.output import echo, emit_json, json_option, literal, short, table
 
 if TYPE_CHECKING:
@@ -219,53 +220,43 @@ Exit status: 0 when the ledger is whole; 1 when an entry or checkpoint is
 broken (the first broken place is named) or an intent has no outcome.
 """,
 )
-@ledger_options
+@optional_ledger_options
 @click.option(
     "--public-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Your own copy of the checkpoint public key (PEM).",
 )
 @click.option(
+    "--legacy-public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The key of legacy JSON checkpoints, if not the checkpointer's (PEM; env DEPLOY_HELPER_LEGACY_CHECKPOINT_KEY "
+    "as kms:<key> or file:<pem>). It never verifies a signed-note checkpoint.",
+)
+@click.option(
     "--checkpoints-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Also verify against checkpoints you kept (JSON files).",
+    help="Also verify against legacy JSON checkpoints you kept.",
+)
+@click.option(
+    "--since",
+    type=click.Path(exists=True, path_type=Path),
+    help="Checkpoints you kept (a signed-note file, or a directory of them, e.g. from `ledger pull`): "
+    "prove the stored ones are the same and the newest is consistent with each.",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Verify an audit bundle (ledger bundle --out) offline, with no AWS access.",
+)
+@click.option(
+    "--max-age",
+    type=click.IntRange(min=0),
+    help="Seconds the newest checkpoint may be old (default: twice its heartbeat plus 5 minutes).",
 )
 @json_option
-def verify(handle: LedgerHandle, public_key: Path | None, checkpoints_dir: Path | None, as_json: bool) -> None:
-    """Prove that no entry was removed, altered or reordered, and no checkpoint is missing."""
-    import rfc8785
-
-    from deploy_helper.ledger.checkpoints import Checkpoint
-    from deploy_helper.ledger.setup import load_public_key
-    from deploy_helper.ledger.verify import verify_ledger
-    from deploy_helper.signing import b64url_decode
-
-    key = load_public_key(public_key) if public_key else handle.public_key
-    checkpoints = handle.checkpoints.list() if handle.checkpoints else []
-    report = verify_ledger(handle.ledger, checkpoints, public_key=key)
-    if checkpoints_dir is not None:
-        kept = []
-        for path in sorted(checkpoints_dir.glob("*.json")):
-            raw = json.loads(path.read_text())
-            kept.append(Checkpoint(path.name, rfc8785.dumps(raw["checkpoint"]), b64url_decode(raw["signature"])))
-        own = verify_ledger(handle.ledger, kept, public_key=key)
-        report.problems.extend(p for p in own.problems if p not in report.problems)
-    if as_json:
-        emit_json(report.as_dict())
-    else:
-        status = "WHOLE" if report.whole else "BROKEN" if report.problems else "INCOMPLETE"
-        echo(
-            f"ledger {handle.ledger.table}: {status} — {report.size} entries, head {report.head[:16]}…, "
-            f"{report.checkpoints} checkpoint(s) verified"
-        )
-        for problem in report.problems:
-            echo(f"  problem: {problem}")
-        if report.open_intents:
-            click.echo(
-                f"  {len(report.open_intents)} intent(s) without an outcome: entries "
-                f"{', '.join(map(str, report.open_intents[:20]))} — re-run those requests to settle them"
-            )
-    sys.exit(0 if report.whole else 1)
+def verify(handle: LedgerHandle | None, as_json: bool, **options: Any) -> None:
+    """Prove that no entry was removed, altered or reordered, and no checkpoint is missing or replaced."""
+    run_verify(handle, as_json=as_json, **options)
 
 
 @ledger.command("active")
@@ -309,11 +300,19 @@ def active(handle: LedgerHandle, as_json: bool, **filters: Any) -> None:
 @ledger_options
 @json_option
 def checkpoint(handle: LedgerHandle, as_json: bool) -> None:
-    """Sign the ledger's size and head hash now and store the checkpoint."""
-    if handle.checkpoints is None:
-        raise click.UsageError("give --bucket (or DEPLOY_HELPER_CHECKPOINT_BUCKET) and --checkpoint-key")
-    written = handle.checkpoints.write()
+    """Write the next checkpoint now, as the checkpointer does (needs the checkpoint key's Sign permission)."""
+    if handle.checkpointer is None:
+        raise click.UsageError(
+            "give --bucket (or DEPLOY_HELPER_CHECKPOINT_BUCKET) and a --checkpoint-key that can sign "
+            "(kms:<key> or file:<private PEM>)"
+        )
+    written = handle.checkpointer.write()
+    statement = written.note
     if as_json:
-        emit_json({"name": written.name, **written.data})
+        emit_json({"checkpoint": statement.number, "size": statement.size, "note": written.raw.decode()})
     else:
-        echo(f"checkpoint {written.name}: {written.data['size']} entries, head {written.data['head'][:16]}…")
+        echo(f"checkpoint {statement.number}: {statement.size} entries")
+
+
+for _command in (prove, check_proof, bundle, pull):
+    ledger.add_command(_command)

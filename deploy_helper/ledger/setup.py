@@ -9,26 +9,35 @@ the reference.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy_helper.exceptions import LedgerError
-from deploy_helper.ledger.checkpoints import Checkpoints
+from deploy_helper.ledger.checkpoints import CheckpointStore
 from deploy_helper.ledger.store import DynamoLedger
 from deploy_helper.signing import Algorithm, Ed25519Signer, KmsSigner, Signer, public_pem_from_der
 
 if TYPE_CHECKING:
     import boto3
 
+    from deploy_helper.ledger.checkpoints import Checkpointer
+
 
 @dataclass
 class LedgerHandle:
-    """The ledger, its checkpoints (if configured) and the key to verify them."""
+    """The ledger, its checkpoints (if configured) and the key to verify them.
+
+    ``checkpoints`` reads every version in the checkpoint bucket; ``checkpointer``
+    writes the next checkpoint and exists only where the checkpoint key can sign
+    (the checkpointer function, or the local environment).
+    """
 
     ledger: DynamoLedger
-    checkpoints: Checkpoints | None
+    checkpoints: CheckpointStore | None
     public_key: tuple[Algorithm, str] | None
+    checkpointer: Checkpointer | None = None
 
 
 def signer_from_ref(ref: str, session: boto3.Session, region: str | None = None) -> Signer:
@@ -83,14 +92,33 @@ def open_ledger(
     bucket: str | None = None,
     checkpoint_key: str | None = None,
     region: str | None = None,
+    origin: str | None = None,
+    heartbeat: int | None = None,
     **kwargs: Any,
 ) -> LedgerHandle:
     ledger = DynamoLedger(session.client("dynamodb", region_name=region), table, **kwargs)
     checkpoints = None
+    checkpointer = None
     public_key = None
+    if checkpoint_key:
+        public_key = public_key_from_ref(checkpoint_key, session, region)
     if bucket:
-        signer = signer_from_ref(checkpoint_key, session, region) if checkpoint_key else None
-        checkpoints = Checkpoints(session.client("s3", region_name=region), bucket, ledger, signer)
-        if checkpoint_key:
-            public_key = public_key_from_ref(checkpoint_key, session, region)
-    return LedgerHandle(ledger, checkpoints, public_key)
+        s3 = session.client("s3", region_name=region)
+        checkpoints = CheckpointStore(s3, bucket, ledger.ledger)
+        scheme, _, path = (checkpoint_key or "").partition(":")
+        can_sign = scheme == "kms" or (scheme == "file" and b"PRIVATE KEY" in Path(path).read_bytes())
+        if checkpoint_key and public_key is not None and can_sign:  # an auditor's public key file: verify only
+            from deploy_helper.ledger.checkpoints import DEFAULT_HEARTBEAT, Checkpointer
+
+            checkpointer = Checkpointer(
+                s3,
+                bucket,
+                ledger,
+                signer_from_ref(checkpoint_key, session, region),
+                public_key[1],
+                # The log's name in its checkpoints: the checkpointer's and the CLI's must agree.
+                origin=origin or os.environ.get("DEPLOY_HELPER_LEDGER_ORIGIN") or None,
+                heartbeat=heartbeat or DEFAULT_HEARTBEAT,
+                **({"clock": kwargs["clock"]} if "clock" in kwargs else {}),
+            )
+    return LedgerHandle(ledger, checkpoints, public_key, checkpointer)

@@ -108,13 +108,13 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
     report["verified"] = _read_back(sc)
     progress("read back: " + ", ".join(f"{k}={v}" for k, v in report["verified"].items()))
 
+    sc.checkpoint()  # the checkpointer, fed by the ledger table's stream
     handle = sc.ledger()
     assert handle.checkpoints is not None
-    handle.checkpoints.write()
     from deploy_helper.ledger.query import active_grants
     from deploy_helper.ledger.verify import verify_ledger
 
-    verification = verify_ledger(handle.ledger, handle.checkpoints.list(), public_key=handle.public_key)
+    verification = verify_ledger(handle.ledger, objects=handle.checkpoints.versions(), public_key=handle.public_key)
     report["ledger"] = verification.as_dict()
     report["audit_trail"] = [_trail(e.entry) for e in handle.ledger.entries()]
     report["active_grants"] = len(active_grants(handle.ledger.entries()))

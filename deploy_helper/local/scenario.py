@@ -34,6 +34,7 @@ from deploy_helper.local.server import DEFAULT_ACCOUNT, LOCAL_REGION
 from deploy_helper.signing import Ed25519Signer, generate_ed25519
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import boto3
@@ -63,6 +64,7 @@ TABLES = {
     "references": "deploy-helper-references",
 }
 CHECKPOINT_BUCKET = "deploy-helper-checkpoints-123456789012"
+CHECKPOINT_ORIGIN = "deploy-helper.local/ledger/main"
 CALLER = "ci-tooling"
 OTHER_CALLER = "ci-service-b"
 FOREIGN_SID = "TeamOwnedDoNotTouch"
@@ -203,7 +205,34 @@ class Scenario:
             bucket=self.config.checkpoint_bucket,
             checkpoint_key=self.config.checkpoint_key,
             region=LOCAL_REGION,
+            origin=CHECKPOINT_ORIGIN,
         )
+
+    def checkpoint(self, clock: Callable[[], float] | None = None) -> dict[str, Any]:
+        """Run the checkpointer once on the stream records since its last run, as Lambda would.
+
+        An empty batch stands for the scheduled heartbeat.
+        """
+        from deploy_helper.checkpointer import handle
+        from deploy_helper.ledger.setup import open_ledger
+        from deploy_helper.local.stream import LedgerStream
+
+        assert self.config.ledger_table is not None
+        stream = self.extra.get("ledger_stream")
+        if stream is None:
+            stream = self.extra["ledger_stream"] = LedgerStream(self.local, self.config.ledger_table)
+        opened = open_ledger(
+            self.local.base_session(),
+            table=self.config.ledger_table,
+            bucket=self.config.checkpoint_bucket,
+            checkpoint_key=self.config.checkpoint_key,
+            region=LOCAL_REGION,
+            origin=CHECKPOINT_ORIGIN,
+        )
+        assert opened.checkpointer is not None
+        if clock is not None:
+            opened.checkpointer.clock = clock
+        return handle(stream.event(), opened.checkpointer)
 
     def environ(self) -> dict[str, str]:
         """The environment a CLI or a broker process needs to act on this scenario."""
@@ -221,6 +250,7 @@ class Scenario:
             ("DEPLOY_HELPER_REFERENCE_TABLE", c.reference_table),
             ("DEPLOY_HELPER_CHECKPOINT_BUCKET", c.checkpoint_bucket),
             ("DEPLOY_HELPER_CHECKPOINT_KEY", c.checkpoint_key),
+            ("DEPLOY_HELPER_LEDGER_ORIGIN", CHECKPOINT_ORIGIN if c.checkpoint_key else None),
         ):
             if value:
                 env[name] = value
@@ -380,6 +410,8 @@ def create_tables(local: LocalAws) -> None:
             {"AttributeName": "seq", "AttributeType": "N"},
         ],
         BillingMode="PAY_PER_REQUEST",
+        # The checkpointer reads every change of the ledger from the table's stream.
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
     )
 
 

@@ -74,6 +74,7 @@ def _serialized_server() -> Any:
     from deploy_helper.local.lambda_revisions import keep_revisions_as_lambda
 
     _snapshot_each_table_once()
+    _keep_streams_for_the_checkpointer()
     keep_revisions_as_lambda()
 
     class SerializedMotoServer(ThreadedMotoServer):
@@ -93,6 +94,37 @@ def _serialized_server() -> Any:
             self._server.serve_forever()
 
     return SerializedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+
+
+def _keep_streams_for_the_checkpointer() -> None:
+    """Stream records stay in the stream; moto does not try to run a function for them.
+
+    With an event source mapping on a table's stream (the checkpointer's, when the
+    broker is created from template.yaml), moto would invoke the function on every
+    write — it cannot run functions here — and then empty the stream. Locally the
+    ledger's stream is delivered to the checkpointer by deploy_helper.local.stream.
+
+    Also as DynamoDB does: a write that changes nothing (a put of the same item)
+    adds no stream record (moto adds a MODIFY).
+    """
+    from moto.awslambda.models import LambdaBackend
+    from moto.dynamodb.models.table import StreamShard
+
+    def send_dynamodb_items(self: Any, function_arn: str, items: list[Any], source: str) -> str:
+        return ""  # nothing delivered: the records are kept
+
+    LambdaBackend.send_dynamodb_items = send_dynamodb_items  # type: ignore[method-assign]
+    if getattr(StreamShard.add, "_only_changes", False):
+        return
+    original_add = StreamShard.add
+
+    def add(self: Any, old: Any, new: Any) -> None:
+        if old is not None and new is not None and old == new:
+            return
+        original_add(self, old, new)
+
+    add._only_changes = True  # type: ignore[attr-defined]
+    StreamShard.add = add  # type: ignore[method-assign]
 
 
 def _snapshot_each_table_once() -> None:
@@ -122,13 +154,23 @@ def _snapshot_each_table_once() -> None:
             if not isinstance(value, Table):
                 return copy.deepcopy(value, memo)
             if id(value) not in self._copies:  # the original is kept, so its id stays unique
+                # The table's stream is shared, not copied (it only grows): a failed call
+                # truncates it back below, so it holds no record of a rolled-back write.
+                shard = getattr(value, "stream_shard", None)
+                memo = {**(memo or {}), **({id(shard): shard} if shard is not None else {})}
                 self._copies[id(value)] = (value, copy.deepcopy(value, memo))
             return self._copies[id(value)][1]
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
         models.copy = _OncePerTable()  # type: ignore[assignment]  # requests are serialized
+        streams = {n: (t.stream_shard, len(t.stream_shard.items)) for n, t in self.tables.items() if t.stream_shard}
         try:
             original(self, transact_items)
+        except Exception:
+            for name, (shard, length) in streams.items():
+                del shard.items[length:]
+                shard.table = self.tables.get(name, shard.table)
+            raise
         finally:
             models.copy = copy
 

@@ -6,24 +6,14 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
-import pytest
+from _ledger import entries_of, raw_table, run_cli, stored_item, verify_cli
 from botocore.exceptions import ClientError
-from click.testing import CliRunner
 
-from deploy_helper.cli import main
 from deploy_helper.ledger.store import DynamoLedger
 from deploy_helper.ledger.verify import verify_ledger
 
 if TYPE_CHECKING:
     from deploy_helper.local.scenario import Scenario
-
-
-def entries_of(sc: Scenario) -> list[dict[str, Any]]:
-    return [e.entry for e in sc.ledger().ledger.entries()]
-
-
-def run_cli(sc: Scenario, *args: str) -> Any:
-    return CliRunner().invoke(main, list(args), env=sc.environ(), catch_exceptions=False)
 
 
 # -- entries for every path ---------------------------------------------------
@@ -153,51 +143,23 @@ def test_unwritable_ledger_changes_nothing(scenario: Scenario) -> None:
 # -- tampering -------------------------------------------------------------------
 
 
-@pytest.fixture
-def populated(scenario: Scenario) -> Scenario:
-    client = scenario.client()
-    client.request(scenario.seed_grants())
-    client.request([scenario.bucket_grant("service-b")], action="revoke")
-    handle = scenario.ledger()
-    assert handle.checkpoints is not None
-    handle.checkpoints.write()
-    result = run_cli(scenario, "ledger", "verify", "--json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["whole"] is True
-    return scenario
-
-
-def _raw(sc: Scenario) -> Any:
-    return sc.local.client("dynamodb", "123456789012")
-
-
-def _item(sc: Scenario, seq: int) -> dict[str, Any]:
-    key = {"ledger": {"S": "main"}, "seq": {"N": str(seq)}}
-    return dict(_raw(sc).get_item(TableName=sc.config.ledger_table, Key=key)["Item"])
-
-
-def _verify(sc: Scenario) -> tuple[int, dict[str, Any]]:
-    result = run_cli(sc, "ledger", "verify", "--json")
-    return result.exit_code, json.loads(result.output)
-
-
 def test_deleted_entry_is_named(populated: Scenario) -> None:
-    _raw(populated).delete_item(
+    raw_table(populated).delete_item(
         TableName=populated.config.ledger_table, Key={"ledger": {"S": "main"}, "seq": {"N": "5"}}
     )
-    code, report = _verify(populated)
+    code, report = verify_cli(populated)
     assert code == 1
     assert report["first_broken_entry"] == 5
     assert "entry 5 is missing" in report["problems"][0]
 
 
 def test_changed_field_is_named(populated: Scenario) -> None:
-    item = _item(populated, 4)
+    item = stored_item(populated, 4)
     body = json.loads(item["body"]["S"])
     body["principal"] = "arn:aws:iam::333333333333:role/admin"
     item["body"] = {"S": json.dumps(body)}
-    _raw(populated).put_item(TableName=populated.config.ledger_table, Item=item)
-    code, report = _verify(populated)
+    raw_table(populated).put_item(TableName=populated.config.ledger_table, Item=item)
+    code, report = verify_cli(populated)
     assert code == 1
     assert report["first_broken_entry"] == 4
     assert "altered" in report["problems"][0]
@@ -208,20 +170,20 @@ def test_changed_field_with_recomputed_hash_is_caught_by_the_chain(populated: Sc
 
     from deploy_helper.ledger.store import entry_hash
 
-    item = _item(populated, 3)
+    item = stored_item(populated, 3)
     body = json.loads(item["body"]["S"])
     body["decision"] = "denied"
     raw = rfc8785.dumps(body)
     item["body"], item["hash"] = {"S": raw.decode()}, {"S": entry_hash(raw)}
-    _raw(populated).put_item(TableName=populated.config.ledger_table, Item=item)
-    code, report = _verify(populated)
+    raw_table(populated).put_item(TableName=populated.config.ledger_table, Item=item)
+    code, report = verify_cli(populated)
     assert code == 1
     assert report["first_broken_entry"] == 4
     assert "does not chain to entry 3" in report["problems"][0]
 
 
 def test_reordered_entries_are_named(populated: Scenario) -> None:
-    a, b = _item(populated, 6), _item(populated, 7)
+    a, b = stored_item(populated, 6), stored_item(populated, 7)
     a_body, b_body = dict(a), dict(b)
     a_body["body"], a_body["hash"], b_body["body"], b_body["hash"] = (
         b["body"],
@@ -229,9 +191,9 @@ def test_reordered_entries_are_named(populated: Scenario) -> None:
         a["body"],
         a["hash"],
     )
-    _raw(populated).put_item(TableName=populated.config.ledger_table, Item=a_body)
-    _raw(populated).put_item(TableName=populated.config.ledger_table, Item=b_body)
-    code, report = _verify(populated)
+    raw_table(populated).put_item(TableName=populated.config.ledger_table, Item=a_body)
+    raw_table(populated).put_item(TableName=populated.config.ledger_table, Item=b_body)
+    code, report = verify_cli(populated)
     assert code == 1
     assert report["first_broken_entry"] == 6
     assert "reordered" in report["problems"][0]
@@ -240,42 +202,15 @@ def test_reordered_entries_are_named(populated: Scenario) -> None:
 def test_truncated_tail_after_checkpoint_is_named(populated: Scenario) -> None:
     size = populated.ledger().ledger.head()[0]
     for seq in (size, size - 1):
-        _raw(populated).delete_item(
+        raw_table(populated).delete_item(
             TableName=populated.config.ledger_table,
             Key={"ledger": {"S": "main"}, "seq": {"N": str(seq)}},
         )
-    code, report = _verify(populated)
+    code, report = verify_cli(populated)
     assert code == 1
     assert report["first_broken_entry"] is None  # the chain itself is intact ...
     assert "truncated" in report["problems"][0]  # ... but the checkpoint proves entries are gone
     assert f"covers {size} entries" in report["problems"][0]
-
-
-def test_forged_checkpoint_signature_is_named(populated: Scenario) -> None:
-    from deploy_helper.signing import b64url
-
-    s3 = populated.local.client("s3", "123456789012")
-    bucket = populated.config.checkpoint_bucket
-    name = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])[-1]
-    doc = json.loads(s3.get_object(Bucket=bucket, Key=name)["Body"].read())
-    doc["signature"] = b64url(b"\x01" * 64)
-    s3.put_object(Bucket=bucket, Key=name, Body=json.dumps(doc).encode())
-    code, report = _verify(populated)
-    assert code == 1
-    assert name in report["problems"][0] and "forged" in report["problems"][0]
-
-
-def test_missing_checkpoint_is_named(populated: Scenario) -> None:
-    handle = populated.ledger()
-    assert handle.checkpoints is not None
-    handle.checkpoints.write()  # a third checkpoint, chained to the second
-    s3 = populated.local.client("s3", "123456789012")
-    bucket = populated.config.checkpoint_bucket
-    names = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
-    s3.delete_object(Bucket=bucket, Key=names[1])
-    code, report = _verify(populated)
-    assert code == 1
-    assert "a checkpoint is missing" in report["problems"][0]
 
 
 def test_open_intent_is_reported_and_a_rerun_settles_it(scenario: Scenario) -> None:
@@ -294,12 +229,12 @@ def test_open_intent_is_reported_and_a_rerun_settles_it(scenario: Scenario) -> N
     assert intents
     stray = {k: v for k, v in intents[-1].items() if k not in ("seq", "prev")}
     handle.ledger.append(stray)
-    code, report = _verify(scenario)
+    code, report = verify_cli(scenario)
     assert code == 1 and report["problems"] == []
     assert report["open_intents"] == [handle.ledger.head()[0]]
     again = scenario.client().request([grant])
     assert again.results[0].decision == "applied"
-    code, report = _verify(scenario)
+    code, report = verify_cli(scenario)
     assert code == 0, report
 
 
@@ -369,50 +304,3 @@ def test_list_show_export_active(populated: Scenario, tmp_path: Any) -> None:
     )
     human = run_cli(populated, "ledger", "list", "--since", "2000-01-01")
     assert human.exit_code == 0 and "ledger entries" in human.output
-
-
-def test_checkpoints_signed_with_kms_verify_offline(scenario: Scenario) -> None:
-    from dataclasses import replace
-
-    from deploy_helper.ledger.checkpoints import verify_checkpoint
-    from deploy_helper.ledger.setup import open_ledger
-
-    kms = scenario.local.client("kms", "123456789012")
-    key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
-    scenario.client().request([scenario.key_grant("service-a")])
-    handle = open_ledger(
-        scenario.local.base_session(),
-        table=str(scenario.config.ledger_table),
-        bucket=scenario.config.checkpoint_bucket,
-        checkpoint_key=f"kms:{key}",
-        region="us-east-1",
-    )
-    assert handle.checkpoints is not None and handle.public_key is not None
-    algorithm, public = handle.public_key
-    assert algorithm == "ecdsa-p256-sha256"
-    written = handle.checkpoints.write()
-    assert written.data["key_id"] == f"kms:{key}"
-    assert written.data["size"] == handle.ledger.head()[0]
-    stored = next(c for c in handle.checkpoints.list() if c.name == written.name)
-    assert verify_checkpoint(stored, algorithm, public)
-    altered = replace(stored, body=stored.body.replace(b'"size":', b'"size":1'))
-    assert not verify_checkpoint(altered, algorithm, public)
-    local_key = scenario.ledger().public_key
-    assert local_key is not None and not verify_checkpoint(stored, *local_key)
-
-
-def test_scheduled_heartbeat_writes_a_checkpoint(scenario: Scenario) -> None:
-    from deploy_helper import handler
-
-    handler.set_broker(scenario.broker())
-    try:
-        first = handler.lambda_handler({"deploy_helper": "checkpoint"}, None)
-        second = handler.lambda_handler({"deploy_helper": "checkpoint"}, None)
-    finally:
-        handler.set_broker(None)
-    assert first["ok"] and second["ok"] and first["checkpoint"] != second["checkpoint"]
-    assert first["size"] == second["size"] == 0  # nothing happened: a heartbeat all the same
-    handle = scenario.ledger()
-    assert handle.checkpoints is not None
-    report = verify_ledger(handle.ledger, handle.checkpoints.list(), public_key=handle.public_key)
-    assert report.whole and report.checkpoints == 2

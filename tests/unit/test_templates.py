@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,8 @@ def test_the_broker_role_may_do_only_what_the_broker_does(template: dict[str, An
         "dynamodb:GetItem",
         "dynamodb:Query",
     }
-    assert allowed["CheckpointBucket"] == {"s3:PutObject", "s3:GetObject", "s3:ListBucket"}
-    assert allowed["CheckpointKey"] == {"kms:Sign", "kms:GetPublicKey"}
+    # Checkpoints are the checkpointer's alone: the broker can neither sign nor store one.
+    assert not {"CheckpointBucket", "CheckpointKey", "CheckpointerKey"} & set(allowed)
     assert allowed["BrokerLogGroup"] == {"logs:CreateLogStream", "logs:PutLogEvents"}
     roles = [r for r, actions in allowed.items() if "sts:AssumeRole" in actions]
     assert sorted(roles) == [
@@ -124,12 +125,10 @@ def test_the_function_is_small_capped_and_configured(template: dict[str, Any]) -
         "DEPLOY_HELPER_LOCK_TABLE",
         "DEPLOY_HELPER_REFERENCE_TABLE",
         "DEPLOY_HELPER_EXTERNAL_ID",
-        "DEPLOY_HELPER_CHECKPOINT_BUCKET",
-        "DEPLOY_HELPER_CHECKPOINT_KEY",
     } <= set(variables)
     assert variables["DEPLOY_HELPER_EXTERNAL_ID"] == {"Ref": "ExternalId"}
     assert template["Parameters"]["ExternalId"]["NoEcho"] is True
-    assert variables["DEPLOY_HELPER_CHECKPOINT_KEY"] == {"Fn::Sub": "kms:${CheckpointKey.Arn}"}
+    assert "DEPLOY_HELPER_CHECKPOINT_KEY" not in variables and "Events" not in function
 
 
 def test_state_is_kept_as_the_ledger_needs(template: dict[str, Any]) -> None:
@@ -158,6 +157,96 @@ def test_state_is_kept_as_the_ledger_needs(template: dict[str, Any]) -> None:
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
     key = resources["CheckpointKey"]["Properties"]
     assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    assert props["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+
+
+def test_the_checkpointer_is_separate_and_only_the_stream_and_schedule_invoke_it(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    function = resources["CheckpointerFunction"]["Properties"]
+    assert function["Handler"] == "deploy_helper.checkpointer.lambda_handler"
+    assert function["Role"] == {"Fn::GetAtt": ["CheckpointerRole", "Arn"]}
+    assert function["ReservedConcurrentExecutions"] == 1
+    variables = function["Environment"]["Variables"]
+    assert variables["DEPLOY_HELPER_CHECKPOINT_KEY"] == {"Fn::Sub": "kms:${CheckpointerKey.Arn}"}
+    events = function["Events"]
+    assert {name: e["Type"] for name, e in events.items()} == {"LedgerStream": "DynamoDB", "Heartbeat": "Schedule"}
+    assert events["LedgerStream"]["Properties"]["Stream"] == {"Fn::GetAtt": ["LedgerTable", "StreamArn"]}
+    assert events["Heartbeat"]["Properties"]["Input"] == '{"deploy_helper": "checkpoint-heartbeat"}'
+    # No hand-written permission lets anyone else invoke it.
+    for permission in resources_of(template, "AWS::Lambda::Permission").values():
+        assert "Checkpointer" not in json.dumps(permission)
+    # Its role: read the ledger and its stream, write checkpoints, its log; nothing else.
+    role = resources["CheckpointerRole"]["Properties"]
+    actions = {
+        a
+        for policy in role["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        for a in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    }
+    assert actions == {
+        "dynamodb:Query",
+        "dynamodb:GetItem",
+        "dynamodb:DescribeStream",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+        "dynamodb:ListStreams",
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:ListBucket",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+    }
+    # Only the checkpointer's role signs: the account's own statement excludes kms:Sign.
+    statements = resources["CheckpointerKey"]["Properties"]["KeyPolicy"]["Statement"]
+    signers = [s for s in statements if "kms:Sign" in json.dumps(s.get("Action", ""))]
+    assert [s["Principal"] for s in signers] == [{"AWS": {"Fn::GetAtt": ["CheckpointerRole", "Arn"]}}]
+    assert all(s.get("NotAction") == "kms:Sign" for s in statements if s not in signers)
+    # The broker's old key verifies its legacy checkpoints and signs nothing more, for anyone.
+    legacy = resources["CheckpointKey"]["Properties"]["KeyPolicy"]["Statement"]
+    assert [s.get("NotAction") for s in legacy] == ["kms:Sign"]
+    bucket_policy = resources["CheckpointBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    only = next(s for s in bucket_policy if s["Sid"] == "OnlyTheCheckpointerWrites")
+    assert only["Effect"] == "Deny" and "s3:PutObject" in only["Action"] and "s3:DeleteObjectVersion" in only["Action"]
+    assert only["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["CheckpointerRole", "Arn"]}}}
+
+
+def test_the_transformed_template_admits_only_the_schedule_to_the_checkpointer(
+    template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What SAM generates from the checkpointer's events: one permission, for its own rule."""
+    pytest.importorskip("samtranslator")
+    import copy
+
+    from samtranslator.translator.transform import transform
+
+    source = copy.deepcopy(template)
+    source["Transform"] = "AWS::Serverless-2016-10-31"
+    source["Resources"] = {k: v for k, v in source["Resources"].items() if not k.startswith("Fn::ForEach")}
+    for resource in source["Resources"].values():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = "s3://bucket/code.zip"
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    out = transform(source, {"InvokerAccountIds": "111111111111"}, NoManagedPolicies())
+    permissions = [
+        r["Properties"]
+        for r in out["Resources"].values()
+        if r["Type"] == "AWS::Lambda::Permission" and "CheckpointerFunction" in json.dumps(r["Properties"])
+    ]
+    assert permissions == [
+        {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": {"Ref": "CheckpointerFunction"},
+            "Principal": "events.amazonaws.com",
+            "SourceArn": {"Fn::GetAtt": ["CheckpointerFunctionHeartbeat", "Arn"]},
+        }
+    ]
+    mappings = [r["Properties"] for r in out["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert [m["EventSourceArn"] for m in mappings] == [{"Fn::GetAtt": ["LedgerTable", "StreamArn"]}]
 
 
 def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[str, Any]) -> None:
@@ -181,9 +270,10 @@ def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[
 
 def test_alarms_watch_errors_and_denials(template: dict[str, Any]) -> None:
     alarms = {a["Properties"]["MetricName"] for a in resources_of(template, "AWS::CloudWatch::Alarm").values()}
-    assert {"Errors", "Denials", "LoggedErrors"} <= alarms
+    assert {"Errors", "Denials", "LoggedErrors", "LedgerEntriesChanged"} <= alarms
     filters = [f["Properties"]["FilterPattern"] for f in resources_of(template, "AWS::Logs::MetricFilter").values()]
     assert any('$.decision = "denied"' in f for f in filters)
+    assert '{ $.message = "ledger entry changed" }' in filters  # what deploy_helper.checkpointer logs
     assert template["Outputs"]["ServiceToken"]["Value"] == {"Fn::GetAtt": ["BrokerFunction", "Arn"]}
     assert "Export" in template["Outputs"]["ServiceToken"]
 
