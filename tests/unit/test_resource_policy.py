@@ -1,7 +1,7 @@
 """The shared plan of the resource-policy kinds (pure): one managed statement, foreign ones untouched.
 
-Run over every kind built on ``ResourcePolicyKind`` with nothing per kind: the kind's
-own example is the grant, its variants the other grants.
+Run over every kind built on ``ResourcePolicyKind`` (bucket-access too) with nothing per
+kind: the kind's own example is the grant.
 """
 
 from __future__ import annotations
@@ -43,10 +43,9 @@ def roles(name: str, count: int) -> list[Any]:
     ]
 
 
-def test_the_resource_policy_kinds_are_the_six() -> None:
-    assert set(POLICY_KINDS) == set(
-        {"kms-key-policy", "ecr-pull", "sqs-send", "sns-publish", "secret-read", "events-put"}
-    )
+def test_the_resource_policy_kinds() -> None:
+    expected = {"kms-key-policy", "ecr-pull", "sqs-send", "sns-publish", "secret-read", "events-put", "bucket-access"}
+    assert set(POLICY_KINDS) == expected
 
 
 @pytest.mark.parametrize("name", POLICY_KINDS)
