@@ -61,7 +61,7 @@ from account_bootstrap import (
 )
 
 # pydantic needs these at run time to build the models
-from deploy_helper.identifiers import AccountId, RoleArn
+from deploy_helper.identifiers import EXTERNAL_ID_RE, EXTERNAL_ID_RULE, AccountId, RoleArn
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -122,8 +122,8 @@ class BootstrapParameters(BaseModel):
     @field_validator("external_id")
     @classmethod
     def _external_id(cls, value: SecretStr) -> SecretStr:
-        if not re.fullmatch(r"[A-Za-z0-9_+=,.@:/-]{2,1224}", value.get_secret_value()):
-            raise ValueError("the ExternalId must be 2-1224 characters of letters, digits and + = , . @ : / - _")
+        if not EXTERNAL_ID_RE.fullmatch(value.get_secret_value()):
+            raise ValueError(f"the ExternalId must be {EXTERNAL_ID_RULE} (e.g. from: openssl rand -hex 24)")
         return value
 
     @field_validator("function_name_patterns", "bucket_name_patterns", "key_alias_patterns", "resource_arn_patterns")
@@ -262,7 +262,9 @@ def load_accounts_file(path: Path) -> list[AccountEntry]:
     except OSError as exc:
         raise BootstrapError(f"{path}: cannot read the accounts file: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise BootstrapError(f"{path}: not valid YAML or JSON: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise BootstrapError(f"{where}: not valid YAML or JSON: {getattr(exc, 'problem', None) or exc}") from exc
     example = 'accounts:\n  - "111111111111"\n  - {id: "222222222222", name: payments, admin_role: AdminRole}'
     if not isinstance(raw, dict):
         raise BootstrapError(f"{path}: expected a mapping with an 'accounts' list, for example:\n{example}")

@@ -63,6 +63,14 @@ def short_errors(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+def envelope_digest(envelope: Envelope) -> str:
+    """The digest of the whole envelope as sent: a retry is byte-identical, a forgery is not."""
+    import hashlib
+
+    raw = envelope.signed.encode("utf-8") + b"\n" + envelope.signature.encode("utf-8")
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
 def parse_envelope(event: Any) -> Envelope:
     if not isinstance(event, dict):
         raise RequestError("the request must be a JSON object with 'signed' and 'signature'")
@@ -143,7 +151,9 @@ class Authenticator:
                 f"the request is valid for more than {self.max_ttl} s; use a shorter expiry", code="stale"
             )
         try:
-            self.nonces.claim(header.caller, header.nonce, header.expires_at + self.max_skew)
+            self.nonces.claim(
+                header.caller, header.nonce, header.expires_at + self.max_skew, digest=envelope_digest(envelope)
+            )
         except AuthenticationError as exc:
             exc.signature_verified = True  # a genuine request, refused as a replay
             raise

@@ -43,8 +43,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper import fencing
-from deploy_helper.auth import Authenticator, Identity, parse_envelope
-from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError
+from deploy_helper.auth import Authenticated, Authenticator, Identity, envelope_digest, parse_envelope
+from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError, RetriedRequest
 from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
 from deploy_helper.ledger import entries
 from deploy_helper.locks import Locker, NoLock
@@ -185,15 +185,41 @@ class Broker:
             envelope = parse_envelope(event)
             claimed = _claimed(envelope.signed)
             auth = self.authenticator.authenticate(envelope)
-            claimed.update(authenticated=True, request_digest=auth.signed_digest)
-            assert auth.header is not None
-            payload = parse_payload(auth.header.payload)
+        except RetriedRequest as retry:
+            return _retry_answer(retry, claimed)
         except BrokerError as exc:
             if getattr(exc, "signature_verified", False):
                 claimed["authenticated"] = True
             return self._refuse(exc, claimed)
         except Exception as exc:  # a bug must still produce an answer, not a crash
             logger.exception("unexpected error while authenticating a request")
+            return self._refuse(
+                RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed
+            )
+        assert auth.header is not None
+        response = self._answer(auth, claimed, remaining_ms)
+        # Kept on the nonce's item: a byte-identical retry gets this answer, not a replay refusal.
+        self.authenticator.nonces.record(
+            auth.caller,
+            auth.header.nonce,
+            auth.header.expires_at + self.config.max_clock_skew,
+            envelope_digest(envelope),
+            response.model_dump(mode="json", exclude_none=True),
+        )
+        return response
+
+    def _answer(
+        self, auth: Authenticated, claimed: dict[str, Any], remaining_ms: Callable[[], int] | None
+    ) -> BrokerResponse:
+        """Everything after authentication (its nonce is claimed): validate, authorize, execute."""
+        assert auth.header is not None
+        claimed.update(authenticated=True, request_digest=auth.signed_digest)
+        try:
+            payload = parse_payload(auth.header.payload)
+        except BrokerError as exc:
+            return self._refuse(exc, claimed)
+        except Exception as exc:  # a bug must still produce an answer, not a crash
+            logger.exception("unexpected error while reading a request")
             return self._refuse(
                 RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed
             )
@@ -531,7 +557,7 @@ class Broker:
         after: str,
         owners_of: dict[int, list[str] | None] | None = None,
     ) -> list[GrantResult]:
-        planned = {"applied": "would-apply", "revoked": "would-revoke"}
+        planned = {"applied": "would-apply", "revoked": "would-revoke", "failed": "would-fail"}
         results = []
         plan_entries = []
         for p in plan.items:
@@ -562,9 +588,11 @@ class Broker:
     def _fail_all(
         self, request: dict[str, Any], items: list[tuple[int, GrantSpec, str]], reason: str
     ) -> list[GrantResult]:
-        results = [self._result(i, spec, "failed", reason, rule) for i, spec, rule in items]
+        # A plan that cannot be made (a missing resource, an account out of reach) would fail.
+        decision = "would-fail" if str(request.get("action", "")).endswith(" (dry run)") else "failed"
+        results = [self._result(i, spec, decision, reason, rule) for i, spec, rule in items]
         fail_entries = [
-            entries.grant_entry(self.clock(), "decision", request, spec, decision="failed", reason=reason, rule_id=rule)
+            entries.grant_entry(self.clock(), "decision", request, spec, decision=decision, reason=reason, rule_id=rule)
             for _, spec, rule in items
         ]
         try:
@@ -664,6 +692,24 @@ class GroupCommit:
                 p.ids = ids[start : start + len(p.entries)]
                 start += len(p.entries)
                 p.done.set()
+
+
+#: The answer to a retry that arrives while the first delivery is still being processed.
+IN_PROGRESS = "in-progress"
+
+
+def _retry_answer(retry: RetriedRequest, claimed: dict[str, Any]) -> BrokerResponse:
+    """The first delivery's answer, or "still in progress"; nothing is done again."""
+    if retry.answer is not None:
+        return BrokerResponse.model_validate(retry.answer)
+    return BrokerResponse(
+        ok=False,
+        request_id=claimed.get("request_id"),
+        error=ErrorBody(
+            code=IN_PROGRESS,
+            message="this request is still being processed; send the same envelope again later for its answer",
+        ),
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -93,3 +93,17 @@ class CheckpointFormatError(LedgerError):
     """A checkpoint object is not a well-formed signed note (it is reported, never trusted)."""
 
     code = "checkpoint-malformed"
+
+
+class RetriedRequest(AuthenticationError):
+    """The same envelope, byte for byte, arrived again: answer as the first time, change nothing.
+
+    ``answer`` is the first delivery's response (a JSON object), or None while it is
+    still being processed.
+    """
+
+    code = "retried"
+
+    def __init__(self, answer: dict[str, object] | None) -> None:
+        super().__init__("this exact request was already received")
+        self.answer = answer

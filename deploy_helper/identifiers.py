@@ -9,6 +9,7 @@ Each type is a pydantic ``Annotated[str, ...]`` usable in any model; the
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Annotated
@@ -66,6 +67,84 @@ LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=#-]{0,199}", re.ASCII)
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
 
 
+#: The ExternalId the broker sends with AssumeRole: one definition for template.yaml,
+#: account_bootstrap/broker-role.yaml and the CLI (a test checks they agree). AWS takes
+#: 2-1,224 characters; 32 is our floor so that it cannot be guessed.
+EXTERNAL_ID_MIN = 32
+EXTERNAL_ID_MAX = 1224
+EXTERNAL_ID_CHARS = r"[\w+=,.@:/-]"
+EXTERNAL_ID_RE = re.compile(rf"{EXTERNAL_ID_CHARS}{{{EXTERNAL_ID_MIN},{EXTERNAL_ID_MAX}}}", re.ASCII)
+EXTERNAL_ID_RULE = f"{EXTERNAL_ID_MIN}-{EXTERNAL_ID_MAX} characters of letters, digits and + = , . @ : / - _"
+
+
+@functools.cache
+def known_regions() -> dict[str, frozenset[str]]:
+    """Each partition's regions, from botocore's own data (endpoints.json and partitions.json).
+
+    Loaded on first use (a few milliseconds), not at import. A region AWS opened after the
+    installed botocore was released is unknown here until botocore is updated.
+    """
+    from botocore.exceptions import DataNotFoundError
+    from botocore.loaders import create_loader
+
+    loader = create_loader()
+    regions: dict[str, set[str]] = {p: set() for p in PARTITIONS}
+    for partition in loader.load_data("endpoints").get("partitions", []):
+        if partition.get("partition") in regions:
+            regions[partition["partition"]].update(partition.get("regions", {}))
+    try:
+        newer = loader.load_data("partitions").get("partitions", [])
+    except DataNotFoundError:  # an older botocore: endpoints.json suffices
+        newer = []
+    for partition in newer:
+        if partition.get("id") in regions:
+            regions[partition["id"]].update(r for r in partition.get("regions", {}) if not r.endswith("-global"))
+    return {p: frozenset(r) for p, r in regions.items()}
+
+
+def check_region(region: str, partition: str | None = None) -> None:
+    """Raise ``ValueError`` unless ``region`` is a region of ``partition`` (any partition if None)."""
+    regions = known_regions()
+    if partition is not None:
+        if region in regions.get(partition, frozenset()):
+            return
+        elsewhere = [p for p, names in regions.items() if region in names]
+        if elsewhere:
+            raise ValueError(f"region {region!r} is in partition {elsewhere[0]!r}, not {partition!r}")
+    elif any(region in names for names in regions.values()):
+        return
+    close = sorted(r for names in regions.values() for r in names if _near(r, region))
+    hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+    raise ValueError(f"{region[:40]!r} is not an AWS region{hint}")
+
+
+def _near(a: str, b: str) -> bool:
+    """One edit apart (a typo): used only for the hint in an error message."""
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.85
+
+
+def _region_of(pattern: re.Pattern[str]) -> AfterValidator:
+    """Check the region (and partition) of an ARN the pattern already matched."""
+
+    def check(value: str) -> str:
+        m = pattern.fullmatch(value)
+        if m and m.group("region"):
+            try:
+                check_region(m.group("region"), m.group("partition"))
+            except ValueError as exc:
+                raise ValueError(f"{value[:80]!r}: {exc}") from exc
+        return value
+
+    return AfterValidator(check)
+
+
+def _known_region(value: str) -> str:
+    check_region(value)
+    return value
+
+
 def _matcher(pattern: re.Pattern[str], what: str, example: str) -> AfterValidator:
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
@@ -115,7 +194,7 @@ _Str = Annotated[str, StringConstraints(strict=True, max_length=1024)]
 StrictStr = _Str
 
 AccountId = Annotated[_Str, _matcher(ACCOUNT_RE, "AWS account id", "'123456789012' (12 digits, as a string)")]
-Region = Annotated[_Str, _matcher(REGION_RE, "AWS region", "eu-west-1")]
+Region = Annotated[_Str, _matcher(REGION_RE, "AWS region", "eu-west-1"), AfterValidator(_known_region)]
 OrgId = Annotated[_Str, _matcher(ORG_ID_RE, "organization id", "o-a1b2c3d4e5")]
 OrgPath = Annotated[_Str, _matcher(ORG_PATH_RE, "organization path", "o-a1b2c3d4e5/r-ab12/ou-ab12-11111111/")]
 ServicePrincipal = Annotated[_Str, _matcher(SERVICE_PRINCIPAL_RE, "service principal", "apigateway.amazonaws.com")]
@@ -124,17 +203,20 @@ LambdaFunctionArn = Annotated[
     _Str,
     _matcher(LAMBDA_ARN_RE, "Lambda function ARN", "arn:aws:lambda:eu-west-1:123456789012:function:authorizer"),
     AfterValidator(_no_latest),
+    _region_of(LAMBDA_ARN_RE),
 ]
 KmsKeyArn = Annotated[
     _Str,
     _matcher(
         KMS_KEY_ARN_RE, "KMS key ARN", "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     ),
+    _region_of(KMS_KEY_ARN_RE),
 ]
-SourceArn = Annotated[_Str, AfterValidator(_source_arn)]
+SourceArn = Annotated[_Str, AfterValidator(_source_arn), _region_of(SOURCE_ARN_RE)]
 StackArn = Annotated[
     _Str,
     _matcher(STACK_ARN_RE, "CloudFormation stack id", "arn:aws:cloudformation:eu-west-1:123456789012:stack/name/uuid"),
+    _region_of(STACK_ARN_RE),
 ]
 BucketName = Annotated[_Str, AfterValidator(_bucket)]
 S3Prefix = Annotated[_Str, _matcher(S3_PREFIX_RE, "S3 key prefix", "builds/service-a/ (no '*', no leading '/')")]

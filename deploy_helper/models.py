@@ -72,7 +72,7 @@ class Envelope(StrictModel):
 
 #: ``kept``: the requester's ownership was removed, the grant stays for its other owners.
 Decision = Literal[
-    "applied", "unchanged", "revoked", "absent", "kept", "denied", "failed", "would-apply", "would-revoke"
+    "applied", "unchanged", "revoked", "absent", "kept", "denied", "failed", "would-apply", "would-revoke", "would-fail"
 ]
 
 
@@ -120,4 +120,4 @@ class BrokerResponse(BaseModel):
 
     @property
     def failed(self) -> bool:
-        return not self.ok or any(r.decision in ("denied", "failed") for r in self.results)
+        return not self.ok or any(r.decision in ("denied", "failed", "would-fail") for r in self.results)

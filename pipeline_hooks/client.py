@@ -66,6 +66,33 @@ class LambdaTransport:
         return answer
 
 
+#: The broker function's timeout (template.yaml ``Timeout``; a test keeps them equal).
+BROKER_TIMEOUT_S = 120
+#: Invoking the broker: wait longer than the function may run, so a slow request is answered
+#: rather than abandoned. A retry botocore still makes (a dropped connection) is safe: the broker
+#: answers a byte-identical envelope with its first answer (or "in progress") and changes nothing.
+INVOKE_READ_TIMEOUT_S = BROKER_TIMEOUT_S + 30
+#: How long ``BrokerClient`` keeps asking for the answer of a request that is still in progress.
+IN_PROGRESS_WAIT_S = BROKER_TIMEOUT_S + 60
+
+
+def invoke_config() -> Any:
+    """The botocore configuration for invoking the broker (see ``INVOKE_READ_TIMEOUT_S``)."""
+    from botocore.config import Config
+
+    return Config(
+        read_timeout=INVOKE_READ_TIMEOUT_S,
+        connect_timeout=10,
+        retries={"mode": "standard", "total_max_attempts": 3},
+        tcp_keepalive=True,
+    )
+
+
+def lambda_client(session: Any) -> Any:
+    """A Lambda client fit to invoke the broker."""
+    return session.client("lambda", config=invoke_config())
+
+
 def new_request_id() -> str:
     return f"req-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
 
@@ -80,6 +107,8 @@ class BrokerClient:
     transport: Transport
     clock: Callable[[], float] = time.time
     sent: list[dict[str, str]] = field(default_factory=list)
+    #: Waits between asking again for a request that is still in progress (injectable for tests).
+    sleep: Callable[[float], None] = time.sleep
 
     def payload(
         self,
@@ -106,8 +135,25 @@ class BrokerClient:
         return seal(self.signer, caller=self.caller, audience=self.audience, payload=payload, now=self.clock())
 
     def send_envelope(self, envelope: dict[str, str]) -> BrokerResponse:
+        """Send ``envelope``; while the broker says it is still in progress, send it again.
+
+        Sending the same envelope again is safe: the broker answers it with the first
+        delivery's answer and changes nothing (``deploy_helper.nonces``).
+        """
         self.sent.append(envelope)
-        return BrokerResponse.model_validate(self.transport.send(envelope))
+        response = BrokerResponse.model_validate(self.transport.send(envelope))
+        waited, pause = 0.0, 1.0
+        while _in_progress(response) and waited < IN_PROGRESS_WAIT_S:
+            self.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 15.0)
+            response = BrokerResponse.model_validate(self.transport.send(envelope))
+        if _in_progress(response):
+            raise BrokerError(
+                f"the broker is still processing request {response.request_id} after {int(waited)} s; "
+                "its outcome will be in the ledger (deploy-helper ledger list)"
+            )
+        return response
 
     def request(
         self,
@@ -123,3 +169,7 @@ class BrokerClient:
             grants, action=action, dry_run=dry_run, context=context, request_id=request_id, owner=owner
         )
         return self.send_envelope(self.envelope(payload))
+
+
+def _in_progress(response: BrokerResponse) -> bool:
+    return response.error is not None and response.error.code == "in-progress"

@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from deploy_helper.auth import short_errors
 from deploy_helper.exceptions import BrokerError
-from pipeline_hooks.client import BrokerClient, LambdaTransport
+from pipeline_hooks.client import BrokerClient, LambdaTransport, lambda_client
 from pipeline_hooks.codepipeline_job import (
     ConfirmedJob,
     FailureType,
@@ -175,7 +175,7 @@ class PipelineStep:
             function = env.get("DEPLOY_HELPER_FUNCTION")
             if not function:
                 raise StepError("set DEPLOY_HELPER_FUNCTION to the broker function's name or ARN")
-            transport = LambdaTransport(function, session.client("lambda"))
+            transport = LambdaTransport(function, lambda_client(session))
         return cls(
             session=session,
             transport=transport,
@@ -369,7 +369,7 @@ def summarize(response: BrokerResponse) -> str:
     problems = [
         f"{r.decision}: {r.kind} on {r.target} for {r.principal}: {r.reason}"
         for r in response.results
-        if r.decision in ("denied", "failed")
+        if r.decision in ("denied", "failed", "would-fail")
     ]
     text = f"{len(response.results)} grant(s): {head}"
     return text + ("\n" + "\n".join(problems) if problems else "")

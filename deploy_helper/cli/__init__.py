@@ -10,11 +10,17 @@ from __future__ import annotations
 import click
 
 from deploy_helper import __version__
+from deploy_helper.cli.errors import ErrorMappingGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=ErrorMappingGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="deploy-helper")
-def main() -> None:
+@click.option(
+    "--region",
+    metavar="REGION",
+    help="AWS region for this run (else AWS_REGION, AWS_DEFAULT_REGION or the profile's region).",
+)
+def main(region: str | None) -> None:
     """deploy-helper: a central permission broker for multi-account AWS CI/CD.
 
     Trusted CI/CD accounts send signed requests; the broker checks them against
@@ -27,17 +33,22 @@ def main() -> None:
       deploy-helper keys generate     a signing key pair for a CI/CD caller
       deploy-helper policies check    validate policies/callers.yaml and rules.yaml
       deploy-helper request FILE      plan / apply / revoke the grants in FILE
+      deploy-helper local up          keep a local AWS with the broker running
 
     AWS endpoints and credentials come from boto3's own configuration
-    (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL, ...).
+    (AWS_PROFILE, AWS_REGION or AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, ...).
+    A configuration or connection problem is one line saying what to set
+    (exit status 2); a refused or failed grant exits with 1.
     """
 
 
 def _attach() -> None:
     from deploy_helper.cli import commands
+    from deploy_helper.cli.examples import add_examples
 
     for command in commands.all_commands():
         main.add_command(command)
+    add_examples(main)
 
 
 _attach()

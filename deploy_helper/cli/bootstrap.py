@@ -87,15 +87,20 @@ def _session(ctx: click.Context, region: str | None) -> boto3.Session:
     injected = ctx.obj.get("boto3_session") if isinstance(ctx.obj, dict) else None
     if injected is not None:
         return injected
-    import boto3
+    from deploy_helper.cli.errors import aws_session
 
-    return boto3.Session(region_name=region) if region else boto3.Session()
+    return aws_session(region)
 
 
 def _region(session: boto3.Session, region: str | None) -> str:
+    """The region to work in, once the session is known to reach AWS."""
     chosen = region or session.region_name
     if not chosen:
-        raise click.UsageError("no AWS region configured: pass --region (or set AWS_REGION)")
+        raise click.UsageError("no AWS region: set AWS_REGION or pass --region")
+    from deploy_helper.cli.errors import preflight
+
+    # No credentials, no endpoint, no access: one line now, not one failure per account.
+    preflight(session, chosen)
     return chosen
 
 

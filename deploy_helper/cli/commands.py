@@ -14,6 +14,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("deploy_helper.cli.keys", "keys"),
     ("deploy_helper.cli.policies", "policies"),
     ("deploy_helper.cli.bootstrap", "bootstrap"),
+    ("deploy_helper.cli.local", "local"),
     ("deploy_helper.cli.kinds", "kinds"),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,9 +15,13 @@ from deploy_helper.cli.output import console, emit_json, json_option, short, tab
     "demo",
     epilog="""
 \b
-Nothing here touches a real AWS account: a moto server is started on
-127.0.0.1 for the run and stopped afterwards. Exit status 0 when every step
-did what it should (checked by reading the policies back), 1 otherwise.
+By default nothing here touches a real AWS account and nothing needs to run: a
+moto server is started on 127.0.0.1 for the run and stopped afterwards. With
+AWS_ENDPOINT_URL set (eval "$(deploy-helper local env)"), the demo works in that
+local AWS instead and leaves its grants and ledger there, to be read with
+`deploy-helper ledger ...` or plain boto3 / the AWS CLI. Exit status 0 when
+every step did what it should (checked by reading the policies back), 1
+otherwise.
 """,
 )
 @click.option(
@@ -43,7 +48,7 @@ def demo(workdir: Path | None, as_json: bool) -> None:
         if not as_json:
             out.print(Text.assemble(("•", "bold cyan"), " ", text(message)))
 
-    report = run_demo(workdir, progress)
+    report = run_demo(workdir, progress, endpoint=os.environ.get("AWS_ENDPOINT_URL") or None)
     if as_json:
         emit_json(report)
     else:

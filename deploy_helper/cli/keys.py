@@ -46,9 +46,9 @@ def generate(
     now = datetime.now(tz=UTC).replace(microsecond=0)
     files: dict[str, str] = {}
     if kms_key_id:
-        import boto3
+        from deploy_helper.cli.errors import aws_session
 
-        response = boto3.Session().client("kms").get_public_key(KeyId=kms_key_id)
+        response = aws_session().client("kms").get_public_key(KeyId=kms_key_id)
         if response.get("KeySpec", "ECC_NIST_P256") != "ECC_NIST_P256":
             raise click.ClickException(
                 f"{kms_key_id} is {response.get('KeySpec')}; create an ECC_NIST_P256 SIGN_VERIFY key"

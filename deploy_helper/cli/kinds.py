@@ -14,6 +14,12 @@ def kinds(markdown: bool, as_json: bool) -> None:
     """List the grant kinds: access levels, the AWS permissions each needs, size limits.
 
     The bootstrap role grants exactly these permissions, on resources that opted in.
+
+    \b
+    Examples:
+      deploy-helper kinds
+      deploy-helper kinds --json | jq '.[] | {kind, size_limit}'
+      deploy-helper kinds --markdown > kinds.md
     """
     from deploy_helper.grants import catalog
 

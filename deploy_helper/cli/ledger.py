@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import sys
 from datetime import UTC, datetime
@@ -39,7 +40,6 @@ def ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--table",
         envvar="DEPLOY_HELPER_LEDGER_TABLE",
-        required=True,
         help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE).",
     )
     @click.option(
@@ -53,12 +53,17 @@ def ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="kms:<key> or file:<pem> (env DEPLOY_HELPER_CHECKPOINT_KEY).",
     )
     @functools.wraps(func)
-    def wrapper(table: str, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
-        import boto3
+    def wrapper(table: str | None, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
+        from deploy_helper.cli.errors import ConfigError, aws_session
 
+        if not table:
+            raise ConfigError(
+                "no ledger table: pass --table or set DEPLOY_HELPER_LEDGER_TABLE "
+                '(for the local AWS: eval "$(deploy-helper local env)")'
+            )
         from deploy_helper.ledger.setup import open_ledger
 
-        handle = open_ledger(boto3.Session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
+        handle = open_ledger(aws_session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
         return func(handle, **kwargs)
 
     return wrapper
@@ -104,8 +109,10 @@ def ledger() -> None:
     """
 
 
-def _row(e: dict[str, Any]) -> list[Any]:
+def _row(e: dict[str, Any], *, full: bool = False) -> list[Any]:
+    """A table row (ARNs shortened for reading) or, with ``full``, an export row (ARNs whole)."""
     g = e.get("grant") or {}
+    shown = (lambda value: value or "") if full else short
     return [
         e.get("seq"),
         e.get("time"),
@@ -114,8 +121,8 @@ def _row(e: dict[str, Any]) -> list[Any]:
         e.get("caller"),
         g.get("kind"),
         g.get("account"),
-        short(g.get("target")),
-        short(g.get("principal")),
+        shown(g.get("target")),
+        shown(g.get("principal")),
         e.get("rule_id"),
         e.get("reason"),
     ]
@@ -165,6 +172,8 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
     """
     from deploy_helper.ledger.query import select
 
+    found = select(handle.ledger.entries(), _filter(**filters))
+    first = next(found, None)  # reading fails here, before anything is written
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     count = 0
     try:
@@ -184,7 +193,7 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
                     "prev",
                 ]
             )
-        for e in select(handle.ledger.entries(), _filter(**filters)):
+        for e in itertools.chain([first] if first is not None else [], found):
             count += 1
             if writer is None:
                 out.write(json.dumps(e, sort_keys=True) + "\n")
@@ -193,7 +202,7 @@ def export(handle: LedgerHandle, fmt: str, output: Path | None, **filters: Any) 
                 writer.writerow(
                     literal(cell)
                     for cell in [
-                        *_row(e),
+                        *_row(e, full=True),
                         e.get("request_id"),
                         e.get("key_id"),
                         ctx.get("pipeline"),

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from deploy_helper.cli.output import echo, emit_json, failure, json_option
+from deploy_helper.cli.errors import ConfigError, explain
+from deploy_helper.cli.output import echo, emit_json, json_option
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,11 +39,10 @@ def optional_ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(table: str | None, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
         handle = None
         if table and not kwargs.get("bundle"):
-            import boto3
-
+            from deploy_helper.cli.errors import aws_session
             from deploy_helper.ledger.setup import open_ledger
 
-            handle = open_ledger(boto3.Session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
+            handle = open_ledger(aws_session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
         return func(handle, **kwargs)
 
     return wrapper
@@ -66,9 +66,9 @@ def _legacy_keys(own: Path | None, handle: LedgerHandle | None) -> list[Key]:
         return [load_public_key(own)]
     ref = os.environ.get("DEPLOY_HELPER_LEGACY_CHECKPOINT_KEY")
     if ref and handle is not None:
-        import boto3
+        from deploy_helper.cli.errors import aws_session
 
-        return [public_key_from_ref(ref, boto3.Session())]
+        return [public_key_from_ref(ref, aws_session())]
     return []
 
 
@@ -113,7 +113,7 @@ def run_verify(
             legacy = _legacy_keys(legacy_public_key, handle)
         report = verify_ledger(source, kept, keys=keys, legacy_keys=legacy, objects=objects, now=now, max_age=max_age)
     except LedgerError as exc:
-        raise failure(exc.message) from exc
+        raise explain(exc) from exc
     if bundle is not None:
         report.problems[:0] = opened.problems
     if since is not None:
@@ -172,7 +172,7 @@ def prove(handle: LedgerHandle | None, seq: int, number: int | None, as_json: bo
         bodies = {e.seq: e.body for e in handle.ledger.entries()}
         document = inclusion(report.leaves, bodies, seq, signed)
     except LedgerError as exc:
-        raise failure(exc.message) from exc
+        raise explain(exc) from exc
     if as_json:
         emit_json(document)
     else:
@@ -198,7 +198,7 @@ def check_proof(proof_file: Path, public_key: Path, as_json: bool) -> None:
     try:
         document = json.loads(proof_file.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise click.ClickException(f"{proof_file} is not JSON: {exc}") from exc
+        raise ConfigError(f"{proof_file} is not JSON: {exc}") from exc
     problems = check_inclusion(document if isinstance(document, dict) else {}, [load_public_key(public_key)])
     if as_json:
         emit_json({"holds": not problems, "problems": problems})
@@ -237,7 +237,7 @@ def bundle(handle: LedgerHandle | None, out: Path, as_json: bool) -> None:
             ledger=handle.ledger.ledger,
         )
     except LedgerError as exc:
-        raise failure(exc.message) from exc
+        raise explain(exc) from exc
     if as_json:
         emit_json(manifest)
         return
@@ -268,7 +268,7 @@ def pull(handle: LedgerHandle | None, out: Path, as_json: bool) -> None:
     try:
         report = verify_ledger(handle.ledger, objects=handle.checkpoints.versions(), keys=_keys(None, handle))
     except LedgerError as exc:
-        raise failure(exc.message) from exc
+        raise explain(exc) from exc
     out.mkdir(parents=True, exist_ok=True)
     added, differ = [], []
     for number, signed in sorted(report.notes.items()):

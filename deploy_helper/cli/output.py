@@ -45,6 +45,7 @@ DECISION_STYLE = {
     "would-revoke": "yellow",
     "denied": "red",
     "failed": "red",
+    "would-fail": "red",
 }
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")

@@ -26,10 +26,15 @@ registered in callers.yaml. Errors are printed as FILE:LINE: PATH: MESSAGE.
 Suitable for a pre-commit hook and CI. Exit 1 when anything is wrong.
 """,
 )
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("policies"))
+@click.argument(
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DEPLOY_HELPER_POLICIES_DIR",
+    default=Path("policies"),
+)
 @json_option
 def check(directory: Path, as_json: bool) -> None:
-    """Validate DIRECTORY/callers.yaml and DIRECTORY/rules.yaml (default: ./policies)."""
+    """Validate DIRECTORY/callers.yaml and DIRECTORY/rules.yaml (default: $DEPLOY_HELPER_POLICIES_DIR or ./policies)."""
     errors, summary = check_directory(directory)
     if as_json:
         emit_json({"ok": not errors, "errors": errors, **summary})

@@ -98,6 +98,7 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
     service: ClassVar[str] = "lambda"
     permissions: ClassVar[tuple[str, ...]] = (
         "lambda:GetPolicy",
+        "lambda:GetFunctionConfiguration",
         "lambda:AddPermission",
         "lambda:RemovePermission",
     )

@@ -48,9 +48,14 @@ def read_policy(client: Any, name: str, qualifier: str | None) -> PolicyState:
     try:
         response = client.get_policy(**kwargs)
     except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ResourceNotFoundException" and "policy" in str(exc).lower():
-            return PolicyState(empty_policy(), None)
-        raise
+        if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        # Lambda answers ResourceNotFoundException both for "no policy yet" and for
+        # "no such function"; only the function's own existence tells them apart.
+        # GetFunctionConfiguration raises ResourceNotFoundException (with AWS's reason)
+        # when the function or qualifier does not exist.
+        client.get_function_configuration(**kwargs)
+        return PolicyState(empty_policy(), None)
     return PolicyState(load_policy(response.get("Policy")), response.get("RevisionId"))
 
 

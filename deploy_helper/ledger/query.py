@@ -22,6 +22,7 @@ DECISIONS = (
     "failed",
     "would-apply",
     "would-revoke",
+    "would-fail",
 )
 
 

@@ -7,8 +7,10 @@
 4. send the same grants again: nothing changes (``unchanged``); share the tooling
    account's container image repository (``ecr-pull``) and deployment-events queue
    (``sqs-send``, SNS bound to each service account's topic) across accounts;
-5. replay the first request verbatim, tamper with a signed request, and claim
-   to be ``ci-tooling`` with another caller's key: all refused, nothing changed;
+5. send the first request again byte for byte (a client's retry: its first answer,
+   nothing done again), replay its nonce on another payload, tamper with a signed
+   request, and claim to be ``ci-tooling`` with another caller's key: all refused,
+   nothing changed;
 6. revoke one grant;
 7. read every policy back through boto3 and compare with what was asked;
 8. verify the ledger and print the audit trail.
@@ -35,20 +37,41 @@ def _quiet(_: str) -> None:
     return None
 
 
-def run_demo(workdir: Path | None = None, progress: Step = _quiet) -> dict[str, Any]:
-    """Run the demo and return its report (also what ``demo --json`` prints)."""
+def run_demo(workdir: Path | None = None, progress: Step = _quiet, endpoint: str | None = None) -> dict[str, Any]:
+    """Run the demo and return its report (also what ``demo --json`` prints).
+
+    Without ``endpoint`` the demo starts its own local AWS and stops it afterwards.
+    With one (``AWS_ENDPOINT_URL``), it works there and leaves its grants and ledger:
+    in the environment ``deploy-helper local up`` keeps at that endpoint, on its seed
+    scenario; at any other endpoint (an empty moto server), on a seed scenario it
+    builds there first.
+    """
     with tempfile.TemporaryDirectory(prefix="deploy-helper-demo-") as tmp:
         work = workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        if endpoint:
+            from deploy_helper.local.environment import find_for_endpoint, reopen
+
+            state = find_for_endpoint(endpoint)
+            if state is not None:
+                progress(f"local AWS of `deploy-helper local up` at {endpoint}: its seed scenario")
+                return _run(reopen(state), progress)
+            progress(f"AWS at {endpoint} (AWS_ENDPOINT_URL): building the seed scenario there")
+            return _run(_build(LocalAws(set_environ=False, endpoint=endpoint), work, progress), progress)
         with LocalAws() as local:
             progress(f"local AWS (moto) listening on {local.endpoint}")
-            return _run(local, work, progress)
+            return _run(_build(local, work, progress), progress)
 
 
-def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
+def _build(local: LocalAws, work: Path, progress: Step) -> seed.Scenario:
     sc = seed.build(local, work, bootstrap=False)
     progress("seed scenario: accounts " + ", ".join(f"{k}={v}" for k, v in seed.ACCOUNTS.items()))
-    bootstrap = _bootstrap(sc)
+    return sc
+
+
+def _run(sc: seed.Scenario, progress: Step) -> dict[str, Any]:
+    local = sc.local
+    bootstrap = bootstrap_targets(sc)
     progress(f"bootstrap: broker role in {len(bootstrap)} target accounts")
     broker = sc.broker()
     client = sc.client(broker)
@@ -79,8 +102,10 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
 
     before_attacks = sc.snapshot()
     attacks = []
-    replay = client.send_envelope(first_envelope)
-    attacks.append(_attack("replay of the first request", replay))
+    retry = client.send_envelope(first_envelope)
+    report["retry_answered_from_first"] = retry.model_dump() == first.model_dump()
+    replay = client.send_envelope(_reuse_nonce(client, first_envelope, [sc.bucket_grant("service-a")]))
+    attacks.append(_attack("the first request's nonce on another payload (replay)", replay))
     tampered = _tamper(client.envelope(client.payload(grants, context=context)), sc)
     attacks.append(_attack("tampered payload (principal swapped after signing)", client.send_envelope(tampered)))
     impostor = sc.client(broker, caller=seed.CALLER, signer=sc.other_signer)
@@ -120,9 +145,11 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
     report["active_grants"] = len(active_grants(handle.ledger.entries()))
     progress(f"ledger: {verification.size} entries, whole: {verification.whole}")
     report["ok"] = bool(
-        all(r["decision"] == "applied" for r in report["applied"] + report["shared"])
+        # "unchanged": a running local environment where the demo ran before
+        all(r["decision"] in ("applied", "unchanged") for r in report["applied"] + report["shared"])
         and all(d == "unchanged" for d in report["reapplied"])
         and all(a["refused"] for a in attacks)
+        and report["retry_answered_from_first"]
         and unchanged
         and all(r["decision"] == "revoked" for r in report["revoked"])
         and all(report["verified"].values())
@@ -131,7 +158,7 @@ def _run(local: LocalAws, work: Path, progress: Step) -> dict[str, Any]:
     return report
 
 
-def _bootstrap(sc: seed.Scenario) -> list[dict[str, Any]]:
+def bootstrap_targets(sc: seed.Scenario) -> list[dict[str, Any]]:
     """Put the broker role in each target account with the operator's rollout (per-account path).
 
     This is what ``deploy-helper bootstrap --account ID ... --admin-role
@@ -147,6 +174,15 @@ def _bootstrap(sc: seed.Scenario) -> list[dict[str, Any]]:
     return [
         {"account": r.account, "change": r.change, "outcome": r.outcome, "version": r.version} for r in report.results
     ]
+
+
+def _reuse_nonce(client: Any, envelope: dict[str, str], grants: list[dict[str, Any]]) -> dict[str, str]:
+    """A genuinely signed request that reuses an earlier request's nonce: a replay."""
+    from deploy_helper.signing import seal
+
+    nonce = json.loads(envelope["signed"])["nonce"]
+    payload = client.payload(grants, action="revoke")
+    return seal(client.signer, caller=client.caller, audience=client.audience, payload=payload, nonce=nonce)
 
 
 def _tamper(envelope: dict[str, str], sc: seed.Scenario) -> dict[str, str]:

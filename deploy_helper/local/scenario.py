@@ -55,7 +55,7 @@ TARGET_ACCOUNTS = ("tooling", "token-service", "service-a", "service-b")
 SERVICE_ACCOUNTS = ("service-a", "service-b")
 ORG_ID = "o-dhlocal0001"
 AUDIENCE = "deploy-helper:local"
-EXTERNAL_ID = "deploy-helper-local-external-id"
+EXTERNAL_ID = "deploy-helper-local-external-id-0001"
 BROKER_EXEC_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/deploy-helper-broker-exec"
 TABLES = {
     "nonce": "deploy-helper-nonces",

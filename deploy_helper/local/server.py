@@ -234,6 +234,12 @@ class LocalAws(AbstractContextManager["LocalAws"]):
             raise RuntimeError(f"the local AWS server did not start (it said {line!r})")
         return line
 
+    def running(self) -> bool:
+        """The server started by ``start`` is still up."""
+        if self._process is not None:
+            return bool(self._process.poll() is None)
+        return self._server is not None
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.stdin.close()  # the server exits when its parent goes away
@@ -315,6 +321,8 @@ def _serve_until_parent_exits() -> None:
     import sys
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    # moto tries to run a custom resource's function in Docker and logs its absence; expected here.
+    logging.getLogger("moto.awslambda").setLevel(logging.CRITICAL)
     server = _serialized_server()
     server.start()
     host, port = server.get_host_and_port()

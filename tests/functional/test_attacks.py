@@ -333,13 +333,24 @@ def test_any_position_of_the_payload(scenario: Scenario, attack: Attack, grant: 
 
 
 def test_replay_of_a_valid_request(scenario: Scenario, attack: Attack, grant: dict[str, Any]) -> None:
+    """Sent again byte for byte (a client's retry, or an attacker's replay): the first answer, nothing done.
+
+    Sent with the same nonce but anything else changed: refused as a replay.
+    """
     envelope = signed(scenario.signer, payload([grant]))
     first = attack.send(envelope)
     assert [r["decision"] for r in first["results"]] == ["applied"]
     attack.before = scenario.snapshot()  # the genuine request made its change
     attack.calls.clear()
-    attack.refused(envelope, "replayed", "nonce reused")
-    attack.refused(envelope, "replayed", "nonce reused")
+    for _ in range(2):
+        seq = attack.ledger_seq()
+        assert attack.send(envelope) == first
+        assert attack.ledger_since(seq) == []  # nothing was decided again
+        attack.nothing_changed()
+    nonce = json.loads(envelope["signed"])["nonce"]
+    revoke = signed(scenario.signer, payload([grant], action="revoke"), nonce=nonce)
+    attack.refused(revoke, "replayed", "nonce reused")
+    attack.refused(revoke, "replayed", "nonce reused")
 
 
 def test_nonce_is_single_use_and_cannot_be_burned_by_a_forgery(

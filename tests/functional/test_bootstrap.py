@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 BROKER = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/deploy-helper-broker-exec"
-EXTERNAL_ID = "functional-test-external-id"
+EXTERNAL_ID = "functional-test-external-id-0000001"
 ENV = {"DEPLOY_HELPER_BROKER_ROLE_ARN": BROKER, "DEPLOY_HELPER_EXTERNAL_ID": EXTERNAL_ID}
 ACCOUNTS = [f"2000000000{i:02d}" for i in range(20)]
 

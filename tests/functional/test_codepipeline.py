@@ -189,6 +189,7 @@ def test_the_cli_step_exits_non_zero_on_a_denied_grant_and_prints_why(world: Wor
         [
             "request",
             str(path),
+            "--apply",
             "--in-process",
             "--key-id",
             "ci-tooling-local",

@@ -199,8 +199,10 @@ def test_delete_when_the_target_function_is_gone_succeeds(world: World, bucket: 
     world.waiting.statuses[stack.stack_id] = "DELETE_IN_PROGRESS"
     deleted = answer(world, bucket, *event("Delete", stack, bucket, physical=created["PhysicalResourceId"]))
     assert deleted["Status"] == "SUCCESS"
-    # Lambda answers GetPolicy for a deleted function as for one without a policy.
-    assert deleted["Data"]["Decision"] == "absent"
+    # The broker tells a deleted function from one without a policy (as for a deleted bucket
+    # or key): the revoke fails on the missing target, and the stack's Delete succeeds.
+    assert deleted["Reason"] == "the target no longer exists; nothing to remove"
+    assert deleted["Data"]["Decision"] == "failed"
 
 
 def test_a_plan_only_resource_shows_the_change_and_makes_none(world: World, bucket: ResponseBucket) -> None:

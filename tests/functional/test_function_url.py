@@ -14,6 +14,7 @@ import pytest
 
 from deploy_helper import handler
 from deploy_helper.local import scenario as seed
+from deploy_helper.signing import seal
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -98,7 +99,13 @@ def test_the_signing_key_must_belong_to_the_account_that_signed_the_http_request
     assert [r["decision"] for r in body["results"]] == ["applied"]
     assert scenario.bucket_policy() != before["bucket_policy"]
 
-    status, body = call(url_event(envelope, seed.ACCOUNTS["tooling"]))  # a replay
+    applied = body
+    status, body = call(url_event(envelope, seed.ACCOUNTS["tooling"]))  # the same envelope again: its answer
+    assert (status, body) == (200, applied)
+    nonce = json.loads(json.loads(envelope)["signed"])["nonce"]
+    revoke = client.payload([grant], action="revoke")
+    forged_nonce = seal(scenario.signer, caller=seed.CALLER, audience=seed.AUDIENCE, payload=revoke, nonce=nonce)
+    status, body = call(url_event(json.dumps(forged_nonce), seed.ACCOUNTS["tooling"]))  # a replay
     assert status == 401
     assert body["error"]["code"] == "replayed"
 

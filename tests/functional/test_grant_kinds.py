@@ -18,7 +18,7 @@ import pytest
 from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.grants import REGISTRY
 from deploy_helper.local import strict_aws
-from deploy_helper.local.scenario import ACCOUNTS
+from deploy_helper.local.scenario import ACCOUNTS, FOREIGN_SID
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -246,6 +246,10 @@ def test_permissions_used_are_the_declared_ones(
 ) -> None:
     client = scenario.client(strict_broker)
     grant = grant_for(scenario, kind)
+    if kind == "lambda-invoke":
+        # A function with no policy at all: telling it from a missing function takes GetFunctionConfiguration.
+        lam = scenario.local.client("lambda", ACCOUNTS["token-service"])
+        lam.remove_permission(FunctionName="token-authorizer", StatementId=FOREIGN_SID)
     client.request([grant])
     client.request([grant], action="revoke")
     if kind == "bucket-access":

@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 
 from deploy_helper.ledger.store import DynamoLedger
 from deploy_helper.ledger.verify import verify_ledger
+from deploy_helper.signing import seal
 
 if TYPE_CHECKING:
     from deploy_helper.local.scenario import Scenario
@@ -75,7 +76,16 @@ def test_refusals_are_recorded_without_secrets(scenario: Scenario) -> None:
     client = scenario.client()
     client.request([scenario.bucket_grant("service-a")])
     envelope = client.sent[-1]
-    client.send_envelope(envelope)  # replay
+    assert client.send_envelope(envelope).ok  # the same envelope again: its first answer, no entry
+    nonce = json.loads(envelope["signed"])["nonce"]
+    replay = seal(
+        scenario.signer,
+        caller="ci-tooling",
+        audience="deploy-helper:local",
+        payload=client.payload([scenario.bucket_grant("service-a")], action="revoke"),
+        nonce=nonce,
+    )
+    client.send_envelope(replay)  # the nonce again, with another payload
     tampered = dict(
         envelope,
         signed=envelope["signed"].replace("333333333333:role/deploy", "444444444444:role/deploy"),

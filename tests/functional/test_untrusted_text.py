@@ -146,6 +146,7 @@ def test_request_prints_the_brokers_refusal_literally(scenario: Scenario, tmp_pa
     grant = {**scenario.authorizer_grant("service-a"), "kind": PAYLOAD}
     grants.write_text(yaml.safe_dump({"caller": "ci-tooling", "audience": "deploy-helper:local", "grants": [grant]}))
     key = ["--key-id", "ci-tooling-local", "--key-file", str(scenario.workdir / "ci-tooling.pem"), "--in-process"]
+    key.append("--apply")  # request needs an explicit mode
     result = _cli(scenario, "request", str(grants), *key)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     _printed_literally(result.output)

@@ -28,7 +28,7 @@ SAM_TEMPLATE = ROOT / "template.yaml"
 
 ACCOUNT = "111111111111"
 BROKER = "arn:aws:iam::123456789012:role/deploy-helper-broker-exec"
-EXTERNAL_ID = "external-id-for-tests"
+EXTERNAL_ID = "external-id-for-tests-000000000001"
 PARAMETERS = {
     "BrokerExecutionRoleArn": BROKER,
     "ExternalId": EXTERNAL_ID,
@@ -201,7 +201,7 @@ def test_config_digest_detects_any_change_and_hides_the_external_id() -> None:
     tag = config_digest(parameters())
     assert EXTERNAL_ID not in tag and len(tag) < 256
     assert config_matches(tag, parameters())
-    assert not config_matches(tag, parameters(external_id="rotated-external-id"))
+    assert not config_matches(tag, parameters(external_id="rotated-external-id-00000000000001"))
     assert not config_matches(tag, parameters(function_name_patterns=("authorizer-*",)))
     assert not config_matches(tag, parameters(), {"auto_deployment": False})
     assert not config_matches(None, parameters())
