@@ -392,15 +392,27 @@ def test_a_grant_no_rule_allows_is_denied_naming_the_rule_and_check(
 def test_a_replayed_request_changes_nothing(
     scenario: Scenario, strict_broker: Broker, aws_calls: Any, kind: str
 ) -> None:
-    """The same signed revoke sent twice: the second is refused, the re-applied grant stays."""
-    handler.set_broker(strict_broker)
+    """A signed revoke sent again: the first answer, nothing done again; its nonce on another payload: refused.
+
+    Between the two, the grant is applied again by a fresh request, so a replay that
+    acted would revoke it: it stays.
+    """
     grant = scenario.grant(kind)
+    client = scenario.client(strict_broker)
+    assert only(client.request([grant])).decision == "applied"
+    handler.set_broker(strict_broker)
     revoke = signed(scenario.signer, payload([grant], action="revoke"))
-    assert only(scenario.client(strict_broker).request([grant])).decision == "applied"
-    assert handler.lambda_handler(json.loads(json.dumps(revoke)), None)["results"][0]["decision"] == "revoked"
-    assert only(scenario.client(strict_broker).request([grant])).decision == "applied"
+    first = handler.lambda_handler(json.loads(json.dumps(revoke)), None)
+    assert first["results"][0]["decision"] == "revoked"
+    assert only(client.request([grant])).decision == "applied"
     attack = Attack(scenario, strict_broker, aws_calls)
-    attack.refused(revoke, "replayed", "nonce")
+    seq = attack.ledger_seq()
+    assert attack.send(revoke) == first  # a retry, byte for byte: answered from the first
+    assert attack.ledger_since(seq) == []
+    attack.nothing_changed()
+    nonce = json.loads(revoke["signed"])["nonce"]
+    other = signed(scenario.signer, payload([grant], action="revoke", dry_run=True), nonce=nonce)
+    attack.refused(other, "replayed", "nonce reused")
     assert len(managed(scenario, kind)) == 1
 
 
