@@ -49,7 +49,9 @@ TARGET_SERVICES = {"sts", "lambda", "s3", "kms"}
 class Meter:
     """Counts target-account calls; sleeps ``latency`` per call (``ledger_latency`` for DynamoDB)."""
 
-    def __init__(self, latency: float, ledger_latency: float) -> None:
+    def __init__(self, latency: float, ledger_latency: float, own_bucket: str | None = None) -> None:
+        #: The broker's own checkpoint bucket: its ledger, not a target account's policy.
+        self.own_bucket = own_bucket
         self.latency = latency
         self.ledger_latency = ledger_latency
         self.calls: Counter[str] = Counter()
@@ -61,11 +63,9 @@ class Meter:
         session.events.register("before-send", self._delay)
 
     def _count(self, model: Any, params: Any, context: dict[str, Any], **_: Any) -> None:
-        from deploy_helper.local.scenario import CHECKPOINT_BUCKET
-
         service = model.service_model.service_name
-        # The broker's own checkpoint bucket is its ledger, not a target account's policy.
-        own = service == "s3" and CHECKPOINT_BUCKET in str(params.get("url_path", "")) + str(params.get("url", ""))
+        where = str(params.get("url_path", "")) + str(params.get("url", ""))
+        own = service == "s3" and self.own_bucket is not None and self.own_bucket in where
         target = service in TARGET_SERVICES and not own
         context["bench.target"] = target
         with self._lock:
@@ -98,7 +98,7 @@ def grants_of(sc: Any) -> list[dict[str, Any]]:
 def run_broker(sc: Any, grants: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     from deploy_helper.broker import Broker
 
-    meter = Meter(args.latency, args.ledger_latency)
+    meter = Meter(args.latency, args.ledger_latency, sc.config.checkpoint_bucket)
     session = sc.local.base_session()
     meter.install(session)
     config = dataclasses.replace(sc.config, max_workers=args.workers)
@@ -147,7 +147,7 @@ def run_baseline(sc: Any, grants: list[dict[str, Any]], args: argparse.Namespace
 
     from deploy_helper.local import scenario as seed
 
-    meter = Meter(args.latency, 0.0)
+    meter = Meter(args.latency, 0.0, sc.config.checkpoint_bucket)
     session = sc.local.base_session()
     meter.install(session)
     cfg = Config(retries={"mode": "standard", "max_attempts": 3})

@@ -54,7 +54,7 @@ def main() -> None:
             ],
             BillingMode="PAY_PER_REQUEST",
         )
-        single, batched = _appends(DynamoLedger(ddb, seed.TABLES["ledger"], ledger="bench"), args.appends)
+        single, batched = _appends(DynamoLedger(ddb, sc.config.ledger_table, ledger="bench"), args.appends)
         single_before, batched_before = _appends(DynamoLedger(ddb, no_stream, ledger="bench"), args.appends)
 
         def grant_times(broker_factory: object) -> list[float]:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from deploy_helper import fencing
+from deploy_helper import fencing, telemetry
 from deploy_helper.auth import Authenticated, Authenticator, Identity, envelope_digest, parse_envelope
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError, RetriedRequest
 from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
@@ -313,6 +313,7 @@ class Broker:
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="account") as pool:
                 outcomes = list(pool.map(run_account, list(groups)))
+        telemetry.bind_thread()  # this thread may have worked on an account (one worker)
         for batch in outcomes:
             for result in batch:
                 results[result.index] = result
@@ -337,6 +338,7 @@ class Broker:
         allowed_of: dict[int, Allowed] | None = None,
         acting: Acting | None = None,
     ) -> list[GrantResult]:
+        telemetry.bind_thread(account=account)
         try:
             clients = self.sessions.for_account(account, payload.request_id)
         except BrokerError as exc:
@@ -345,6 +347,7 @@ class Broker:
 
         def run(key: tuple[str, str, str | None]) -> list[GrantResult]:
             _kind, resource, region = key
+            telemetry.bind_thread(account=account, resource=resource)
             items = resources[key]
             if out_of_time():
                 return self._fail_all(request, items, NOT_ATTEMPTED)

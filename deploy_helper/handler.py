@@ -15,10 +15,12 @@ runtime, so callers always get a structured answer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
 
+from deploy_helper import telemetry
 from deploy_helper.broker import Broker
 from deploy_helper.config import BrokerConfig
 from deploy_helper.exceptions import BrokerError
@@ -26,6 +28,7 @@ from deploy_helper.models import BrokerResponse, ErrorBody
 
 logger = logging.getLogger("deploy_helper")
 logger.setLevel(os.environ.get("DEPLOY_HELPER_LOG_LEVEL", "INFO"))
+telemetry.install()
 
 _broker: Broker | None = None
 
@@ -55,7 +58,27 @@ def is_function_url(event: Any) -> bool:
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
-    """Handle one invocation; always returns a JSON-serializable answer."""
+    """Handle one invocation; always returns a JSON-serializable answer.
+
+    Every log line of the invocation carries its request id and caller; each grant's
+    outcome is logged with its target account and grant id, and counted in EMF metrics
+    (``deploy_helper.telemetry``).
+    """
+    telemetry.begin(getattr(context, "aws_request_id", None))
+    answer = _dispatch(event, context)
+    body = answer
+    if "statusCode" in answer and isinstance(answer.get("body"), str):  # a function-URL answer
+        try:
+            body = json.loads(answer["body"])
+        except ValueError:
+            body = {}
+    if isinstance(body, dict):
+        telemetry.record_grants(logger, body)
+        telemetry.emit_metrics(body)
+    return answer
+
+
+def _dispatch(event: Any, context: Any) -> dict[str, Any]:
     if is_custom_resource(event):
         from deploy_helper.custom_resource import handle_custom_resource
 

@@ -68,8 +68,8 @@ class DeleteEvent(EventBase):
 
 
 CustomResourceEvent = Annotated[CreateEvent | UpdateEvent | DeleteEvent, Field(discriminator="request_type")]
-_EVENT = TypeAdapter(CustomResourceEvent)
-_GRANT = TypeAdapter(AnyGrant)
+_EVENT: TypeAdapter[Any] = TypeAdapter(CustomResourceEvent)
+_GRANT: TypeAdapter[Any] = TypeAdapter(AnyGrant)
 
 
 def parse_event(event: Any) -> CreateEvent | UpdateEvent | DeleteEvent:

@@ -1,6 +1,7 @@
 """The demo: the whole flow on the embedded local AWS, checked by reading AWS back.
 
-1. start a moto server on loopback and build the seed scenario;
+1. start a moto server on loopback and build the seed scenario (the broker's own
+   resources from template.yaml, deploy_helper.local.stack);
 2. put the broker role into each target account (bootstrap);
 3. apply, in one signed request, the authorizer permission for each service
    account's API and artifact-bucket read + KMS decrypt for each deploy role;
@@ -66,6 +67,12 @@ def run_demo(workdir: Path | None = None, progress: Step = _quiet, endpoint: str
 def _build(local: LocalAws, work: Path, progress: Step) -> seed.Scenario:
     sc = seed.build(local, work, bootstrap=False)
     progress("seed scenario: accounts " + ", ".join(f"{k}={v}" for k, v in seed.ACCOUNTS.items()))
+    stack = sc.stack
+    if stack is not None:
+        progress(
+            f"broker stack {stack.name} created from template.yaml: {len(stack.resources)} resources"
+            f" ({len(stack.stand_ins)} completed or stood in for where the local AWS's CloudFormation falls short)"
+        )
     return sc
 
 
@@ -77,7 +84,14 @@ def _run(sc: seed.Scenario, progress: Step) -> dict[str, Any]:
     client = sc.client(broker)
     context = {"pipeline": "demo-pipeline", "execution_id": "demo-0001", "commit": "0123abcd"}
     grants = sc.seed_grants()
-    report: dict[str, Any] = {"endpoint": local.endpoint, "accounts": seed.ACCOUNTS, "bootstrap": bootstrap}
+    report: dict[str, Any] = {
+        "endpoint": local.endpoint,
+        "accounts": seed.ACCOUNTS,
+        "broker_stack": (
+            {"name": sc.stack.name, "outputs": sc.stack.outputs, "stand_ins": sc.stack.stand_ins} if sc.stack else None
+        ),
+        "bootstrap": bootstrap,
+    }
 
     plan = client.request(grants, dry_run=True, context=context)
     report["plan"] = [r.decision for r in plan.results]

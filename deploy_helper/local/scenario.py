@@ -2,8 +2,9 @@
 
 The demo, the tests and the benchmarks all grow from it:
 
-- ``broker`` (123456789012, moto's default): the broker's tables (nonces,
-  ledger, locks) and its execution role;
+- ``broker`` (123456789012, moto's default): the broker's own stack, created
+  from ``template.yaml`` (``deploy_helper.local.stack``): its tables, checkpoint
+  bucket, execution role, function, schedule and alarms;
 - ``tooling`` (111111111111): the CI/CD account, with the pipeline artifact
   bucket and its KMS key;
 - ``token-service`` (222222222222): the Lambda authorizer function;
@@ -22,7 +23,7 @@ import io
 import json
 import secrets
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ import yaml
 from deploy_helper.config import BrokerConfig
 from deploy_helper.local import shared_resources
 from deploy_helper.local.server import DEFAULT_ACCOUNT, LOCAL_REGION
+from deploy_helper.local.stack import BrokerStack, deploy_broker_stack
 from deploy_helper.signing import Ed25519Signer, generate_ed25519
 
 if TYPE_CHECKING:
@@ -55,15 +57,12 @@ TARGET_ACCOUNTS = ("tooling", "token-service", "service-a", "service-b")
 SERVICE_ACCOUNTS = ("service-a", "service-b")
 ORG_ID = "o-dhlocal0001"
 AUDIENCE = "deploy-helper:local"
+#: The template's ExternalId parameter (32 characters or more).
 EXTERNAL_ID = "deploy-helper-local-external-id-0001"
-BROKER_EXEC_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/deploy-helper-broker-exec"
-TABLES = {
-    "nonce": "deploy-helper-nonces",
-    "ledger": "deploy-helper-ledger",
-    "lock": "deploy-helper-locks",
-    "references": "deploy-helper-references",
-}
-CHECKPOINT_BUCKET = "deploy-helper-checkpoints-123456789012"
+#: The broker stack's Environment parameter: the audience is deploy-helper:local.
+ENVIRONMENT = "local"
+#: The execution role the template makes (``deploy-helper-exec-<Environment>``).
+BROKER_EXEC_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT}:role/deploy-helper-exec-{ENVIRONMENT}"
 CHECKPOINT_ORIGIN = "deploy-helper.local/ledger/main"
 CALLER = "ci-tooling"
 OTHER_CALLER = "ci-service-b"
@@ -90,6 +89,8 @@ class Scenario:
     scaled: dict[str, str] = field(default_factory=dict)
     #: The tooling account's resource of each resource-policy kind (``shared_resources``).
     resources: dict[str, str] = field(default_factory=dict)
+    #: The broker's own stack, created from template.yaml.
+    stack: BrokerStack | None = None
 
     @property
     def accounts(self) -> dict[str, str]:
@@ -243,6 +244,8 @@ class Scenario:
             "DEPLOY_HELPER_POLICIES_DIR": str(c.policies_dir),
             "DEPLOY_HELPER_NONCE_TABLE": c.nonce_table,
             "DEPLOY_HELPER_EXTERNAL_ID": c.external_id or "",
+            "DEPLOY_HELPER_TARGET_ROLE": c.target_role_name,
+            "DEPLOY_HELPER_TARGET_ROLE_PATH": c.target_role_path,
         }
         for name, value in (
             ("DEPLOY_HELPER_LEDGER_TABLE", c.ledger_table),
@@ -387,32 +390,32 @@ def _write_policies(directory: Path, signer_pub: bytes, other_pub: bytes) -> Non
     (directory / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
 
 
-def create_tables(local: LocalAws) -> None:
-    ddb = local.client("dynamodb", DEFAULT_ACCOUNT)
-    ddb.create_table(
-        TableName=TABLES["nonce"],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    for table in (TABLES["lock"], TABLES["references"]):
-        ddb.create_table(
-            TableName=table,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-    ddb.create_table(
-        TableName=TABLES["ledger"],
-        KeySchema=[{"AttributeName": "ledger", "KeyType": "HASH"}, {"AttributeName": "seq", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "ledger", "AttributeType": "S"},
-            {"AttributeName": "seq", "AttributeType": "N"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-        # The checkpointer reads every change of the ledger from the table's stream.
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )
+def broker_parameters() -> dict[str, str]:
+    """The broker stack's parameters in the seed scenario."""
+    invokers = [ACCOUNTS[name] for name in ("tooling", *SERVICE_ACCOUNTS)]
+    return {"Environment": ENVIRONMENT, "ExternalId": EXTERNAL_ID, "InvokerAccountIds": ",".join(invokers)}
+
+
+def broker_config(stack: BrokerStack, policies: Path, checkpoint_key: Path) -> BrokerConfig:
+    """The broker's configuration: the function's environment as the stack set it.
+
+    The checkpoint bucket is the checkpointer's (the harness runs it in process, from
+    ``Scenario.checkpoint``). Two values are the harness's: the policies (the scenario's
+    own callers and rules), and the checkpoint key, an Ed25519 key file, because the local
+    AWS creates the template's ECC_NIST_P256 signing keys as symmetric keys (see
+    ``deploy_helper.local.stack``).
+    """
+    bucket = {
+        k: v for env in stack.environments.values() for k, v in env.items() if k == "DEPLOY_HELPER_CHECKPOINT_BUCKET"
+    }
+    environment = {
+        **bucket,
+        **stack.environment,
+        "DEPLOY_HELPER_POLICIES_DIR": str(policies),
+        "DEPLOY_HELPER_CHECKPOINT_KEY": f"file:{checkpoint_key}",
+        "AWS_REGION": LOCAL_REGION,
+    }
+    return BrokerConfig.from_env(environment)
 
 
 def build(
@@ -458,13 +461,13 @@ def build(
         account = ACCOUNTS[name]
         api_ids[name] = local.client("apigateway", account).create_rest_api(name=f"{name}-api")["id"]
         deploy_roles[name] = _role(local, account, "deploy")
-    # The broker's own account: tables, the checkpoint bucket (Object Lock) and key.
-    create_tables(local)
-    local.client("s3", DEFAULT_ACCOUNT).create_bucket(Bucket=CHECKPOINT_BUCKET, ObjectLockEnabledForBucket=True)
+    # The broker's own account: its stack, from template.yaml.
+    stack = deploy_broker_stack(local, broker_parameters())
+    if stack.outputs["ExecutionRoleArn"] != BROKER_EXEC_ROLE:
+        raise RuntimeError(f"the template's execution role is {stack.outputs['ExecutionRoleArn']}")
     checkpoint_private, _ = generate_ed25519()
     (workdir / "checkpoint-key.pem").write_bytes(checkpoint_private)
     (workdir / "checkpoint-key.pem").chmod(0o600)
-    _role(local, DEFAULT_ACCOUNT, "deploy-helper-broker-exec", "lambda.amazonaws.com")
     if bootstrap:
         for name in TARGET_ACCOUNTS:
             create_broker_role(local, ACCOUNTS[name])
@@ -479,18 +482,11 @@ def build(
     _write_policies(policies, public, other_public)
     (workdir / "ci-tooling.pem").write_bytes(private)
     (workdir / "ci-tooling.pem").chmod(0o600)
-    config = BrokerConfig(
-        audience=AUDIENCE,
-        policies_dir=policies,
-        nonce_table=TABLES["nonce"],
-        ledger_table=TABLES["ledger"] if ledger else None,
-        lock_table=TABLES["lock"] if locks else None,
-        reference_table=TABLES["references"] if locks else None,
-        checkpoint_bucket=CHECKPOINT_BUCKET if ledger else None,
-        checkpoint_key=f"file:{workdir / 'checkpoint-key.pem'}" if ledger else None,
-        external_id=EXTERNAL_ID,
-        region=LOCAL_REGION,
-    )
+    config = broker_config(stack, policies, workdir / "checkpoint-key.pem")
+    if not ledger:
+        config = replace(config, ledger_table=None, checkpoint_bucket=None, checkpoint_key=None)
+    if not locks:
+        config = replace(config, lock_table=None, reference_table=None)
     return Scenario(
         local=local,
         workdir=workdir,
@@ -505,6 +501,7 @@ def build(
         config=config,
         extra={"nonce": secrets.token_hex(2)},
         resources=resources,
+        stack=stack,
     )
 
 

@@ -839,7 +839,9 @@ def test_target_role_with_another_external_id(scenario: Scenario, attack: Attack
 
 def test_ledger_cannot_be_written(scenario: Scenario, attack: Attack) -> None:
     """Fail closed: without its intent in the ledger, no grant is made."""
-    scenario.local.client("dynamodb").delete_table(TableName=attack.broker.ledger.table)  # type: ignore[attr-defined]
+    ddb, table = scenario.local.client("dynamodb"), attack.broker.ledger.table  # type: ignore[attr-defined]
+    ddb.update_table(TableName=table, DeletionProtectionEnabled=False)  # the template protects it
+    ddb.delete_table(TableName=table)
     response = attack.send(signed(scenario.signer, payload(scenario.seed_grants())))
     if response["ok"]:
         assert [r["decision"] for r in response["results"]] == ["failed"] * 6

@@ -97,10 +97,10 @@ def _lambda_failures(aws_calls: Any) -> list[Any]:
     return [c for c in aws_calls.failures() if c.operation.startswith("lambda.")]
 
 
-def _references(local: LocalAws, function: str) -> dict[str, list[str]]:
+def _references(local: LocalAws, function: str, table: str) -> dict[str, list[str]]:
     item = (
         local.client("dynamodb", seed.ACCOUNTS["broker"])
-        .get_item(TableName=seed.TABLES["references"], Key={"pk": {"S": function}}, ConsistentRead=True)
+        .get_item(TableName=table, Key={"pk": {"S": function}}, ConsistentRead=True)
         .get("Item")
     )
     return {sid: sorted(v["SS"]) for sid, v in (item or {}).get("statements", {}).get("M", {}).items()}
@@ -150,7 +150,7 @@ def test_widening_fits_every_grant_and_counts_references(fresh_local: LocalAws, 
         assert statement["Action"] == "lambda:InvokeFunction"
         assert statement["Resource"] == sc.authorizer_arn
     # references: each shared permission lists exactly the grants of its account
-    references = _references(fresh_local, sc.authorizer_arn)
+    references = _references(fresh_local, sc.authorizer_arn, sc.config.reference_table)
     assert sorted(references) == sorted(s["Sid"] for s in shared.values())
     per_account = {a: sum(1 for g in grants if g["source_account"] == a) for a in accounts}
     assert {shared_account: len(references[s["Sid"]]) for shared_account, s in shared.items()} == per_account
@@ -171,13 +171,13 @@ def test_widening_fits_every_grant_and_counts_references(fresh_local: LocalAws, 
     assert [r.decision for r in gone.results] == ["revoked"]
     assert gone.results[0].compaction == f"removed from {shared[a0]['Sid']}, {APIS - 1} grants remain"
     assert _shared(sc.function_policy())[a0] == shared[a0]
-    assert len(_references(fresh_local, sc.authorizer_arn)[shared[a0]["Sid"]]) == APIS - 1
+    assert len(_references(fresh_local, sc.authorizer_arn, sc.config.reference_table)[shared[a0]["Sid"]]) == APIS - 1
     assert [r.decision for r in client.request(a0_grants[:1], action="revoke").results] == ["absent"]
     # the account's other APIs: the permission goes with the last of them
     rest = client.request(a0_grants[1:], action="revoke", request_id="widen-003")
     assert [r.decision for r in rest.results] == ["revoked"] * (APIS - 1)
     assert a0 not in _shared(sc.function_policy())
-    assert shared[a0]["Sid"] not in _references(fresh_local, sc.authorizer_arn)
+    assert shared[a0]["Sid"] not in _references(fresh_local, sc.authorizer_arn, sc.config.reference_table)
     assert len(sc.function_policy()["Statement"]) == len(accounts)
 
     # the others again: nothing changes, one read and no write
@@ -191,7 +191,7 @@ def test_widening_fits_every_grant_and_counts_references(fresh_local: LocalAws, 
     out = client.request(grants, action="revoke", request_id="widen-005")
     assert [r.decision for r in out.results] == ["absent"] * len(a0_grants) + ["revoked"] * len(others)
     assert sc.function_policy()["Statement"] == foreign
-    assert _references(fresh_local, sc.authorizer_arn) == {}
+    assert _references(fresh_local, sc.authorizer_arn, sc.config.reference_table) == {}
     assert _lambda_failures(aws_calls) == []
 
 
@@ -221,4 +221,4 @@ def test_without_widening_the_overflow_is_refused(fresh_local: LocalAws, tmp_pat
     assert not any(s["Sid"].startswith(SHARED) for s in policy["Statement"])
     assert everything[k - 1]["source_arn"] not in json.dumps(policy)
     assert [op for op in aws_calls.operations() if op == "lambda.AddPermission"] == ["lambda.AddPermission"] * (k - 1)
-    assert _references(fresh_local, sc.authorizer_arn) == {}
+    assert _references(fresh_local, sc.authorizer_arn, sc.config.reference_table) == {}

@@ -65,7 +65,7 @@ def test_concurrent_requests_keep_every_grant(scaled: seed.Scenario) -> None:
     # holders in a row on a busy machine can take that long (a lease still expires
     # after 60 s, so a crashed holder blocks nobody for longer).
     ddb = sc.local.client("dynamodb")
-    brokers = [sc.broker(locks=DynamoLocks(ddb, seed.TABLES["lock"], wait_seconds=300)) for _ in range(BROKERS)]
+    brokers = [sc.broker(locks=DynamoLocks(ddb, sc.config.lock_table, wait_seconds=300)) for _ in range(BROKERS)]
     bucket_grants = [sc.bucket_grant(s) for s in sc.services]
     function_grants = [sc.authorizer_grant(s) for s in sc.services]
     grants = [g for pair in zip(bucket_grants, function_grants, strict=True) for g in pair]

@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from deploy_helper.models import BrokerResponse
 
 LEASE = 60
-LOCKS = seed.TABLES["lock"]
 
 
 class Clock:
@@ -105,7 +104,7 @@ def broker(sc: Scenario, aws_calls: Any, locks: Locker, stalls: Stalls | None = 
 
 
 def leases(sc: Scenario, clock: Clock, **kwargs: Any) -> DynamoLocks:
-    return DynamoLocks(sc.local.client("dynamodb"), LOCKS, lease_seconds=LEASE, clock=clock, **kwargs)
+    return DynamoLocks(sc.local.client("dynamodb"), sc.config.lock_table, lease_seconds=LEASE, clock=clock, **kwargs)
 
 
 def race(
@@ -264,8 +263,10 @@ def test_the_heartbeat_keeps_a_slow_holders_lease(scenario: Scenario) -> None:
     clock = Clock()
     client = scenario.local.client("dynamodb")
     renewals = threading.Semaphore(0)
-    locks = DynamoLocks(client, LOCKS, lease_seconds=LEASE, clock=clock, heartbeat_seconds=0.05)
-    other = DynamoLocks(scenario.local.client("dynamodb"), LOCKS, lease_seconds=LEASE, clock=clock, wait_seconds=0)
+    locks = DynamoLocks(client, scenario.config.lock_table, lease_seconds=LEASE, clock=clock, heartbeat_seconds=0.05)
+    other = DynamoLocks(
+        scenario.local.client("dynamodb"), scenario.config.lock_table, lease_seconds=LEASE, clock=clock, wait_seconds=0
+    )
 
     with locks.hold("res") as lease:
         clock.advance(LEASE - 10)
@@ -302,7 +303,9 @@ def test_a_lost_lease_is_known_and_no_write_is_sent_under_it(scenario: Scenario)
 
 
 def test_a_lease_shorter_than_the_write_is_refused(scenario: Scenario) -> None:
-    locks = DynamoLocks(scenario.local.client("dynamodb"), LOCKS, lease_seconds=30, margin_seconds=10)
+    locks = DynamoLocks(
+        scenario.local.client("dynamodb"), scenario.config.lock_table, lease_seconds=30, margin_seconds=10
+    )
     with locks.hold("res") as lease:
         lease.ensure(19)  # 30 s less the margin, less the second the table rounds off
         with pytest.raises(LeaseLostError, match="less than the 25 s a write may take plus a 10 s margin"):
@@ -347,7 +350,7 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
         SourceAccount=account,
     )
     tables = sc.local.client("dynamodb")
-    references = seed.TABLES["references"]
+    references = sc.config.reference_table
     tables.put_item(
         TableName=references,
         Item={
@@ -387,7 +390,7 @@ def test_the_brokers_writes_fit_in_a_default_lease() -> None:
     """Every target-account write attempt, and a whole reference write with its retries, fits a renewed lease."""
     from deploy_helper.broker import TABLE_CLIENT_CONFIG, TARGET_CLIENT_CONFIG
 
-    defaults = DynamoLocks(None, LOCKS)
+    defaults = DynamoLocks(None, "locks")
     room = defaults.lease_seconds - defaults.margin
     assert fencing.attempt_seconds(TARGET_CLIENT_CONFIG) == 25 <= room
     # 3 attempts of 3 + 5 s, and back-offs of at most 1 and 2 s, each plus up to 5 s of Retry-After

@@ -74,7 +74,7 @@ def as_grant(properties: dict[str, Any]) -> dict[str, Any]:
 
 def owners(world: World, sid: str) -> list[str]:
     """The owners the broker recorded for a grant on the authorizer (read from its table)."""
-    table = DynamoReferences(world.client("dynamodb"), seed.TABLES["references"])
+    table = DynamoReferences(world.client("dynamodb"), world.scenario.config.reference_table)
     return table.read_record(world.scenario.authorizer_arn).owners.get(sid, [])
 
 

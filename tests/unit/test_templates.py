@@ -35,8 +35,8 @@ def test_cfn_lint_reports_no_error_and_no_warning(path: Path) -> None:
 
 def test_cfn_lint_does_look_inside_the_transformed_template(tmp_path: Path) -> None:
     broken = TEMPLATE.read_text().replace(
-        "          Action: lambda:InvokeFunction\n          Principal: !Ref AccountId",
-        "          Action: lambda:InvokeFunction\n          Principal: !Ref AccountId\n          Bogus: 1",
+        "    Condition: HasInvokerAccount1\n    Properties:\n",
+        "    Condition: HasInvokerAccount1\n    Properties:\n      Bogus: 1\n",
     )
     (tmp_path / "template.yaml").write_text(broken)
     assert any("'Bogus' was unexpected" in m for m in lint(tmp_path / "template.yaml"))
@@ -110,12 +110,18 @@ def test_the_broker_role_may_do_only_what_the_broker_does(template: dict[str, An
 def test_the_function_is_small_capped_and_configured(template: dict[str, Any]) -> None:
     function = template["Resources"]["BrokerFunction"]["Properties"]
     assert function["Runtime"] == "python3.12"
-    assert function["Architectures"] == ["arm64"]
-    assert template["Parameters"]["MemorySize"]["Default"] <= 512
+    assert function["Architectures"] == [{"Ref": "Architecture"}]
+    assert template["Parameters"]["Architecture"]["Default"] == "arm64"
+    assert template["Parameters"]["Architecture"]["AllowedValues"] == ["arm64", "x86_64"]
+    memory = template["Parameters"]["MemorySize"]  # sized by bench/memory.py (README "Memory")
+    assert (memory["Default"], memory["MinValue"], memory["MaxValue"]) == (1024, 512, 1769)
     assert function["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
     module, _, name = function["Handler"].rpartition(".")
     assert callable(getattr(importlib.import_module(module), name))
-    assert function["CodeUri"] == "."
+    # Built by function/Makefile (function/build.py): deploy_helper without the CLI and the
+    # local harness, policies/, and the pinned runtime dependencies; never the whole repository.
+    assert function["CodeUri"] == "function/"
+    assert template["Resources"]["BrokerFunction"]["Metadata"] == {"BuildMethod": "makefile"}
     assert (ROOT / "policies" / "rules.yaml").exists()  # shipped with the code
     variables = function["Environment"]["Variables"]
     assert {
@@ -249,18 +255,51 @@ def test_the_transformed_template_admits_only_the_schedule_to_the_checkpointer(
     assert [m["EventSourceArn"] for m in mappings] == [{"Fn::GetAtt": ["LedgerTable", "StreamArn"]}]
 
 
+def _slot_value(principal: Any, accounts: list[str]) -> str:
+    """What a slot's ``!Select [i, !Split [",", !Sub ["${Ids},,,…", {Ids: !Join [",", ids]}]]]`` gives."""
+    index, split = principal["Fn::Select"]
+    separator, sub = split["Fn::Split"]
+    text, variables = sub["Fn::Sub"]
+    assert variables == {"Ids": {"Fn::Join": [",", {"Ref": "InvokerAccountIds"}]}}
+    return str(text.replace("${Ids}", ",".join(accounts)).split(separator)[index])
+
+
+SLOTS = 16
+
+
 def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[str, Any]) -> None:
-    for_each = template["Resources"]["Fn::ForEach::InvokerAccounts"]
-    assert for_each[:2] == ["AccountId", {"Ref": "InvokerAccountIds"}]
-    permissions = list(for_each[2].values()) + list(resources_of(template, "AWS::Lambda::Permission").values())
-    assert len(permissions) == 4
-    for permission in permissions:
+    permissions = resources_of(template, "AWS::Lambda::Permission")
+    conditions = template["Conditions"]
+    accounts = [str(111111111111 * (i % 9 + 1) + i) for i in range(SLOTS)]
+    for n in range(1, SLOTS + 1):
+        invoke, url = permissions.pop(f"InvokeFromAccount{n}"), permissions.pop(f"InvokeUrlFromAccount{n}")
+        assert invoke["Condition"] == f"HasInvokerAccount{n}"
+        assert url["Condition"] == f"UrlForInvokerAccount{n}"
+        assert conditions[f"UrlForInvokerAccount{n}"] == {
+            "Fn::And": [{"Condition": "FunctionUrlEnabled"}, {"Condition": f"HasInvokerAccount{n}"}]
+        }
+        assert invoke["Properties"]["Action"] == "lambda:InvokeFunction"
+        assert url["Properties"]["Action"] == "lambda:InvokeFunctionUrl"
+        assert url["Properties"]["FunctionUrlAuthType"] == "AWS_IAM"
+        for permission in (invoke, url):
+            # Slot n is account n of the list, and empty (off) when the list is shorter.
+            principal = permission["Properties"]["Principal"]
+            assert _slot_value(principal, accounts) == accounts[n - 1]
+            assert _slot_value(principal, accounts[: n - 1]) == ""
+        condition = conditions[f"HasInvokerAccount{n}"]["Fn::Not"][0]["Fn::Equals"]
+        assert condition[0] == invoke["Properties"]["Principal"] and condition[1] == ""
+    # One account more than the slots: the deploy fails, naming the remedy.
+    too_many = conditions["TooManyInvokerAccounts"]["Fn::Not"][0]["Fn::Equals"][0]
+    assert _slot_value(too_many, accounts) == ""
+    assert _slot_value(too_many, [*accounts, "999999999999"]) == "999999999999"
+    refusal = template["Resources"]["MoreThan16InvokerAccountIdsRefused"]
+    assert refusal["Condition"] == "TooManyInvokerAccounts" and refusal["Type"] == "AWS::CloudFormation::WaitCondition"
+    assert len(permissions) == 2
+    for permission in permissions.values():
         props = permission["Properties"]
-        if props["Principal"] == "*":
-            assert props["PrincipalOrgID"] == {"Ref": "InvokerOrganizationId"}
-            assert permission["Condition"] in ("HasOrganization", "FunctionUrlForOrganization")
-        else:
-            assert props["Principal"] == {"Ref": "AccountId"}
+        assert props["Principal"] == "*"
+        assert props["PrincipalOrgID"] == {"Ref": "InvokerOrganizationId"}
+        assert permission["Condition"] in ("HasOrganization", "FunctionUrlForOrganization")
         if props["Action"] == "lambda:InvokeFunctionUrl":
             assert props["FunctionUrlAuthType"] == "AWS_IAM"
     url = resources_of(template, "AWS::Lambda::Url")["BrokerFunctionUrl"]
@@ -268,11 +307,18 @@ def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[
     assert url["Condition"] == "FunctionUrlEnabled"
 
 
-def test_alarms_watch_errors_and_denials(template: dict[str, Any]) -> None:
-    alarms = {a["Properties"]["MetricName"] for a in resources_of(template, "AWS::CloudWatch::Alarm").values()}
-    assert {"Errors", "Denials", "LoggedErrors", "LedgerEntriesChanged"} <= alarms
+def test_alarms_watch_errors_denials_failures_and_ledger_changes(template: dict[str, Any]) -> None:
+    alarms = {
+        a["Properties"]["MetricName"]: a["Properties"]
+        for a in resources_of(template, "AWS::CloudWatch::Alarm").values()
+    }
+    assert {"Errors", "Denied", "Failed", "LoggedErrors", "LedgerEntriesChanged"} <= set(alarms)
+    # Denied and Failed are the function's own EMF metrics, in the namespace it is given.
+    variables = template["Resources"]["BrokerFunction"]["Properties"]["Environment"]["Variables"]
+    for name in ("Denied", "Failed"):
+        assert alarms[name]["Namespace"] == variables["DEPLOY_HELPER_METRICS_NAMESPACE"]
+        assert "Dimensions" not in alarms[name]  # the metric published without dimensions
     filters = [f["Properties"]["FilterPattern"] for f in resources_of(template, "AWS::Logs::MetricFilter").values()]
-    assert any('$.decision = "denied"' in f for f in filters)
     assert '{ $.message = "ledger entry changed" }' in filters  # what deploy_helper.checkpointer logs
     assert template["Outputs"]["ServiceToken"]["Value"] == {"Fn::GetAtt": ["BrokerFunction", "Arn"]}
     assert "Export" in template["Outputs"]["ServiceToken"]
@@ -320,3 +366,12 @@ def test_the_example_grants_are_valid_and_allowed_by_the_shipped_rules() -> None
     adapter: TypeAdapter[Any] = TypeAdapter(AnyGrant)
     allowed = [rules.authorize(grants_file.caller, adapter.validate_python(g)).rule_id for g in grants_file.grants]
     assert allowed == ["artifact-read", "artifact-read", "artifact-decrypt", "artifact-decrypt"]
+
+
+def test_every_function_ships_the_built_package_not_the_repository(template: dict[str, Any]) -> None:
+    """CodeUri: . would ship tests/, bench/ and the harness, and no dependency (function/Makefile builds any)."""
+    functions = resources_of(template, "AWS::Serverless::Function")
+    assert functions
+    for name, function in functions.items():
+        assert function["Properties"]["CodeUri"] == "function/", name
+        assert function.get("Metadata") == {"BuildMethod": "makefile"}, name
