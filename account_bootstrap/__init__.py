@@ -147,6 +147,9 @@ class _Renderer:
             name = match.group(1)
             if name in variables:
                 return str(variables[name])
+            logical, dot, _ = name.partition(".")
+            if dot and logical in self.template.get("Resources", {}):
+                return f"<{name}>"  # ${Resource.Attribute}, as !GetAtt renders it
             value = self._ref(name)
             if not isinstance(value, str):
                 raise TemplateError(f"!Sub ${{{name}}} is not a string")

@@ -10,11 +10,22 @@ must be the account the signing key is registered to. A stolen envelope is
 then useless from any other account, and a principal of a registered account
 cannot present another account's envelope.
 
+Only AWS may fill in ``requestContext.authorizer.iam``, so the URL is served by a
+function of its own (``template.yaml``: BrokerUrlFunction, handler
+``deploy_helper.handler.function_url_handler``) whose resource policy lets the
+registered accounts invoke it *only through the URL* (``lambda:InvokeFunction``
+with ``lambda:InvokedViaFunctionUrl``, plus ``lambda:InvokeFunctionUrl`` with
+AWS_IAM auth). A plain ``Invoke`` cannot reach it. The broker function, which any
+registered account may ``Invoke`` with any event, has no URL and refuses every
+function-URL-shaped event (:func:`refuse_url_event`): a hand-made event with a
+made-up caller identity proves nothing there. Each function knows what it is by
+the entry point Lambda calls (its configured handler), which no invoker can choose.
+
 ``POST`` the envelope JSON (``{"signed": ..., "signature": ...}``); the answer
 is the broker's JSON response with an HTTP status: 200 when the request was
 processed (read ``results`` for each grant), 400 malformed, 401 not
-authenticated, 403 wrong account, 405 not POST, 413 too large, 503 ledger
-unavailable.
+authenticated, 403 wrong account (or not a function-URL request), 405 not POST,
+413 too large, 503 ledger unavailable.
 """
 
 from __future__ import annotations
@@ -40,7 +51,13 @@ logger = logging.getLogger(__name__)
 
 #: Room for the envelope's own JSON around the signed text.
 MAX_BODY_BYTES = MAX_ENVELOPE_BYTES + 4096
+#: Why the broker function refuses a function-URL-shaped event, whoever sent it.
+NOT_THE_URL_FUNCTION = "function-URL events are served only by the URL function"
+#: Why the URL function refuses any other event.
+ONLY_URL_EVENTS = "the URL function serves only function-URL requests"
 _STATUS = {
+    "not-the-url-function": 403,
+    "not-a-url-request": 403,
     "invalid-request": 400,
     "payload-too-large": 413,
     "method-not-allowed": 405,
@@ -71,14 +88,64 @@ def handle_function_url(
         claimed = _claimed(envelope)
         _same_account(broker, claimed, account)
     except BrokerError as exc:
-        _refuse(broker, exc, claimed)
-        body = BrokerResponse(ok=False, request_id=claimed.get("request_id"), error=_error(exc))
-        return _http(_status_of(exc.code), body)
+        return _refused(broker, exc, claimed)
     response = broker.handle(envelope, remaining_ms=remaining_ms)
     if response.ok:
         return _http(200, response)
     code = response.error.code if response.error else "error"
     return _http(_status_of(code), response)
+
+
+def is_function_url(event: Any) -> bool:
+    """The shape of a function-URL event (payload format 2.0): ``requestContext.http``."""
+    return (
+        isinstance(event, dict) and isinstance(event.get("requestContext"), dict) and "http" in event["requestContext"]
+    )
+
+
+def refuse_url_event(event: dict[str, Any], broker: Broker) -> dict[str, Any]:
+    """The broker function's answer to a function-URL-shaped event: refused, recorded, nothing done.
+
+    Such an event reaches the broker function only by a plain ``Invoke`` (it has no
+    URL), so its ``requestContext.authorizer.iam`` was written by the invoker.
+    """
+    exc = FunctionUrlError(
+        f"{NOT_THE_URL_FUNCTION}; this function takes signed envelopes by Invoke and custom-resource "
+        "events. Send the envelope itself by Invoke, or POST it to the broker's function URL "
+        "(stack output FunctionUrl)",
+        code="not-the-url-function",
+    )
+    return _refused(broker, exc, _claimed_of(event))
+
+
+def refuse_other_event(event: Any, broker: Broker) -> dict[str, Any]:
+    """The URL function's answer to anything but a function-URL request: refused, recorded, nothing done."""
+    exc = FunctionUrlError(
+        f"{ONLY_URL_EVENTS}; invoke the broker function (stack output FunctionName) with signed "
+        "envelopes and custom-resource events",
+        code="not-a-url-request",
+    )
+    claimed: dict[str, Any] = {}
+    if isinstance(event, dict):  # a signed envelope sent to the wrong function: name its claims
+        try:
+            claimed = _claimed(event)
+        except Exception:  # best effort, for the ledger only; the refusal stands either way
+            claimed = {}
+    return _refused(broker, exc, claimed)
+
+
+def _claimed_of(event: dict[str, Any]) -> dict[str, Any]:
+    """What a body's envelope says about its signer, if it can be read at all (for the ledger only)."""
+    try:
+        return _claimed(_envelope(event))
+    except Exception:  # best effort, for the ledger only; the refusal stands either way
+        return {}
+
+
+def _refused(broker: Broker, exc: BrokerError, claimed: dict[str, Any]) -> dict[str, Any]:
+    _refuse(broker, exc, claimed)
+    body = BrokerResponse(ok=False, request_id=claimed.get("request_id"), error=_error(exc))
+    return _http(_status_of(exc.code), body)
 
 
 def _iam_account(event: dict[str, Any]) -> str:
@@ -172,6 +239,11 @@ def _refuse(broker: Broker, exc: BrokerError, claimed: dict[str, Any]) -> None:
         )
     except BrokerError:
         logger.exception("could not record a refusal in the ledger")
+
+
+def http_error(status: int, exc: BrokerError) -> dict[str, Any]:
+    """An HTTP response carrying ``exc`` (for errors before a request could be read)."""
+    return _http(status, BrokerResponse(ok=False, error=_error(exc)))
 
 
 def _error(exc: BrokerError) -> ErrorBody:

@@ -1,12 +1,21 @@
-"""The Lambda entry point: ``deploy_helper.handler.lambda_handler(event, context)``.
+"""The Lambda entry points.
 
-One function, dispatched by the event's shape:
+``deploy_helper.handler.lambda_handler(event, context)`` — the broker function,
+dispatched by the event's shape:
 
 - a signed request envelope (direct ``Invoke`` from a pipeline) → the broker;
 - a CloudFormation custom-resource event (``Custom::DeployHelperGrant``) →
   ``deploy_helper.custom_resource`` (verified against the real stack first);
-- a function-URL event (``AWS_IAM`` auth) → the broker, with the SigV4 caller
-  account checked against the signing key's account.
+- a function-URL-shaped event → refused: the broker function has no URL, so such
+  an event came by plain ``Invoke`` and its caller identity was written by the invoker.
+
+``deploy_helper.handler.function_url_handler(event, context)`` — the URL function
+(``template.yaml``: BrokerUrlFunction), which only its function URL can invoke: a
+function-URL event (``AWS_IAM`` auth) → the broker, with the SigV4 caller account
+checked against the signing key's account; anything else → refused.
+
+Which of the two runs is decided by the handler each function is configured with
+(the template, i.e. the deployer), never by the event.
 
 The broker is built once per execution environment and reused; a
 configuration error is reported on every request rather than crashing the
@@ -52,9 +61,15 @@ def is_custom_resource(event: Any) -> bool:
 
 
 def is_function_url(event: Any) -> bool:
-    return (
-        isinstance(event, dict) and isinstance(event.get("requestContext"), dict) and "http" in event["requestContext"]
-    )
+    """The shape of a function-URL event (served only by ``function_url_handler``)."""
+    from deploy_helper.function_url import is_function_url as url_shaped
+
+    return url_shaped(event)
+
+
+def looks_like_http_event(event: Any) -> bool:
+    """Any event with a ``requestContext`` (function URL, API Gateway): never the broker function's to serve."""
+    return isinstance(event, dict) and "requestContext" in event
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
@@ -89,9 +104,29 @@ def _dispatch(event: Any, context: Any) -> dict[str, Any]:
         logger.error("broker configuration error: %s", exc.message)
         return BrokerResponse(ok=False, error=ErrorBody(code=exc.code, message=exc.message)).model_dump(mode="json")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if is_function_url(event):
-        from deploy_helper.function_url import handle_function_url
+    if looks_like_http_event(event):
+        from deploy_helper.function_url import refuse_url_event
 
-        return handle_function_url(event, broker, remaining_ms=remaining if callable(remaining) else None)
+        return refuse_url_event(event, broker)
     response = broker.handle(event, remaining_ms=remaining if callable(remaining) else None)
     return response.model_dump(mode="json", exclude_none=True)
+
+
+def function_url_handler(event: Any, context: Any) -> dict[str, Any]:
+    """Handle one request to the function URL; always returns an HTTP response.
+
+    Configured only on the URL function, whose resource policy admits invocations
+    through its URL alone, so ``requestContext.authorizer.iam`` is AWS's own record of
+    the SigV4 signer. Any other event is refused.
+    """
+    from deploy_helper.function_url import handle_function_url, http_error, refuse_other_event
+
+    try:
+        broker = get_broker()
+    except BrokerError as exc:
+        logger.error("broker configuration error: %s", exc.message)
+        return http_error(500, exc)
+    if not is_function_url(event):
+        return refuse_other_event(event, broker)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return handle_function_url(event, broker, remaining_ms=remaining if callable(remaining) else None)

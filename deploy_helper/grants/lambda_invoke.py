@@ -54,6 +54,12 @@ INVOKE_ACTION = "lambda:InvokeFunction"
 LAMBDA_POLICY_LIMIT = 20 * 1024
 #: StatementId prefix of a permission shared by several grants (``widen-source-arn``).
 SHARED_PREFIX = f"{PRODUCT_PREFIX}Shared"
+#: Whether the bootstrap role (account_bootstrap/broker-role.yaml) lets the broker add a
+#: permission for principal '*' with PrincipalOrgID (an organization-wide grant). It does
+#: not: AddPermission's lambda:Principal cannot tell that from a public '*', so the role
+#: denies both. Remedies suggest only what the role can do; tests/unit/test_evaluator.py
+#: keeps this in step with the template.
+ORGANIZATION_GRANTS_BOOTSTRAPPED = False
 
 
 class LambdaInvokeGrant(GrantSpec):
@@ -361,11 +367,13 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
                 "even with one permission per source account (widen-source-arn); spread the accounts over "
                 "more than one function, or remove unused permissions"
             )
-        elif not spec.principal.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        elif not spec.principal.endswith((".amazonaws.com", ".amazonaws.com.cn")) and ORGANIZATION_GRANTS_BOOTSTRAPPED:
             remedy = (
                 "grant to the organization (principal '*' with principal_org_id) under a rule that allows "
                 "organization principals, or remove unused permissions"
             )
+        elif not spec.principal.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+            remedy = "remove unused permissions, or spread the callers over more than one function"
         elif may_widen and not shared:
             remedy = (
                 "the broker has no reference table (DEPLOY_HELPER_REFERENCE_TABLE) to share permissions; "

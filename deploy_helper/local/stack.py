@@ -161,14 +161,18 @@ class _Carriers:
         """An output that exists only when ``condition`` is true."""
         return self._add({"Condition": condition, "Value": "true"})
 
-    def carry(self, value: Any) -> Any:
-        """``value`` with each intrinsic replaced by a placeholder resolved after the stack exists."""
+    def carry(self, value: Any, condition: str | None = None) -> Any:
+        """``value`` with each intrinsic replaced by a placeholder resolved after the stack exists.
+
+        ``condition``: the Condition of the resource ``value`` belongs to; its carriers exist
+        only when it holds (an output may not name a resource that is not created).
+        """
         if isinstance(value, list):
-            return [self.carry(v) for v in value]
+            return [self.carry(v, condition) for v in value]
         if not isinstance(value, dict):
             return value
         if not _is_intrinsic(value):
-            return {k: self.carry(v) for k, v in value.items()}
+            return {k: self.carry(v, condition) for k, v in value.items()}
         ((function, argument),) = value.items()
         if function == "Ref" and argument == "AWS::NoValue":
             return {_CARRIER: "novalue"}
@@ -182,7 +186,8 @@ class _Carriers:
                 "then": self.carry(when_true),
                 "else": self.carry(when_false),
             }
-        return {_CARRIER: "output", "name": self._add({"Value": value})}
+        output = {"Value": value} if condition is None else {"Condition": condition, "Value": value}
+        return {_CARRIER: "output", "name": self._add(output)}
 
 
 def _resolve_carried(value: Any, outputs: dict[str, str], resources: dict[str, str]) -> Any:
@@ -357,7 +362,7 @@ def deploy_broker_stack(
         if "Condition" in resource:
             conditions[logical_id] = carriers.probe(resource["Condition"])
         if kind in COMPLETED or logical_id in removed:
-            carried = carriers.carry(copy.deepcopy(resource.get("Properties", {})))
+            carried = carriers.carry(copy.deepcopy(resource.get("Properties", {})), resource.get("Condition"))
             if logical_id in conditions:
                 carried = {_CARRIER: "if", "probe": conditions[logical_id], "then": carried, "else": None}
             deferred.append((logical_id, kind, carried))

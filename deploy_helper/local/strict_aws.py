@@ -46,6 +46,11 @@ Lambda ``RevisionId`` (a stale revision -> ``PreconditionFailedException`` 412) 
 checked here: the revision is the server's state, so the local server keeps it as
 Lambda does in its own process (``deploy_helper.local.lambda_revisions``).
 
+S3 ``GetBucketPolicy`` / ``PutBucketPolicy`` / ``DeleteBucketPolicy`` with
+``ExpectedBucketOwner``: a bucket that exists but is not the named account's ->
+``AccessDenied`` 403, "Access Denied" (S3 checks the owner before anything else; moto
+ignores the parameter).
+
 S3 ``PutBucketPolicy`` (all refusals are ``MalformedPolicy`` 400)
   * not a JSON object -> "Policies must be valid JSON and the first byte must be '{'".
   * larger than 20,480 bytes once whitespace is removed -> "Policy exceeds the maximum
@@ -242,7 +247,9 @@ class _StrictAws:
         checks: dict[str, Callable[[_Call], tuple[AWSResponse, dict[str, Any]] | None]] = {
             "lambda.AddPermission": self._lambda_add_permission,
             "lambda.RemovePermission": self._lambda_remove_permission,
+            "s3.GetBucketPolicy": self._s3_expected_owner,
             "s3.PutBucketPolicy": self._s3_put_bucket_policy,
+            "s3.DeleteBucketPolicy": self._s3_expected_owner,
             "kms.CreateGrant": self._kms_create_grant,
             "kms.PutKeyPolicy": self._kms_put_key_policy,
             "kms.CreateKey": self._kms_put_key_policy,
@@ -424,7 +431,22 @@ class _StrictAws:
         _validate_patterns(call.model, call.params, code="ValidationException")
 
     # -- S3 ------------------------------------------------------------------
+    def _s3_expected_owner(self, call: _Call) -> None:
+        owner = call.params.get("ExpectedBucketOwner")
+        if not owner:
+            return
+        bucket = call.params["Bucket"]
+        admin = self._admin("s3", owner, call.region)
+        if any(b["Name"] == bucket for b in admin.list_buckets().get("Buckets", [])):
+            return
+        try:
+            admin.head_bucket(Bucket=bucket)  # moto: any account sees any bucket
+        except ClientError:
+            return  # no such bucket: moto gives its own answer
+        raise AwsRefusal("AccessDenied", 403, "Access Denied")
+
     def _s3_put_bucket_policy(self, call: _Call) -> None:
+        self._s3_expected_owner(call)
         bucket = call.params["Bucket"]
         text = call.params["Policy"]
         if isinstance(text, bytes):

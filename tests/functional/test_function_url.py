@@ -1,7 +1,11 @@
-"""The broker behind a function URL with AWS_IAM auth, through the real Lambda handler.
+"""The broker behind a function URL with AWS_IAM auth, through the real Lambda handlers.
 
 moto cannot call function URLs, so the events are built as Lambda builds them
-(payload format 2.0, ``requestContext.authorizer.iam`` from the SigV4 check).
+(payload format 2.0, ``requestContext.authorizer.iam`` from the SigV4 check) and
+given to the URL function's handler (``function_url_handler``), which only its URL
+can invoke. The same event sent by plain ``Invoke`` reaches the broker function
+(``lambda_handler``), where the caller identity in it is the invoker's own words:
+refused there.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from deploy_helper.local import scenario as seed
 from deploy_helper.signing import seal
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from deploy_helper.broker import Broker
     from deploy_helper.local.scenario import Scenario
@@ -67,8 +71,8 @@ def broker(scenario: Scenario) -> Iterator[Broker]:
     handler.set_broker(None)
 
 
-def call(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    answer = handler.lambda_handler(event, None)
+def call(event: Any, entry: Callable[[Any, Any], dict[str, Any]] = handler.function_url_handler) -> tuple[int, Any]:
+    answer = entry(event, None)
     assert answer["headers"] == {"content-type": "application/json"}
     return int(answer["statusCode"]), dict(json.loads(answer["body"]))
 
@@ -126,3 +130,92 @@ def test_requests_that_are_not_signed_posts_of_an_envelope_are_refused(scenario:
         got_status, body = call(event)
         assert (got_status, body["error"]["code"]) == (status, code)
     assert scenario.snapshot() == before
+
+
+def refusals(scenario: Scenario) -> list[dict[str, Any]]:
+    return [e.entry for e in scenario.ledger().ledger.entries() if e.entry["type"] == "refusal"]
+
+
+def test_a_hand_made_url_event_sent_by_plain_invoke_is_refused(scenario: Scenario, broker: Broker) -> None:
+    """The attack: Invoke the broker function with a URL-shaped event that names the key's account.
+
+    A registered account may Invoke the broker function, and can write any
+    ``requestContext.authorizer.iam`` it likes. The envelope is valid and the claimed
+    account is the key's own, so only the entry point stands between it and the grant.
+    """
+    client = scenario.client()
+    envelope = json.dumps(client.envelope(client.payload([scenario.bucket_grant("service-a")])))
+    before = scenario.snapshot()
+    denied_before = len(refusals(scenario))
+
+    for forged in (
+        url_event(envelope, seed.ACCOUNTS["tooling"]),
+        url_event(envelope, seed.ACCOUNTS["tooling"], b64=True),
+        {**url_event(envelope, seed.ACCOUNTS["tooling"]), "requestContext": {"authorizer": {"iam": {}}}},  # no http
+    ):
+        status, body = call(forged, handler.lambda_handler)
+        assert status == 403
+        assert body["error"]["code"] == "not-the-url-function"
+        assert "function-URL events are served only by the URL function" in body["error"]["message"]
+
+    assert scenario.snapshot() == before  # function policy, bucket policy and key grants
+    entries = refusals(scenario)[denied_before:]
+    assert len(entries) == 3
+    for entry in entries:
+        assert entry["decision"] == "denied"
+        assert entry["reason"].startswith(
+            "function-url/not-the-url-function: function-URL events are served only by the URL function"
+        )
+        assert entry["authenticated"] is False
+    assert entries[0]["caller"] == "ci-tooling"  # what the envelope claimed, recorded as unverified
+    assert entries[0]["request_id"] == json.loads(json.loads(envelope)["signed"])["payload"]["request_id"]
+
+    # Nothing was used up: the same envelope through the URL function is applied once.
+    status, body = call(url_event(envelope, seed.ACCOUNTS["tooling"]))
+    assert status == 200, body
+    assert [r["decision"] for r in body["results"]] == ["applied"]
+
+
+def test_the_url_function_serves_nothing_but_url_requests(scenario: Scenario, broker: Broker) -> None:
+    """Envelopes, custom-resource events and heartbeats sent to the URL function are refused."""
+    client = scenario.client()
+    envelope = client.envelope(client.payload([scenario.bucket_grant("service-a")]))
+    custom_resource = {
+        "RequestType": "Create",
+        "ResponseURL": "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/x",
+        "StackId": "arn:aws:cloudformation:us-east-1:333333333333:stack/s/1",
+        "RequestId": "r-1",
+        "LogicalResourceId": "Grant",
+        "ResourceType": "Custom::DeployHelperGrant",
+        "ResourceProperties": {"ServiceToken": "x", "Grant": scenario.bucket_grant("service-a")},
+    }
+    before = scenario.snapshot()
+    denied_before = len(refusals(scenario))
+    for event in (envelope, custom_resource, {"deploy_helper": "checkpoint"}, [], "text"):
+        status, body = call(event)
+        assert (status, body["error"]["code"]) == (403, "not-a-url-request")
+        assert "the URL function serves only function-URL requests" in body["error"]["message"]
+    assert scenario.snapshot() == before
+    entries = refusals(scenario)[denied_before:]
+    assert [e["reason"].split(":")[0] for e in entries] == ["function-url/not-a-url-request"] * 5
+    assert entries[0]["caller"] == "ci-tooling"
+
+    # The envelope refused there is still good where it belongs (its nonce was not used).
+    assert handler.lambda_handler(envelope, None)["ok"] is True
+
+
+def test_the_stack_makes_the_url_function_with_the_url(fresh_local: Any) -> None:
+    """template.yaml created on the local AWS with EnableFunctionUrl: the URL is the URL function's."""
+    from deploy_helper.local import stack as local_stack
+
+    stack = local_stack.deploy_broker_stack(fresh_local, {**seed.broker_parameters(), "EnableFunctionUrl": "true"})
+    assert stack.not_created == {}
+    lam = fresh_local.client("lambda")
+    handlers = {f["FunctionName"]: f["Handler"] for f in lam.list_functions()["Functions"]}
+    url_functions = [name for name, h in handlers.items() if h == "deploy_helper.handler.function_url_handler"]
+    assert len(url_functions) == 1
+    assert lam.get_function_url_config(FunctionName=url_functions[0])["AuthType"] == "AWS_IAM"
+    for name in handlers:
+        if name not in url_functions:
+            with pytest.raises(lam.exceptions.ResourceNotFoundException):
+                lam.get_function_url_config(FunctionName=name)

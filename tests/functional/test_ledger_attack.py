@@ -48,7 +48,7 @@ class Resolver:
     def __init__(self, sc: Scenario, key_arn: str) -> None:
         ledger_arn = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{sc.config.ledger_table}"
         bucket = str(sc.config.checkpoint_bucket)
-        self.refs: dict[str, str] = {
+        self.refs: dict[str, Any] = {
             "AWS::Partition": "aws",
             "AWS::AccountId": ACCOUNT,
             "AWS::Region": REGION,
@@ -57,6 +57,8 @@ class Resolver:
             "TargetRolePath": "/",
             "CheckpointBucket": bucket,
             "LedgerTable": str(sc.config.ledger_table),
+            # The stack is deployed naming its target accounts (condition HasTargetAccounts).
+            "TargetAccountIds": ["222222222222", "333333333333", "444444444444"],
         }
         self.attrs: dict[str, str] = {
             "LedgerTable.Arn": ledger_arn,
@@ -81,6 +83,8 @@ class Resolver:
             return self.attrs[".".join(value["Fn::GetAtt"])]
         if set(value) == {"Ref"}:
             return self.refs[value["Ref"]]
+        if set(value) == {"Fn::If"}:  # the template's only condition here: HasTargetAccounts (true)
+            return self(value["Fn::If"][1])
         if set(value) == {"Fn::Sub"}:
             return re.sub(r"\$\{([^}]+)\}", lambda m: self.attrs.get(m[1]) or self.refs[m[1]], value["Fn::Sub"])
         return {k: self(v) for k, v in value.items()}

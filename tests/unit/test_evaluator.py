@@ -9,7 +9,7 @@ that did not.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
@@ -28,6 +28,8 @@ from account_bootstrap.evaluator import (
     glob_match,
 )
 from deploy_helper.grants import REGISTRY, AnyGrant
+from deploy_helper.grants.kms_grant import KmsOperation
+from deploy_helper.grants.lambda_invoke import ORGANIZATION_GRANTS_BOOTSTRAPPED
 
 ACCOUNT = "111111111111"
 OTHER_ACCOUNT = "999999999999"
@@ -209,6 +211,7 @@ def target(action: str, opt_in: str, account: str = ACCOUNT) -> Request:
         context["kms:ResourceAliases"] = ["alias/artifacts-eu"] if opt_in == "name" else ["alias/payroll"]
         if action == "kms:CreateGrant":
             context["kms:GrantOperations"] = ["Decrypt", "DescribeKey"]
+            context["kms:GranteePrincipal"] = "arn:aws:iam::333333333333:role/deploy"
     else:
         # Any other kind's resource: its example's (named in ResourceArnPatterns), or another.
         kind = next(k for k in OTHER_KINDS if k.service == service)
@@ -275,28 +278,122 @@ def test_function_patterns_cover_versions_and_aliases() -> None:
 
 
 @pytest.mark.parametrize(
-    ("action", "extra", "sid"),
+    ("action", "extra", "sids"),
     [
-        ("lambda:AddPermission", {"lambda:Principal": "*"}, "NoPublicFunctionPermissions"),
-        ("lambda:AddPermission", {"lambda:FunctionUrlAuthType": "NONE"}, "NoPublicFunctionUrls"),
+        (
+            "lambda:AddPermission",
+            {"lambda:Principal": "*"},
+            ("NoPublicFunctionPermissions", "OnlyPrincipalsOfLambdaInvokeGrants"),
+        ),
+        ("lambda:AddPermission", {"lambda:FunctionUrlAuthType": "NONE"}, ("NoFunctionUrlPermissions",)),
+        ("lambda:AddPermission", {"lambda:FunctionUrlAuthType": "AWS_IAM"}, ("NoFunctionUrlPermissions",)),
         (
             "kms:CreateGrant",
             {"kms:GrantOperations": ["Decrypt", "CreateGrant"]},
-            "NoGrantsThatCreateGrants",
+            ("OnlyGrantOperationsRulesCanAllow",),
         ),
-        ("kms:PutKeyPolicy", {"kms:BypassPolicyLockoutSafetyCheck": "true"}, "NoKeyPolicyLockoutBypass"),
+        ("kms:CreateGrant", {"kms:GrantOperations": None}, ("NoGrantWithoutOperations",)),
+        ("kms:PutKeyPolicy", {"kms:BypassPolicyLockoutSafetyCheck": "true"}, ("NoKeyPolicyLockoutBypass",)),
         (
             "secretsmanager:PutResourcePolicy",
             {"secretsmanager:BlockPublicPolicy": "false"},
-            "NoSecretPolicyWithoutPublicBlock",
+            ("NoSecretPolicyWithoutPublicBlock",),
+        ),
+        (
+            "secretsmanager:PutResourcePolicy",
+            {"secretsmanager:BlockPublicPolicy": None},
+            ("NoSecretPolicyWithoutPublicBlock",),
         ),
     ],
 )
-def test_guardrails_deny_even_on_opted_in_resources(action: str, extra: dict[str, Any], sid: str) -> None:
+def test_guardrails_deny_even_on_opted_in_resources(action: str, extra: dict[str, Any], sids: tuple[str, ...]) -> None:
     base = target(action, "tag")
-    verdict = explain(broker_policies(), Request(action, base.resource, {**base.context, **extra}))
+    context = {k: v for k, v in {**base.context, **extra}.items() if v is not None}
+    verdict = explain(broker_policies(), Request(action, base.resource, context))
     assert verdict.decision is Decision.EXPLICIT_DENY
-    assert verdict.statements == (sid,)
+    assert verdict.statements == sids
+
+
+def create_grant(operations: list[str], opt_in: str = "tag") -> Request:
+    base = target("kms:CreateGrant", opt_in)
+    return Request(base.action, base.resource, {**base.context, "kms:GrantOperations": operations})
+
+
+def test_the_grant_operations_the_role_allows_are_exactly_those_rules_can_allow() -> None:
+    """The bootstrap's list is the grant kind's KmsOperation, so no rule asks for what the role refuses."""
+    (statement,) = [
+        s for p in broker_policies() for s in p["Statement"] if s.get("Sid") == "OnlyGrantOperationsRulesCanAllow"
+    ]
+    listed = statement["Condition"]["ForAnyValue:StringNotEquals"]["kms:GrantOperations"]
+    assert sorted(listed) == sorted(get_args(KmsOperation))
+
+
+@pytest.mark.parametrize("opt_in", ["tag", "name"])
+@pytest.mark.parametrize(
+    "operations",
+    [[op] for op in get_args(KmsOperation)] + [sorted(get_args(KmsOperation)), ["Decrypt", "DescribeKey"]],
+)
+def test_a_grant_of_operations_rules_can_allow_may_be_created(operations: list[str], opt_in: str) -> None:
+    assert evaluate(broker_policies(), create_grant(operations, opt_in)) is Decision.ALLOW
+
+
+@pytest.mark.parametrize(
+    "operations",
+    [
+        ["CreateGrant"],
+        ["RetireGrant"],
+        ["Decrypt", "RetireGrant"],
+        ["Sign"],
+        ["Verify"],
+        ["GenerateMac"],
+        ["DeriveSharedSecret"],
+        ["GenerateDataKeyPair"],
+        ["Decrypt", "DescribeKey", "Sign"],
+        ["decrypt"],  # operation names are case-sensitive
+    ],
+)
+def test_a_grant_of_any_other_operation_is_denied(operations: list[str]) -> None:
+    for opt_in in ("tag", "name"):
+        verdict = explain(broker_policies(), create_grant(operations, opt_in))
+        assert verdict.decision is Decision.EXPLICIT_DENY
+        assert verdict.statements == ("OnlyGrantOperationsRulesCanAllow",)
+
+
+def add_permission(principal: str) -> Request:
+    base = target("lambda:AddPermission", "tag")
+    return Request(base.action, base.resource, {**base.context, "lambda:Principal": principal})
+
+
+@pytest.mark.parametrize(
+    "principal",
+    [
+        "apigateway.amazonaws.com",
+        "events.amazonaws.com.cn",
+        "333333333333",
+        "arn:aws:iam::333333333333:root",
+        "arn:aws:iam::333333333333:role/deploy",
+        "arn:aws:iam::333333333333:role/team/cfn-deploy-a",
+    ],
+)
+def test_function_permissions_for_the_principals_of_lambda_invoke_grants(principal: str) -> None:
+    assert evaluate(broker_policies(), add_permission(principal)) is Decision.ALLOW
+
+
+@pytest.mark.parametrize(
+    "principal",
+    [
+        "*",
+        "arn:aws:iam::333333333333:user/alice",
+        "arn:aws:sts::333333333333:assumed-role/deploy/session",
+        "arn:aws:iam::333333333333:oidc-provider/token.actions.githubusercontent.com",
+        "3333333333",
+        "cognito-identity.amazonaws.com.evil.example",
+    ],
+)
+def test_function_permissions_for_other_principals_are_denied(principal: str) -> None:
+    verdict = explain(broker_policies(), add_permission(principal))
+    assert verdict.decision is Decision.EXPLICIT_DENY
+    assert "OnlyPrincipalsOfLambdaInvokeGrants" in verdict.statements
 
 
 @settings(max_examples=60, deadline=None)
@@ -310,3 +407,45 @@ def test_a_function_name_is_allowed_exactly_when_a_pattern_matches(name: str) ->
     )
     expected = any(fnmatch.fnmatchcase(name, p) for p in PARAMETERS["FunctionNamePatterns"].split(","))
     assert evaluate(policies, request).allowed is expected
+
+
+def test_what_the_broker_says_of_organization_grants_matches_the_role() -> None:
+    """An organization-wide grant is AddPermission with principal '*' (and PrincipalOrgID):
+    the broker suggests it as a remedy only if the bootstrap role allows it."""
+    request = add_permission("*")
+    with_org = Request(request.action, request.resource, {**request.context, "aws:PrincipalOrgID": "o-a1b2c3d4e5"})
+    assert evaluate(broker_policies(), with_org).allowed is ORGANIZATION_GRANTS_BOOTSTRAPPED
+    assert evaluate(broker_policies(), request).allowed is ORGANIZATION_GRANTS_BOOTSTRAPPED
+
+
+@pytest.mark.parametrize(
+    ("grantee", "allowed"),
+    [
+        ("arn:aws:iam::333333333333:role/deploy", True),
+        ("arn:aws:iam::333333333333:role/team/cfn-deploy-a", True),
+        ("arn:aws:iam::333333333333:root", True),
+        ("arn:aws:iam::333333333333:user/alice", False),
+        ("arn:aws:sts::333333333333:assumed-role/deploy/session", False),
+        ("*", False),
+        ("kms.amazonaws.com", False),
+    ],
+)
+def test_grants_only_to_the_grantees_kms_grant_grants_have(grantee: str, allowed: bool) -> None:
+    base = create_grant(["Decrypt"])
+    verdict = explain(
+        broker_policies(), Request(base.action, base.resource, {**base.context, "kms:GranteePrincipal": grantee})
+    )
+    assert verdict.decision is (Decision.ALLOW if allowed else Decision.EXPLICIT_DENY)
+    if not allowed:
+        assert verdict.statements == ("OnlyGranteesOfKmsGrants",)
+
+
+@pytest.mark.parametrize("grantee", ["arn:aws:iam::333333333333:role/deploy", "333333333333"])
+def test_the_grantee_the_broker_sends_is_one_the_role_allows(grantee: str) -> None:
+    kind: Any = REGISTRY["kms-grant"]
+    spec = kind.spec.model_validate({**kind.example, "grantee": grantee})
+    base = create_grant(list(spec.operations))
+    request = Request(
+        base.action, base.resource, {**base.context, "kms:GranteePrincipal": kind.grantee_principal(spec)}
+    )
+    assert evaluate(broker_policies(), request) is Decision.ALLOW

@@ -107,3 +107,29 @@ def test_a_shared_permission_stays_while_another_grant_holds_it() -> None:
     assert [p.outcome for p in again.items] == ["unchanged"] and again.writes == []
     assert KIND.present(policy(shared), b, plan.references)
     assert not KIND.present(policy(shared), a, plan.references)
+
+
+def account_grant(account: int) -> LambdaInvokeGrant:
+    return LambdaInvokeGrant.model_validate(
+        {"kind": "lambda-invoke", "function": FUNCTION, "principal": str(500000000000 + account)}
+    )
+
+
+def test_past_the_limit_account_principals_are_not_told_to_grant_the_organization() -> None:
+    """The bootstrap role refuses principal '*' (with PrincipalOrgID too): that remedy is not offered."""
+    specs = [account_grant(i) for i in range(200)]
+    plan = KIND.plan(policy(), FUNCTION, [(s, "apply") for s in specs], [Allowed("callers-invoke")] * 200)
+    reason = plan.items[-1].reason
+    assert plan.items[-1].outcome == "failed"
+    assert "over Lambda's 20480-byte limit" in reason
+    assert reason.endswith("remove unused permissions, or spread the callers over more than one function")
+    assert "organization" not in reason and "principal_org_id" not in reason and "'*'" not in reason
+
+
+def test_the_organization_remedy_is_offered_only_where_the_bootstrap_allows_it(monkeypatch: Any) -> None:
+    from deploy_helper.grants import lambda_invoke
+
+    monkeypatch.setattr(lambda_invoke, "ORGANIZATION_GRANTS_BOOTSTRAPPED", True)
+    specs = [account_grant(i) for i in range(200)]
+    plan = KIND.plan(policy(), FUNCTION, [(s, "apply") for s in specs], [Allowed("callers-invoke")] * 200)
+    assert "grant to the organization (principal '*' with principal_org_id)" in plan.items[-1].reason

@@ -271,17 +271,26 @@ def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[
     permissions = resources_of(template, "AWS::Lambda::Permission")
     conditions = template["Conditions"]
     accounts = [str(111111111111 * (i % 9 + 1) + i) for i in range(SLOTS)]
+    broker = {"Fn::GetAtt": ["BrokerFunction", "Arn"]}
+    url_function = {"Fn::GetAtt": ["BrokerUrlFunction", "Arn"]}
     for n in range(1, SLOTS + 1):
-        invoke, url = permissions.pop(f"InvokeFromAccount{n}"), permissions.pop(f"InvokeUrlFromAccount{n}")
+        invoke = permissions.pop(f"InvokeFromAccount{n}")
+        # The URL is the URL function's (tests/unit/test_function_url_template.py evaluates it).
+        url, via_url = permissions.pop(f"UrlFromAccount{n}"), permissions.pop(f"UrlInvokeFromAccount{n}")
         assert invoke["Condition"] == f"HasInvokerAccount{n}"
-        assert url["Condition"] == f"UrlForInvokerAccount{n}"
+        assert url["Condition"] == via_url["Condition"] == f"UrlForInvokerAccount{n}"
         assert conditions[f"UrlForInvokerAccount{n}"] == {
             "Fn::And": [{"Condition": "FunctionUrlEnabled"}, {"Condition": f"HasInvokerAccount{n}"}]
         }
+        assert invoke["Properties"]["FunctionName"] == broker
         assert invoke["Properties"]["Action"] == "lambda:InvokeFunction"
+        assert "InvokedViaFunctionUrl" not in invoke["Properties"]
+        assert url["Properties"]["FunctionName"] == via_url["Properties"]["FunctionName"] == url_function
         assert url["Properties"]["Action"] == "lambda:InvokeFunctionUrl"
         assert url["Properties"]["FunctionUrlAuthType"] == "AWS_IAM"
-        for permission in (invoke, url):
+        assert via_url["Properties"]["Action"] == "lambda:InvokeFunction"
+        assert via_url["Properties"]["InvokedViaFunctionUrl"] is True
+        for permission in (invoke, url, via_url):
             # Slot n is account n of the list, and empty (off) when the list is shorter.
             principal = permission["Properties"]["Principal"]
             assert _slot_value(principal, accounts) == accounts[n - 1]
@@ -294,7 +303,7 @@ def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[
     assert _slot_value(too_many, [*accounts, "999999999999"]) == "999999999999"
     refusal = template["Resources"]["MoreThan16InvokerAccountIdsRefused"]
     assert refusal["Condition"] == "TooManyInvokerAccounts" and refusal["Type"] == "AWS::CloudFormation::WaitCondition"
-    assert len(permissions) == 2
+    assert sorted(permissions) == ["InvokeFromOrganization", "UrlFromOrganization", "UrlInvokeFromOrganization"]
     for permission in permissions.values():
         props = permission["Properties"]
         assert props["Principal"] == "*"
@@ -304,6 +313,7 @@ def test_only_registered_accounts_or_the_organization_may_invoke(template: dict[
             assert props["FunctionUrlAuthType"] == "AWS_IAM"
     url = resources_of(template, "AWS::Lambda::Url")["BrokerFunctionUrl"]
     assert url["Properties"]["AuthType"] == "AWS_IAM"
+    assert url["Properties"]["TargetFunctionArn"] == {"Fn::GetAtt": ["BrokerUrlFunction", "Arn"]}
     assert url["Condition"] == "FunctionUrlEnabled"
 
 
