@@ -85,6 +85,11 @@ _IAM_NAME = r"^[A-Za-z0-9_+=,.@-]{1,64}$"
 _FUNCTION_PATTERN = r"^[A-Za-z0-9_*?-]{1,64}$"
 _BUCKET_PATTERN = r"^[a-z0-9.*?-]{1,63}$"
 _ALIAS_PATTERN = r"^alias/[A-Za-z0-9/_*?-]{1,250}$"
+#: ARN patterns of the resources of the resource-policy kinds that have no name parameter of their own.
+_RESOURCE_ARN_PATTERN = (
+    r"^arn:(?:aws|aws-cn|aws-us-gov|\*):(?:ecr|sqs|sns|secretsmanager|events):[a-z0-9*?-]*:(?:\d{12}|\*)?:"
+    r"[A-Za-z0-9/_.+=@:*?-]{1,512}$"
+)
 
 
 class BootstrapError(Exception):
@@ -112,6 +117,7 @@ class BootstrapParameters(BaseModel):
     function_name_patterns: tuple[str, ...] = ()
     bucket_name_patterns: tuple[str, ...] = ()
     key_alias_patterns: tuple[str, ...] = ()
+    resource_arn_patterns: tuple[str, ...] = ()
 
     @field_validator("external_id")
     @classmethod
@@ -120,25 +126,35 @@ class BootstrapParameters(BaseModel):
             raise ValueError(f"the ExternalId must be {EXTERNAL_ID_RULE} (e.g. from: openssl rand -hex 24)")
         return value
 
-    @field_validator("function_name_patterns", "bucket_name_patterns", "key_alias_patterns")
+    @field_validator("function_name_patterns", "bucket_name_patterns", "key_alias_patterns", "resource_arn_patterns")
     @classmethod
     def _patterns(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         grammar, example = {
             "function_name_patterns": (_FUNCTION_PATTERN, "authorizer-*"),
             "bucket_name_patterns": (_BUCKET_PATTERN, "artifacts-*"),
             "key_alias_patterns": (_ALIAS_PATTERN, "alias/artifacts-*"),
+            "resource_arn_patterns": (_RESOURCE_ARN_PATTERN, "arn:aws:sqs:*:*:deploy-*"),
         }[str(info.field_name)]
         for pattern in value:
             if not re.fullmatch(grammar, pattern):
                 raise ValueError(f"{pattern!r} is not a valid pattern (expected e.g. {example!r})")
-            if pattern.strip("*?") == "" or pattern in ("alias/*",):
+            resource = pattern.split(":", 5)[5] if pattern.startswith("arn:") else pattern
+            if (
+                pattern.strip("*?") == ""
+                or pattern in ("alias/*",)
+                or resource.strip("*?/:") in ("", "secret", "repository", "event-bus")
+            ):
                 raise ValueError(f"{pattern!r} matches everything: name a prefix, or use the opt-in tag")
         return value
 
     @model_validator(mode="after")
     def _something_opts_in(self) -> BootstrapParameters:
         if not (
-            self.opt_in_tag_value or self.function_name_patterns or self.bucket_name_patterns or self.key_alias_patterns
+            self.opt_in_tag_value
+            or self.function_name_patterns
+            or self.bucket_name_patterns
+            or self.key_alias_patterns
+            or self.resource_arn_patterns
         ):
             raise ValueError("nothing would opt in: keep the opt-in tag value or give at least one name pattern")
         return self
@@ -155,6 +171,7 @@ class BootstrapParameters(BaseModel):
             "FunctionNamePatterns": ",".join(self.function_name_patterns),
             "BucketNamePatterns": ",".join(self.bucket_name_patterns),
             "KeyAliasPatterns": ",".join(self.key_alias_patterns),
+            "ResourceArnPatterns": ",".join(self.resource_arn_patterns),
         }
         return [{"ParameterKey": key, "ParameterValue": value} for key, value in values.items()]
 

@@ -190,6 +190,8 @@ def _source_arn(value: str) -> str:
 
 
 _Str = Annotated[str, StringConstraints(strict=True, max_length=1024)]
+#: A strict string of at most 1,024 characters: the base of every identifier type.
+StrictStr = _Str
 
 AccountId = Annotated[_Str, _matcher(ACCOUNT_RE, "AWS account id", "'123456789012' (12 digits, as a string)")]
 Region = Annotated[_Str, _matcher(REGION_RE, "AWS region", "eu-west-1"), AfterValidator(_known_region)]
@@ -220,6 +222,23 @@ BucketName = Annotated[_Str, AfterValidator(_bucket)]
 S3Prefix = Annotated[_Str, _matcher(S3_PREFIX_RE, "S3 key prefix", "builds/service-a/ (no '*', no leading '/')")]
 Label = Annotated[_Str, _matcher(LABEL_RE, "label", "pipeline-name or 0123abc (letters, digits, ._:/@+=#-)")]
 Name = Annotated[_Str, _matcher(NAME_RE, "name", "ci-tooling (lowercase letters, digits, '-')")]
+
+
+def service_arn_re(service: str, resource: str) -> re.Pattern[str]:
+    """The grammar of an ARN of ``service`` with an explicit region and account.
+
+    ``resource`` is the pattern of the resource part (named groups welcome); grant
+    kinds build their resource ARN types with it and :func:`arn_matcher`.
+    """
+    return re.compile(
+        rf"arn:(?P<partition>{_PARTITION}):{re.escape(service)}:(?P<region>{_REGION}):(?P<account>{_ACCOUNT}):{resource}",
+        re.ASCII,
+    )
+
+
+def arn_matcher(pattern: re.Pattern[str], what: str, example: str) -> AfterValidator:
+    """The validator of a strict ARN type: ``Annotated[StrictStr, arn_matcher(...)]``."""
+    return _matcher(pattern, what, example)
 
 
 @dataclass(frozen=True)

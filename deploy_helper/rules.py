@@ -42,8 +42,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from deploy_helper.exceptions import DeniedError
 from deploy_helper.grants import REGISTRY, kind_of
 from deploy_helper.grants.base import WIDEN_SOURCE_ARN, Allowed, Compaction, Duration, SourceScope, duration_seconds
-from deploy_helper.grants.bucket_access import AccessLevel
-from deploy_helper.grants.kms_grant import KmsOperation
 from deploy_helper.identifiers import (
     ACCOUNT_RE,
     SOURCE_ARN_RE,
@@ -75,6 +73,14 @@ def _arn_pattern(value: str) -> str:
 
 
 ArnPattern = Annotated[str, AfterValidator(_arn_pattern)]
+#: Every access level and operation some registered kind has (each rule is then checked
+#: against its own kind's); an unknown name is refused where it is written.
+if TYPE_CHECKING:
+    AccessName = str
+    OperationName = str
+else:
+    AccessName = Literal[tuple(sorted({level for k in REGISTRY.values() for level in k.access_levels}))]
+    OperationName = Literal[tuple(sorted({op for k in REGISTRY.values() for op in k.operation_names}))]
 AccountRef = Annotated[str, Field(pattern=r"^(\d{12}|[a-z0-9][a-z0-9-]{0,62})$")]
 
 
@@ -139,8 +145,10 @@ class Rule(_Strict):
     targets: Annotated[list[ArnPattern], Field(min_length=1)]
     target_accounts: list[AccountRef] = []
     principals: PrincipalRules
-    access: list[AccessLevel] = []
-    operations: list[KmsOperation] = []
+    #: The named access levels grants of this rule may have (kinds with ``access_levels``).
+    access: list[AccessName] = []
+    #: The operations grants of this rule may list (kinds with ``operation_names``).
+    operations: list[OperationName] = []
     #: How the broker may fit this rule's grants into a policy's size limit. Empty (the
     #: default): each grant keeps its own statement, and one that does not fit is refused.
     #: ``merge-principals``: grants with equal actions and resources may share one statement
@@ -164,23 +172,32 @@ class Rule(_Strict):
                 f"compaction {unsupported} is not available for {self.kind} "
                 f"(available: {list(REGISTRY[self.kind].compactions)})"
             )
-        service = REGISTRY[self.kind].service
+        kind = REGISTRY[self.kind]
         for target in self.targets:
-            if target.split(":")[2] != service:
-                raise ValueError(f"target {target!r} is not a {service} ARN pattern (kind {self.kind})")
-        if self.kind == "bucket-access":
-            if not self.access:
-                raise ValueError("a bucket-access rule must list the access levels it allows (read, write, read-write)")
-            if not self.target_accounts:
-                raise ValueError("a bucket-access rule must list target_accounts (bucket ARNs carry no account)")
-        elif self.access:
-            raise ValueError("access applies to bucket-access rules only")
-        if self.kind == "kms-grant" and not self.operations:
-            raise ValueError("a kms-grant rule must list the operations it allows")
-        if self.kind != "kms-grant" and self.operations:
-            raise ValueError("operations apply to kms-grant rules only")
-        if self.kind != "lambda-invoke" and (self.principals.services or self.principals.organization):
-            raise ValueError("service and organization principals apply to lambda-invoke rules only")
+            if target.split(":")[2] != kind.service:
+                raise ValueError(f"target {target!r} is not a {kind.service} ARN pattern (kind {self.kind})")
+        levels = sorted(kind.access_levels)
+        if levels and not self.access:
+            raise ValueError(f"a {self.kind} rule must list the access levels it allows ({', '.join(levels)})")
+        if not levels and self.access:
+            raise ValueError(f"access applies to kinds with access levels; {self.kind} has none: remove access")
+        unknown = sorted(set(self.access) - set(levels))
+        if unknown:
+            raise ValueError(f"access {unknown} is not a level of {self.kind} (levels: {', '.join(levels)})")
+        if not kind.resource_names_account and not self.target_accounts:
+            raise ValueError(f"a {self.kind} rule must list target_accounts ({self.kind} ARNs carry no account)")
+        if kind.operation_names and not self.operations:
+            raise ValueError(f"a {self.kind} rule must list the operations it allows")
+        if not kind.operation_names and self.operations:
+            raise ValueError(f"operations apply to kinds whose grants name operations, not {self.kind}")
+        unknown = sorted(set(self.operations) - set(kind.operation_names))
+        if unknown:
+            raise ValueError(f"operations {unknown} are not operations of {self.kind}")
+        forms = {"services": bool(self.principals.services), "organization": self.principals.organization}
+        for form, used in forms.items():
+            if used and form not in kind.principal_forms:
+                allowed = ", ".join(sorted(kind.principal_forms))
+                raise ValueError(f"{form} principals do not apply to {self.kind} rules (allowed: {allowed})")
         return self
 
 

@@ -81,6 +81,11 @@ class AwsCallLog:
         "kms.PutKeyPolicy",
         "kms.CreateKey",
         "kms.RetireGrant",
+        "sqs.SetQueueAttributes",
+        "sns.SetTopicAttributes",
+        "events.PutPermission",
+        "ecr.SetRepositoryPolicy",
+        "secretsmanager.PutResourcePolicy",
     )
 
     def install(self, session: boto3.Session) -> None:

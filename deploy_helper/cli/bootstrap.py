@@ -349,6 +349,12 @@ _role_name_options = _options(
     help="KMS key aliases (alias/...) whose keys opt in. Repeatable.",
 )
 @click.option(
+    "--resource-arn-pattern",
+    multiple=True,
+    metavar="GLOB",
+    help="ARNs of ECR repositories, SQS queues, SNS topics, secrets or event buses that opt in. Repeatable.",
+)
+@click.option(
     "--stack-name",
     default=DEFAULT_STACK_NAME,
     show_default=True,
@@ -436,6 +442,7 @@ def bootstrap(ctx: click.Context, **options: Any) -> None:
             function_name_patterns=options["function_pattern"],
             bucket_name_patterns=options["bucket_pattern"],
             key_alias_patterns=options["key_alias_pattern"],
+            resource_arn_patterns=options["resource_arn_pattern"],
         )
     except ValueError as exc:
         raise click.UsageError(_pydantic_message(exc)) from exc
@@ -491,6 +498,7 @@ def _pydantic_message(exc: ValueError) -> str:
             "function_name_patterns": "--function-pattern",
             "bucket_name_patterns": "--bucket-pattern",
             "key_alias_patterns": "--key-alias-pattern",
+            "resource_arn_patterns": "--resource-arn-pattern",
             "opt_in_tag_value": "--opt-in-tag-value",
             "broker_role_name": "--role-name",
             "reader_role_name": "--reader-role-name",

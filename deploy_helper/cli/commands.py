@@ -18,6 +18,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("deploy_helper.cli.drift", "drift"),
     ("deploy_helper.cli.drift", "reconcile"),
     ("deploy_helper.cli.report", "report"),
+    ("deploy_helper.cli.kinds", "kinds"),
 )
 
 

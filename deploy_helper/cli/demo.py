@@ -33,7 +33,8 @@ def demo(workdir: Path | None, as_json: bool) -> None:
 
     Builds the seed scenario (tooling, token-service and two service accounts),
     bootstraps the broker role, applies an authorizer permission, artifact
-    bucket reads and KMS grants through signed requests, shows a replayed, a
+    bucket reads and KMS grants through signed requests, shares a container
+    image repository and an events queue across accounts, shows a replayed, a
     tampered and an impersonating request refused, revokes one grant, reads
     every policy back and verifies the ledger.
     """
@@ -56,7 +57,7 @@ def demo(workdir: Path | None, as_json: bool) -> None:
             ("kind", "decision", "target", "principal", "rule", "entry"),
             [
                 [r["kind"], r["decision"], short(r["target"]), short(r["principal"]), r["rule"], r["ledger_entry"]]
-                for r in report["applied"]
+                for r in report["applied"] + report["shared"]
             ],
         )
         table(

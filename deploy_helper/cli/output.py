@@ -122,6 +122,8 @@ def short(value: str | None) -> str:
         return f"λ {account} {resource.removeprefix('function:')}"
     if service == "iam":
         return f"{account}:{resource}"
+    if service in ("ecr", "sqs", "sns", "secretsmanager", "events"):
+        return f"{service} {account} {resource}"
     return value
 
 

@@ -202,7 +202,21 @@ class GrantKind(ABC, Generic[SpecT]):
     #: list them in, so the broker keeps who shares it in its reference table (see
     #: ``deploy_helper.references``) and passes them to ``plan`` as ``references=``.
     uses_references: ClassVar[bool] = False
+    #: Named access levels a grant's ``access`` may take, each with the exact actions it
+    #: grants (empty for kinds without an ``access`` field). Rules list the levels they allow.
+    access_levels: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: Operations a grant's ``operations`` may list (kinds whose grants name operations).
+    operation_names: ClassVar[tuple[str, ...]] = ()
+    #: The forms of principal a rule of this kind may allow: ``roles``, ``accounts``,
+    #: ``services`` (bound to a source) and ``organization`` (``*`` with the org id).
+    principal_forms: ClassVar[frozenset[str]] = frozenset({"roles", "accounts"})
+    #: Whether the resource's ARN names its account (an S3 bucket ARN does not: rules
+    #: of such kinds must list ``target_accounts``).
+    resource_names_account: ClassVar[bool] = True
     example: ClassVar[dict[str, Any]]
+    #: Field values that turn ``example`` into another valid grant of the kind, each a
+    #: different grant (tests check that every one changes the grant's identity).
+    variants: ClassVar[dict[str, Any]] = {}
 
     # -- identity of a grant (pure) ---------------------------------------
     @abstractmethod

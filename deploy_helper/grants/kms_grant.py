@@ -11,7 +11,7 @@ Removal uses ``RevokeGrant`` (the broker acts in the key's account).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args
 
 from botocore.exceptions import ClientError
 from pydantic import Field, field_validator
@@ -68,6 +68,11 @@ class KmsGrant(GrantKind[KmsGrantSpec]):
     spec: ClassVar[type[GrantSpec]] = KmsGrantSpec
     service: ClassVar[str] = "kms"
     permissions: ClassVar[tuple[str, ...]] = ("kms:ListGrants", "kms:CreateGrant", "kms:RevokeGrant")
+    operation_names: ClassVar[tuple[str, ...]] = get_args(KmsOperation)
+    variants: ClassVar[dict[str, Any]] = {
+        "operations": ["Decrypt"],
+        "grantee": "arn:aws:iam::333333333333:role/other",
+    }
     example: ClassVar[dict[str, Any]] = {
         "kind": "kms-grant",
         "key": "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab",

@@ -113,6 +113,11 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
     #: Leased per function: a shared permission and its references change together.
     serialize_writes: ClassVar[bool] = True
     uses_references: ClassVar[bool] = True
+    principal_forms: ClassVar[frozenset[str]] = frozenset({"roles", "accounts", "services", "organization"})
+    variants: ClassVar[dict[str, Any]] = {
+        "source_account": "444444444444",
+        "source_arn": "arn:aws:execute-api:us-east-1:444444444444:a1b2c3d4e5/authorizers/*",
+    }
     example: ClassVar[dict[str, Any]] = {
         "kind": "lambda-invoke",
         "function": "arn:aws:lambda:us-east-1:222222222222:function:token-authorizer",

@@ -5,7 +5,9 @@
 2. put the broker role into each target account (bootstrap);
 3. apply, in one signed request, the authorizer permission for each service
    account's API and artifact-bucket read + KMS decrypt for each deploy role;
-4. send the same grants again: nothing changes (``unchanged``);
+4. send the same grants again: nothing changes (``unchanged``); share the tooling
+   account's container image repository (``ecr-pull``) and deployment-events queue
+   (``sqs-send``, SNS bound to each service account's topic) across accounts;
 5. send the first request again byte for byte (a client's retry: its first answer,
    nothing done again), replay its nonce on another payload, tamper with a signed
    request, and claim to be ``ci-tooling`` with another caller's key: all refused,
@@ -28,6 +30,8 @@ from deploy_helper.local import scenario as seed
 from deploy_helper.local.server import LocalAws
 
 Step = Callable[[str], None]
+#: The resource-policy kinds the demo shares across accounts (the seed scenario has a resource of each).
+SHARED_KINDS = ("ecr-pull", "sqs-send")
 
 
 def _quiet(_: str) -> None:
@@ -102,6 +106,14 @@ def _run(sc: seed.Scenario, progress: Step) -> dict[str, Any]:
     report["reapplied"] = [r.decision for r in again.results]
     progress(f"apply again: {_count(again, 'unchanged')} unchanged")
 
+    shared_grants = [sc.grant(kind, s) for kind in SHARED_KINDS for s in seed.SERVICE_ACCOUNTS]
+    shared = client.request(shared_grants, context=context)
+    report["shared"] = [_brief(r) for r in shared.results]
+    progress(
+        f"share: {_count(shared, 'applied')} applied (image repository and events queue for "
+        f"{', '.join(seed.SERVICE_ACCOUNTS)})"
+    )
+
     before_attacks = sc.snapshot()
     attacks = []
     retry = client.send_envelope(first_envelope)
@@ -148,7 +160,7 @@ def _run(sc: seed.Scenario, progress: Step) -> dict[str, Any]:
     progress(f"ledger: {verification.size} entries, whole: {verification.whole}")
     report["ok"] = bool(
         # "unchanged": a running local environment where the demo ran before
-        all(r["decision"] in ("applied", "unchanged") for r in report["applied"])
+        all(r["decision"] in ("applied", "unchanged") for r in report["applied"] + report["shared"])
         and all(d == "unchanged" for d in report["reapplied"])
         and all(a["refused"] for a in attacks)
         and report["retry_answered_from_first"]
@@ -234,7 +246,23 @@ def _read_back(sc: seed.Scenario) -> dict[str, bool]:
     grant_names = {g.get("Name") for g in sc.key_grants()}
     ids = [REGISTRY[s.kind].grant_id(s) for s in specs]
     lam_a, lam_b, s3_a, s3_b, kms_a, kms_b = ids
+    shared_specs = parse_payload(
+        {
+            "request_id": "readback-0002",
+            "action": "apply",
+            "grants": [sc.grant(kind, s) for kind in SHARED_KINDS for s in seed.SERVICE_ACCOUNTS],
+        }
+    ).grants
+    shared_sids = {
+        kind: {s.get("Sid") for s in (sc.resource_policy(kind) or {}).get("Statement", [])} for kind in SHARED_KINDS
+    }
+    shared_present = {
+        kind: {REGISTRY[s.kind].grant_id(s) for s in shared_specs if s.kind == kind} <= shared_sids[kind]
+        for kind in SHARED_KINDS
+    }
     return {
+        "image_repository_shared": shared_present["ecr-pull"],
+        "events_queue_shared": shared_present["sqs-send"],
         "authorizer_permissions_present": {lam_a, lam_b} <= function_sids,
         "foreign_function_statement_kept": seed.FOREIGN_SID in function_sids,
         "service_a_bucket_read_present": s3_a in bucket_sids,

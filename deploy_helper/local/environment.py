@@ -189,6 +189,7 @@ def build_environment(local: LocalAws, directory: Path, progress: Callable[[str]
             "deploy_roles": sc.deploy_roles,
             "bucket": sc.bucket,
             "key_arn": sc.key_arn,
+            "resources": sc.resources,
             "stack": stack,
         },
     )
@@ -396,6 +397,7 @@ def reopen(state: LocalState) -> Scenario:
         bucket=facts["bucket"],
         key_arn=facts["key_arn"],
         config=config,
+        resources=dict(facts.get("resources", {})),
     )
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from deploy_helper.config import BrokerConfig
+from deploy_helper.local import shared_resources
 from deploy_helper.local.server import DEFAULT_ACCOUNT, LOCAL_REGION
 from deploy_helper.local.stack import BrokerStack, deploy_broker_stack
 from deploy_helper.signing import Ed25519Signer, generate_ed25519
@@ -86,6 +87,8 @@ class Scenario:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Service accounts added by ``build_scaled`` (name -> account id), beyond ``ACCOUNTS``.
     scaled: dict[str, str] = field(default_factory=dict)
+    #: The tooling account's resource of each resource-policy kind (``shared_resources``).
+    resources: dict[str, str] = field(default_factory=dict)
     #: The broker's own stack, created from template.yaml.
     stack: BrokerStack | None = None
 
@@ -156,6 +159,14 @@ class Scenario:
             "grantee": self.deploy_roles[service],
             "operations": operations or ["Decrypt", "DescribeKey"],
         }
+
+    def grant(self, kind: str, service: str = "service-a") -> dict[str, Any]:
+        """The seed grant of a resource-policy kind for ``service`` (see ``shared_resources``)."""
+        return shared_resources.grant(kind, self.resources[kind], self.accounts[service], self.deploy_roles[service])
+
+    def resource_policy(self, kind: str) -> dict[str, Any] | None:
+        """The policy of the seed resource of a resource-policy kind, as AWS holds it."""
+        return shared_resources.policy(self.local, ACCOUNTS["tooling"], kind, self.resources[kind])
 
     def seed_grants(self) -> list[dict[str, Any]]:
         grants = [self.authorizer_grant(s) for s in SERVICE_ACCOUNTS]
@@ -254,6 +265,7 @@ class Scenario:
             "function_policy": self.function_policy(),
             "bucket_policy": self.bucket_policy(),
             "key_grants": sorted((g.get("Name", ""), g["GranteePrincipal"]) for g in self.key_grants()),
+            **shared_resources.snapshot(self.local, ACCOUNTS["tooling"], self.resources),
         }
 
 
@@ -332,7 +344,7 @@ def _write_policies(directory: Path, signer_pub: bytes, other_pub: bytes) -> Non
         },
     }
     deploy_roles = ["arn:aws:iam::*:role/deploy"]
-    rules = {
+    rules: dict[str, Any] = {
         "version": 1,
         "organization": {"id": ORG_ID, "accounts": {k: v for k, v in ACCOUNTS.items()}},
         "rules": [
@@ -373,6 +385,7 @@ def _write_policies(directory: Path, signer_pub: bytes, other_pub: bytes) -> Non
             },
         ],
     }
+    rules["rules"] = [*rules["rules"], *shared_resources.rules(CALLER, ACCOUNTS["tooling"], list(SERVICE_ACCOUNTS))]
     (directory / "callers.yaml").write_text(yaml.safe_dump(callers, sort_keys=False))
     (directory / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
 
@@ -423,6 +436,7 @@ def build(
         Description="pipeline artifacts", Tags=[{"TagKey": "deploy-helper:managed", "TagValue": "true"}]
     )["KeyMetadata"]["Arn"]
     _role(local, tooling, "pipeline")
+    resources = shared_resources.create(local, tooling, key_arn)
     # Token service: the authorizer function, with a permission its team added.
     exec_role = _role(local, token, "authorizer-exec", "lambda.amazonaws.com")
     lam = local.client("lambda", token)
@@ -486,6 +500,7 @@ def build(
         key_arn=key_arn,
         config=config,
         extra={"nonce": secrets.token_hex(2)},
+        resources=resources,
         stack=stack,
     )
 

@@ -106,6 +106,10 @@ caller here), any other condition key or operator (ignored, i.e. treated as
 satisfied), the caller's identity-based policies, permission boundaries, SCPs or
 session policies.
 
+Resource policies of ECR, SQS, SNS, Secrets Manager and EventBridge: see
+:mod:`deploy_helper.local.strict_policies` (their size limits and Secrets Manager's
+``BlockPublicPolicy``).
+
 Reads that fail (the function, key or role is missing, moto answers 500) never
 produce a refusal: the request then goes to moto, which gives its own answer.
 """
@@ -128,6 +132,7 @@ from botocore.compat import HTTPHeaders
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
+from deploy_helper.local import strict_policies
 from deploy_helper.local.server import ADMIN_ROLE, DEFAULT_ACCOUNT, LOCAL_CONFIG
 
 if TYPE_CHECKING:
@@ -251,6 +256,8 @@ class _StrictAws:
             "kms.RetireGrant": self._kms_retire_grant,
             "sts.AssumeRole": self._sts_assume_role,
         }
+        for operation, policy_check in strict_policies.checks(AwsRefusal).items():
+            checks[operation] = _params_only(policy_check)
         for operation, check in checks.items():
             session.events.register(
                 f"before-parameter-build.{operation}",
@@ -839,6 +846,15 @@ def _response(
 
 
 # -- small helpers ------------------------------------------------------------
+def _params_only(check: Callable[[dict[str, Any]], None]) -> Callable[[_Call], None]:
+    """A check that needs only the call's parameters (``strict_policies``)."""
+
+    def run(call: _Call) -> None:
+        check(call.params)
+
+    return run
+
+
 def _remember_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
     context[_PARAMS_KEY] = copy.deepcopy(params)
 

@@ -436,6 +436,17 @@ def _register_stacks(policies: Path, shared_callers: tuple[str, ...] = ()) -> No
             },
         }
     )
+    rules["rules"].append(  # test_custom_resource_kinds: a resource-policy kind through the same path
+        {
+            "id": "stack-deploy-events",
+            "description": "service-a's stacks may let their own topics deliver to the tooling queue",
+            "callers": [STACKS_CALLER],
+            "kind": "sqs-send",
+            "targets": [f"arn:aws:sqs:*:{seed.ACCOUNTS['tooling']}:deploy-events"],
+            "principals": {"services": [{"service": "sns.amazonaws.com", "source_accounts": ["service-a"]}]},
+            "access": ["send"],
+        }
+    )
     (policies / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
 
 

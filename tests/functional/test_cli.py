@@ -251,6 +251,10 @@ def test_demo_json_reports_grants_and_refused_attacks(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["ok"] is True
     assert [r["decision"] for r in report["applied"]] == ["applied"] * 6
+    assert [(r["kind"], r["decision"]) for r in report["shared"]] == [("ecr-pull", "applied")] * 2 + [
+        ("sqs-send", "applied")
+    ] * 2
+    assert report["verified"]["image_repository_shared"] and report["verified"]["events_queue_shared"]
     assert all(a["refused"] for a in report["attacks"]) and len(report["attacks"]) >= 3
     assert report["attacks_changed_nothing"] is True
     assert all(report["verified"].values())

@@ -112,6 +112,8 @@ COMMANDS: dict[tuple[str, ...], tuple[Callable[[Path], list[str]], tuple[str, ..
     ("policies", "check"): (lambda t: [str(t / "policies")], (), "policies"),
     ("bootstrap",): (lambda t: ["--accounts", _accounts(t), *BOOTSTRAP, "--plan"], AWS, "accounts"),
     ("bootstrap", "status"): (lambda t: ["--accounts", _accounts(t)], AWS, "accounts"),
+    # kinds: from the registry alone, no AWS and no file
+    ("kinds",): (lambda t: ["--json"], (), None),
     # local: no AWS configuration is read; `local env` without a running environment says what to run
     ("local", "up"): (lambda t: [], (), None),
     ("local", "env"): (lambda t: ["--state-dir", str(t / "none")], ("not-running",), None),

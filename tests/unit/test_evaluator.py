@@ -14,6 +14,7 @@ from typing import Any, get_args
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from account_bootstrap import OPT_IN_TAG, render_resources
 from account_bootstrap.evaluator import (
@@ -26,7 +27,7 @@ from account_bootstrap.evaluator import (
     explain,
     glob_match,
 )
-from deploy_helper.grants import REGISTRY
+from deploy_helper.grants import REGISTRY, AnyGrant
 from deploy_helper.grants.kms_grant import KmsOperation
 from deploy_helper.grants.lambda_invoke import ORGANIZATION_GRANTS_BOOTSTRAPPED
 
@@ -167,12 +168,23 @@ def test_what_it_does_not_understand_is_refused_not_guessed(statement: dict[str,
 
 # -- the broker role against the grant kinds -------------------------------------------
 
+#: The other kinds' resources (ECR, SQS, SNS, Secrets Manager, EventBridge): each example's.
+OTHER_KINDS = [k for k in REGISTRY.values() if k.service not in ("lambda", "s3", "kms")]
+
+
+def example_resource(kind: Any, account: str) -> str:
+    spec = TypeAdapter(AnyGrant).validate_python(kind.example)
+    return str(kind.resource(spec)).replace(f":{kind.target_account(spec)}:", f":{account}:")
+
+
 PARAMETERS = {
     "BrokerExecutionRoleArn": BROKER,
     "ExternalId": "external-id-for-tests",
     "FunctionNamePatterns": "authorizer-*,token-check",
     "BucketNamePatterns": "pipeline-artifacts-*",
     "KeyAliasPatterns": "alias/artifacts-*",
+    # each other kind's example resource, in any account (the role's condition pins its own)
+    "ResourceArnPatterns": ",".join(example_resource(k, "*") for k in OTHER_KINDS),
 }
 
 
@@ -201,7 +213,11 @@ def target(action: str, opt_in: str, account: str = ACCOUNT) -> Request:
             context["kms:GrantOperations"] = ["Decrypt", "DescribeKey"]
             context["kms:GranteePrincipal"] = "arn:aws:iam::333333333333:role/deploy"
     else:
-        raise AssertionError(f"no resource shape for {action}: add one for the new grant kind")
+        # Any other kind's resource: its example's (named in ResourceArnPatterns), or another.
+        kind = next(k for k in OTHER_KINDS if k.service == service)
+        resource = example_resource(kind, account) + ("" if opt_in == "name" else "x")
+        if action == "secretsmanager:PutResourcePolicy":
+            context["secretsmanager:BlockPublicPolicy"] = "true"  # what the secret-read kind always sends
     return Request(action, resource, context)
 
 
@@ -277,6 +293,17 @@ def test_function_patterns_cover_versions_and_aliases() -> None:
             ("OnlyGrantOperationsRulesCanAllow",),
         ),
         ("kms:CreateGrant", {"kms:GrantOperations": None}, ("NoGrantWithoutOperations",)),
+        ("kms:PutKeyPolicy", {"kms:BypassPolicyLockoutSafetyCheck": "true"}, ("NoKeyPolicyLockoutBypass",)),
+        (
+            "secretsmanager:PutResourcePolicy",
+            {"secretsmanager:BlockPublicPolicy": "false"},
+            ("NoSecretPolicyWithoutPublicBlock",),
+        ),
+        (
+            "secretsmanager:PutResourcePolicy",
+            {"secretsmanager:BlockPublicPolicy": None},
+            ("NoSecretPolicyWithoutPublicBlock",),
+        ),
     ],
 )
 def test_guardrails_deny_even_on_opted_in_resources(action: str, extra: dict[str, Any], sids: tuple[str, ...]) -> None:

@@ -447,7 +447,7 @@ def test_rule_file_checks() -> None:
     assert "unique" in _invalid(lambda d: d["rules"].append(copy.deepcopy(d["rules"][0])))
     assert "unknown account name" in _invalid(lambda d: d["rules"][2]["principals"].update(role_accounts=["nobody"]))
     assert "not registered" in _invalid(lambda d: d["rules"][2].update(target_accounts=[OUTSIDE]))
-    assert "unknown kind" in _invalid(lambda d: d["rules"][0].update(kind="ecr-pull"))
+    assert "unknown kind" in _invalid(lambda d: d["rules"][0].update(kind="dynamodb-table"))
     assert "not a lambda ARN pattern" in _invalid(lambda d: d["rules"][0].update(targets=["arn:aws:s3:::x"]))
     assert "access levels" in _invalid(lambda d: d["rules"][2].update(access=[]))
     assert "target_accounts" in _invalid(lambda d: d["rules"][2].update(target_accounts=[]))
@@ -455,7 +455,9 @@ def test_rule_file_checks() -> None:
     assert "operations" in _invalid(lambda d: d["rules"][3].update(operations=[]))
     assert "operations apply" in _invalid(lambda d: d["rules"][2].update(operations=["Decrypt"]))
     assert "role_accounts" in _invalid(lambda d: d["rules"][2]["principals"].pop("role_accounts"))
-    assert "lambda-invoke rules only" in _invalid(lambda d: d["rules"][2]["principals"].update(organization=True))
+    assert "organization principals do not apply to bucket-access" in _invalid(
+        lambda d: d["rules"][2]["principals"].update(organization=True)
+    )
     assert "organization.id" in _invalid(lambda d: d["organization"].pop("id"))
     # free-form actions or unknown operations are not expressible
     assert "Extra inputs" in _invalid(lambda d: d["rules"][2].update(actions=["s3:*"]))
