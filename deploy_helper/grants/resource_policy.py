@@ -263,8 +263,11 @@ class ResourcePolicyKind(GrantKind[SpecT]):
     def accounts_for(self, state: Any, spec: SpecT, references: dict[str, list[str]] | None = None) -> set[str]:
         """The grant's own statement, and its shared statement if its principal is in it."""
         explained = {self.grant_id(spec)}
-        if self._mergeable(spec) and aws_principal(self._member(spec)) in self._members(state or _EMPTY, spec):
-            explained.add(self.shared_sid(spec))
+        if self._mergeable(spec):
+            # whatever its shape: a shared statement changed by hand still stands for its grants (altered)
+            shared = find_statement(state or _EMPTY, self.shared_sid(spec))
+            if shared is not None and aws_principal(self._member(spec)) in normalize_principal(shared.get("Principal")):
+                explained.add(self.shared_sid(spec))
         return explained
 
     def excess(
@@ -314,6 +317,10 @@ class ResourcePolicyKind(GrantKind[SpecT]):
 
     def _member(self, spec: SpecT) -> str:
         return str(self.statement(spec)["Principal"]["AWS"])
+
+    def shared_statement(self, spec: SpecT, members: Sequence[str]) -> dict[str, Any]:
+        """The shared statement: the grant's own statement, with each member's principal."""
+        return self._shared_statement(spec, members)
 
     def _shared_statement(self, spec: SpecT, members: Sequence[str]) -> dict[str, Any]:
         values = sorted(set(members))
