@@ -61,7 +61,7 @@ from account_bootstrap import (
 )
 
 # pydantic needs these at run time to build the models
-from deploy_helper.identifiers import EXTERNAL_ID_RE, EXTERNAL_ID_RULE, AccountId, RoleArn
+from deploy_helper.trust.identifiers import EXTERNAL_ID_RE, EXTERNAL_ID_RULE, AccountId, RoleArn
 
 if TYPE_CHECKING:
     from pathlib import Path

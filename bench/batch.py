@@ -96,7 +96,7 @@ def grants_of(sc: Any) -> list[dict[str, Any]]:
 
 
 def run_broker(sc: Any, grants: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
 
     meter = Meter(args.latency, args.ledger_latency, sc.config.checkpoint_bucket)
     session = sc.local.base_session()

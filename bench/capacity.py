@@ -109,7 +109,7 @@ def source_scope(grant: Any, pattern: str | None) -> Any:
     ``SourceAccount`` only when the rule has no ``source_arns`` (``pattern`` None).
     """
     from deploy_helper.grants.base import SourceScope
-    from deploy_helper.rules import arn_matches
+    from deploy_helper.trust.rules import arn_matches
 
     if pattern is None:
         return SourceScope(grant.source_account, None)
@@ -161,7 +161,7 @@ def plan_function(state: Any, resource: str, grants: list[Any], widen: bool, pat
 
 def figures(plan: Any, foreign: int) -> dict[str, Any]:
     """Grants applied, accounts all of whose grants were applied, statements the broker added, bytes."""
-    from deploy_helper.policydoc import compact_size
+    from deploy_helper.execution.policydoc import compact_size
 
     by_account: dict[str, list[bool]] = {}
     for item in plan.items:

@@ -85,7 +85,7 @@ def main() -> None:
 
     from deploy_helper.audit.drift import ACCOUNT_WORKERS, RESOURCE_WORKERS, DriftChecker, LedgerView
     from deploy_helper.audit.scheduled import stored_entries
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.grants import REGISTRY
     from deploy_helper.local import scenario as seed
     from deploy_helper.local.server import LocalAws

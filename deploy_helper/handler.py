@@ -5,7 +5,7 @@ dispatched by the event's shape:
 
 - a signed request envelope (direct ``Invoke`` from a pipeline) → the broker;
 - a CloudFormation custom-resource event (``Custom::DeployHelperGrant``) →
-  ``deploy_helper.custom_resource`` (verified against the real stack first);
+  ``deploy_helper.entry.custom_resource`` (verified against the real stack first);
 - a function-URL-shaped event → refused: the broker function has no URL, so such
   an event came by plain ``Invoke`` and its caller identity was written by the invoker;
 - the constant events of the schedules in ``template.yaml`` (drift check, expiry
@@ -31,10 +31,10 @@ import logging
 import os
 from typing import Any
 
-from deploy_helper import telemetry
-from deploy_helper.broker import Broker
 from deploy_helper.config import BrokerConfig
 from deploy_helper.exceptions import BrokerError
+from deploy_helper.execution import telemetry
+from deploy_helper.execution.broker import Broker
 from deploy_helper.models import BrokerResponse, ErrorBody
 
 logger = logging.getLogger("deploy_helper")
@@ -64,7 +64,7 @@ def is_custom_resource(event: Any) -> bool:
 
 def is_function_url(event: Any) -> bool:
     """The shape of a function-URL event (served only by ``function_url_handler``)."""
-    from deploy_helper.function_url import is_function_url as url_shaped
+    from deploy_helper.entry.function_url import is_function_url as url_shaped
 
     return url_shaped(event)
 
@@ -79,7 +79,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
 
     Every log line of the invocation carries its request id and caller; each grant's
     outcome is logged with its target account and grant id, and counted in EMF metrics
-    (``deploy_helper.telemetry``).
+    (``deploy_helper.execution.telemetry``).
     """
     telemetry.begin(getattr(context, "aws_request_id", None))
     answer = _dispatch(event, context)
@@ -97,7 +97,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
 
 def _dispatch(event: Any, context: Any) -> dict[str, Any]:
     if is_custom_resource(event):
-        from deploy_helper.custom_resource import handle_custom_resource
+        from deploy_helper.entry.custom_resource import handle_custom_resource
 
         return handle_custom_resource(event, context, get_broker)
     try:
@@ -114,7 +114,7 @@ def _dispatch(event: Any, context: Any) -> dict[str, Any]:
         if scheduled.is_sweep(event):
             return scheduled.sweep_expired(broker)
     if looks_like_http_event(event):
-        from deploy_helper.function_url import refuse_url_event
+        from deploy_helper.entry.function_url import refuse_url_event
 
         return refuse_url_event(event, broker)
     response = broker.handle(event, remaining_ms=remaining if callable(remaining) else None)
@@ -128,7 +128,7 @@ def function_url_handler(event: Any, context: Any) -> dict[str, Any]:
     through its URL alone, so ``requestContext.authorizer.iam`` is AWS's own record of
     the SigV4 signer. Any other event is refused.
     """
-    from deploy_helper.function_url import handle_function_url, http_error, refuse_other_event
+    from deploy_helper.entry.function_url import handle_function_url, http_error, refuse_other_event
 
     try:
         broker = get_broker()

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from deploy_helper.identifiers import Label, Name, StackArn
+from deploy_helper.trust.identifiers import Label, Name, StackArn
 
 #: Upper bounds, checked before and while parsing.
 MAX_ENVELOPE_BYTES = 512 * 1024

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, ValidationError
 
-from deploy_helper.auth import short_errors
 from deploy_helper.exceptions import RequestError
 from deploy_helper.grants import AnyGrant
 from deploy_helper.models import MAX_GRANTS, Action, PipelineContext, RequestId, StrictModel
+from deploy_helper.trust.auth import short_errors
 
-#: The name a pipeline owns its grants under (``deploy_helper.owners``); the broker prefixes
+#: The name a pipeline owns its grants under (``deploy_helper.execution.owners``); the broker prefixes
 #: it with ``pipeline:<authenticated caller>/``, so it cannot name another caller or a stack.
 OwnerName = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
 

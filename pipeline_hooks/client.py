@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from deploy_helper.exceptions import BrokerError
 from deploy_helper.models import BrokerResponse
-from deploy_helper.signing import seal
+from deploy_helper.trust.signing import seal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from deploy_helper.broker import Broker
-    from deploy_helper.signing import Signer
+    from deploy_helper.execution.broker import Broker
+    from deploy_helper.trust.signing import Signer
 
 
 class Transport(Protocol):
@@ -138,7 +138,7 @@ class BrokerClient:
         """Send ``envelope``; while the broker says it is still in progress, send it again.
 
         Sending the same envelope again is safe: the broker answers it with the first
-        delivery's answer and changes nothing (``deploy_helper.nonces``).
+        delivery's answer and changes nothing (``deploy_helper.trust.nonces``).
         """
         self.sent.append(envelope)
         response = BrokerResponse.model_validate(self.transport.send(envelope))

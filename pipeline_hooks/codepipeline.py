@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deploy_helper.auth import short_errors
 from deploy_helper.exceptions import BrokerError
+from deploy_helper.trust.auth import short_errors
 from pipeline_hooks.client import BrokerClient, LambdaTransport, lambda_client
 from pipeline_hooks.codepipeline_job import (
     ConfirmedJob,
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     import boto3
 
     from deploy_helper.models import BrokerResponse
-    from deploy_helper.signing import Signer
+    from deploy_helper.trust.signing import Signer
     from pipeline_hooks.client import Transport
     from pipeline_hooks.grants_file import GrantsFile
 
@@ -148,7 +148,7 @@ class PipelineStep:
         """The step as the action function's environment configures it."""
         import boto3
 
-        from deploy_helper.signing import Ed25519Signer, KmsSigner
+        from deploy_helper.trust.signing import Ed25519Signer, KmsSigner
 
         env = os.environ if environ is None else environ
         session = session or boto3.Session()

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
 
-from deploy_helper.auth import short_errors
 from deploy_helper.exceptions import AuthenticationError, BrokerError, RequestError
+from deploy_helper.trust.auth import short_errors
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

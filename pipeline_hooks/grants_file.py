@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from deploy_helper.exceptions import RequestError
-from deploy_helper.policyfiles import parse_file
+from deploy_helper.trust.policyfiles import parse_file
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,7 +50,7 @@ class GrantsFile(BaseModel):
     caller: str | None = None
     audience: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
-    #: The owner name the grants are applied and revoked under (``deploy_helper.owners``).
+    #: The owner name the grants are applied and revoked under (``deploy_helper.execution.owners``).
     owner: str | None = None
     grants: list[dict[str, Any]] = Field(min_length=1)
 

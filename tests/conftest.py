@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
 
 
 @pytest.fixture(scope="session")

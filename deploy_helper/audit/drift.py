@@ -50,10 +50,10 @@ from deploy_helper.ledger.entries import now_iso
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from deploy_helper.execution.references import ReferenceStore
+    from deploy_helper.execution.sessions import TargetSessions
     from deploy_helper.grants import GrantKind
     from deploy_helper.ledger.store import StoredEntry
-    from deploy_helper.references import ReferenceStore
-    from deploy_helper.sessions import TargetSessions
 
 logger = logging.getLogger(__name__)
 

@@ -30,17 +30,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from deploy_helper import fencing
 from deploy_helper.audit.drift import DRIFTED, Filters, LedgerView, classify
 from deploy_helper.audit.repairs import RepairItem, RepairResult, repair_entry, request_fields, why
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError
+from deploy_helper.execution import fencing
+from deploy_helper.execution.policydoc import digest
 from deploy_helper.grants import REGISTRY, GrantSpec, ResourcePlan
 from deploy_helper.ledger.query import parse_time
-from deploy_helper.policydoc import digest
 
 if TYPE_CHECKING:
     from deploy_helper.audit.drift import ResourceKey
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Repairer:
         *,
         apply: bool,
     ) -> list[RepairResult]:
-        from deploy_helper.references import ResourceRecord
+        from deploy_helper.execution.references import ResourceRecord
 
         account, kind_name, resource, region = key
         kind = REGISTRY[kind_name]
@@ -338,7 +338,7 @@ class Repairer:
         version is claimed, so a change to the references or owners since they were read stops
         the repair; each table write first proves the lease outlasts it (``fencing.check``).
         """
-        from deploy_helper.broker import TABLE_WRITE_SECONDS
+        from deploy_helper.execution.broker import TABLE_WRITE_SECONDS
 
         store = self.broker.references
         version = record.version

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deploy_helper.identifiers import account_of_principal
+from deploy_helper.trust.identifiers import account_of_principal
 
 if TYPE_CHECKING:
     from deploy_helper.audit.drift import DriftReport

@@ -34,7 +34,7 @@ from deploy_helper.exceptions import BrokerError, LedgerError
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.ledger.store import StoredEntry
 
 logger = logging.getLogger(__name__)

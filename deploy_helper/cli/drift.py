@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from deploy_helper.audit.drift import DriftReport
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
 
 STATUS_STYLE = {
     "in-force": "green",
@@ -67,9 +67,9 @@ def broker_for(table: str) -> Broker:
     import dataclasses
     import os
 
-    from deploy_helper.broker import Broker
     from deploy_helper.cli.errors import aws_session, region_from_env
     from deploy_helper.config import BrokerConfig
+    from deploy_helper.execution.broker import Broker
 
     env = dict(os.environ)
     env.setdefault("DEPLOY_HELPER_AUDIENCE", "deploy-helper:audit")

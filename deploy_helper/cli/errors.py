@@ -174,7 +174,7 @@ def translate(exc: BaseException) -> CliError | None:
             return translate(cause)  # what to fix is in AWS's answer (credentials, endpoint, access)
         return ConfigError(exc.message) if exc.code == "misconfigured" else CliError(exc.message)
     if isinstance(exc, ValidationError):
-        from deploy_helper.auth import short_errors
+        from deploy_helper.trust.auth import short_errors
 
         return ConfigError(f"invalid input: {short_errors(exc)}")
     return None

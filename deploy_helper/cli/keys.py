@@ -41,7 +41,7 @@ def generate(
     caller: str, key_id: str, account: str, out_dir: Path, valid_days: int, kms_key_id: str | None, as_json: bool
 ) -> None:
     """Write a new Ed25519 key pair (or read a KMS key's public half) and print the YAML to register."""
-    from deploy_helper.signing import generate_ed25519, public_pem_from_der
+    from deploy_helper.trust.signing import generate_ed25519, public_pem_from_der
 
     now = datetime.now(tz=UTC).replace(microsecond=0)
     files: dict[str, str] = {}

@@ -52,10 +52,10 @@ def check(directory: Path, as_json: bool) -> None:
 
 def check_directory(directory: Path) -> tuple[list[str], dict[str, int]]:
     """All problems found in a policies directory, and counts of what it holds."""
-    from deploy_helper.callers import CallerRegistry
     from deploy_helper.exceptions import PolicyFileError
-    from deploy_helper.policyfiles import parse_file
-    from deploy_helper.rules import RuleSet
+    from deploy_helper.trust.callers import CallerRegistry
+    from deploy_helper.trust.policyfiles import parse_file
+    from deploy_helper.trust.rules import RuleSet
 
     errors: list[str] = []
     summary = {"callers": 0, "keys": 0, "rules": 0, "accounts": 0}

@@ -117,8 +117,8 @@ def request_command(
     if in_process and function:
         raise click.UsageError("give either --function (invoke the deployed broker) or --in-process, not both")
     if in_process:
-        from deploy_helper.broker import Broker
         from deploy_helper.config import BrokerConfig
+        from deploy_helper.execution.broker import Broker
 
         try:
             transport = InProcessTransport(Broker.from_config(BrokerConfig.from_env(), session=session))
@@ -157,7 +157,7 @@ def _mode(plan: bool, apply: bool, revoke: bool) -> tuple[str, bool]:
 
 
 def _signer(key_id: str, key_file: Path | None, kms_key_id: str | None, session: Any) -> Any:
-    from deploy_helper.signing import Ed25519Signer, KmsSigner
+    from deploy_helper.trust.signing import Ed25519Signer, KmsSigner
 
     if bool(key_file) == bool(kms_key_id):
         raise click.UsageError("give exactly one of --key-file and --kms-key-id")

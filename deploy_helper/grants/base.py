@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 Operation = Literal["apply", "revoke"]
-#: ``kept`` and ``denied`` are settled by the owner layer (``deploy_helper.owners``), never by a kind.
+#: ``kept`` and ``denied`` are settled by the owner layer (``deploy_helper.execution.owners``), never by a kind.
 Outcome = Literal["applied", "unchanged", "revoked", "absent", "failed", "kept", "denied"]
 #: Ways a rule may let the broker fit grants into a policy's size limit (``Rule.compaction``).
 Compaction = Literal["merge-principals", "widen-source-arn"]
@@ -170,7 +170,7 @@ class ResourcePlan:
     #: For kinds that keep references (``GrantKind.uses_references``): the resource's
     #: references after the change, or None when they do not change.
     references: dict[str, list[str]] | None = None
-    #: The owners of the resource's grants after the change (``deploy_helper.owners``), or
+    #: The owners of the resource's grants after the change (``deploy_helper.execution.owners``), or
     #: None when they do not change; set by the broker's owner layer, never by a kind.
     owners: dict[str, list[str]] | None = None
 
@@ -200,7 +200,7 @@ class GrantKind(ABC, Generic[SpecT]):
     serialize_writes: ClassVar[bool] = False
     #: Whether several grants may share one statement that the resource's policy cannot
     #: list them in, so the broker keeps who shares it in its reference table (see
-    #: ``deploy_helper.references``) and passes them to ``plan`` as ``references=``.
+    #: ``deploy_helper.execution.references``) and passes them to ``plan`` as ``references=``.
     uses_references: ClassVar[bool] = False
     #: Named access levels a grant's ``access`` may take, each with the exact actions it
     #: grants (empty for kinds without an ``access`` field). Rules list the levels they allow.
@@ -277,7 +277,7 @@ class GrantKind(ABC, Generic[SpecT]):
         The default reads a policy document (``{"Statement": [...]}``) by ``Sid``; kinds
         whose state is something else (KMS grants) say their own.
         """
-        from deploy_helper.policydoc import is_managed_sid
+        from deploy_helper.execution.policydoc import is_managed_sid
 
         return {s["Sid"]: s for s in _statements(state) if is_managed_sid(s.get("Sid"))}
 
@@ -302,7 +302,7 @@ class GrantKind(ABC, Generic[SpecT]):
 
         The default reads a policy document and the kind's ``statement(spec)``, if it has one.
         """
-        from deploy_helper.policydoc import is_managed_sid, normalize_principal
+        from deploy_helper.execution.policydoc import is_managed_sid, normalize_principal
 
         statement_of = getattr(self, "statement", None)
         if not callable(statement_of):
@@ -328,7 +328,7 @@ class GrantKind(ABC, Generic[SpecT]):
         )
 
     def diff(self, plan: ResourcePlan) -> str:
-        from deploy_helper.policydoc import unified_diff
+        from deploy_helper.execution.policydoc import unified_diff
 
         return unified_diff(plan.before, plan.after, plan.resource)
 
@@ -351,7 +351,7 @@ def in_parallel(calls: Sequence[Callable[[], None]], workers: int = WRITE_WORKER
     from concurrent.futures import ThreadPoolExecutor
 
     # Each call runs in a copy of the caller's context: the lease the write runs under
-    # (``deploy_helper.fencing``) goes with it into the pool's threads.
+    # (``deploy_helper.execution.fencing``) goes with it into the pool's threads.
     with ThreadPoolExecutor(max_workers=min(workers, len(calls)), thread_name_prefix="write") as pool:
         futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
     errors = [f.exception() for f in futures if f.exception() is not None]

@@ -3,7 +3,7 @@
 Typical use: a pipeline's artifact bucket that every target account's deploy
 role must read. Access is one of the named levels below, never free-form
 actions. The bucket policy is read-modify-written as a whole, so the broker
-holds a per-bucket lock around read → plan → write (see ``deploy_helper.locks``)
+holds a per-bucket lock around read → plan → write (see ``deploy_helper.execution.locks``)
 and only ever adds or removes statements whose ``Sid`` it owns; every other
 statement is written back exactly as AWS returned it. The plan -- exact
 statements, ``merge-principals`` past the 20 KB limit, refusals naming the remedy
@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.grants.base import MERGE_PRINCIPALS, GrantSpec, managed_id
 from deploy_helper.grants.resource_policy import SHARED_PREFIX, ResourcePolicyKind, aws_principal
-from deploy_helper.identifiers import AccountId, BucketName, Region, RoleArn, S3Prefix
+from deploy_helper.trust.identifiers import AccountId, BucketName, Region, RoleArn, S3Prefix
 
 S3_POLICY_LIMIT = 20 * 1024
 AccessLevel = Literal["read", "write", "read-write"]

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from botocore.exceptions import ClientError
 from pydantic import model_validator
 
+from deploy_helper.execution.policydoc import is_managed_sid
 from deploy_helper.grants.base import GrantSpec
 from deploy_helper.grants.resource_policy import ResourcePolicyKind, principal_block
-from deploy_helper.identifiers import AccountId, OrgId, RoleArn, StrictStr, arn_matcher, service_arn_re
-from deploy_helper.policydoc import is_managed_sid
+from deploy_helper.trust.identifiers import AccountId, OrgId, RoleArn, StrictStr, arn_matcher, service_arn_re
 
 if TYPE_CHECKING:
     from deploy_helper.grants.base import ResourcePlan

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.grants.base import Allowed, GrantKind, GrantSpec, ItemPlan, Operation, ResourcePlan, in_parallel
-from deploy_helper.identifiers import KMS_KEY_ARN_RE, AccountId, KmsKeyArn, RoleArn
+from deploy_helper.trust.identifiers import KMS_KEY_ARN_RE, AccountId, KmsKeyArn, RoleArn
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from deploy_helper.exceptions import ExecutionError, PolicySizeError
 from deploy_helper.grants.base import GrantSpec
 from deploy_helper.grants.resource_policy import ResourcePolicyKind, principal_block
-from deploy_helper.identifiers import KMS_KEY_ARN_RE, AccountId, KmsKeyArn, RoleArn, ServicePrincipal
+from deploy_helper.trust.identifiers import KMS_KEY_ARN_RE, AccountId, KmsKeyArn, RoleArn, ServicePrincipal
 
 KMS_KEY_POLICY_LIMIT = 32 * 1024
 #: The only actions a key-policy grant can carry. Never key administration, never

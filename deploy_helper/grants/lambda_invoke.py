@@ -21,6 +21,7 @@ from pydantic import model_validator
 
 from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.exceptions import PolicySizeError
+from deploy_helper.execution.policydoc import compact_size, find_statement, normalize_principal
 from deploy_helper.grants.base import (
     WIDEN_SOURCE_ARN,
     Allowed,
@@ -33,7 +34,7 @@ from deploy_helper.grants.base import (
     managed_id,
 )
 from deploy_helper.grants.lambda_write import PolicyState, read_policy, write_pinned
-from deploy_helper.identifiers import (
+from deploy_helper.trust.identifiers import (
     ACCOUNT_RE,
     LAMBDA_ARN_RE,
     AccountId,
@@ -43,12 +44,11 @@ from deploy_helper.identifiers import (
     ServicePrincipal,
     SourceArn,
 )
-from deploy_helper.policydoc import compact_size, find_statement, normalize_principal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from deploy_helper.references import References
+    from deploy_helper.execution.references import References
 
 INVOKE_ACTION = "lambda:InvokeFunction"
 LAMBDA_POLICY_LIMIT = 20 * 1024
@@ -479,7 +479,7 @@ def _beyond(statement: dict[str, Any], desired: dict[str, Any], spec: LambdaInvo
 
 
 def _admits(pattern: str, arn: str | None) -> bool:
-    from deploy_helper.rules import arn_matches
+    from deploy_helper.trust.rules import arn_matches
 
     return arn is None or arn_matches(pattern, arn)
 

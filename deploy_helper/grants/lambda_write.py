@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from deploy_helper.exceptions import StaleWriteError
-from deploy_helper.policydoc import empty_policy, load_policy
+from deploy_helper.execution.policydoc import empty_policy, load_policy
 
 if TYPE_CHECKING:
     from collections.abc import Callable

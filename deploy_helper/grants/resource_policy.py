@@ -30,6 +30,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.exceptions import PolicySizeError
+from deploy_helper.execution.policydoc import (
+    compact_size,
+    empty_policy,
+    find_statement,
+    load_policy,
+    normalize_principal,
+)
 from deploy_helper.grants.base import (
     MERGE_PRINCIPALS,
     Allowed,
@@ -40,7 +47,6 @@ from deploy_helper.grants.base import (
     SpecT,
     managed_id,
 )
-from deploy_helper.policydoc import compact_size, empty_policy, find_statement, load_policy, normalize_principal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

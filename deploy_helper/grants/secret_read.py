@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from deploy_helper.grants.base import GrantSpec
 from deploy_helper.grants.resource_policy import ResourcePolicyKind, principal_block
-from deploy_helper.identifiers import AccountId, RoleArn, StrictStr, arn_matcher, service_arn_re
+from deploy_helper.trust.identifiers import AccountId, RoleArn, StrictStr, arn_matcher, service_arn_re
 
 SECRETS_POLICY_LIMIT = 20_480
 SECRET_ARN_RE = service_arn_re("secretsmanager", r"secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,512})-[A-Za-z0-9]{6}")

@@ -19,7 +19,7 @@ from pydantic import model_validator
 
 from deploy_helper.grants.base import GrantSpec
 from deploy_helper.grants.resource_policy import ResourcePolicyKind, check_binding, principal_block, source_condition
-from deploy_helper.identifiers import (
+from deploy_helper.trust.identifiers import (
     AccountId,
     RoleArn,
     ServicePrincipal,

@@ -42,11 +42,11 @@ from deploy_helper.ledger import merkle, note
 from deploy_helper.ledger.entries import now_iso
 from deploy_helper.ledger.store import GENESIS as CHAIN_GENESIS
 from deploy_helper.ledger.store import entry_hash
-from deploy_helper.signing import verify_message
+from deploy_helper.trust.signing import verify_message
 
 if TYPE_CHECKING:
     from deploy_helper.ledger.store import DynamoLedger, StoredEntry
-    from deploy_helper.signing import Algorithm, Signer
+    from deploy_helper.trust.signing import Algorithm, Signer
 
 LEGACY_DOMAIN = b"deploy-helper/checkpoint/v1\n"
 DEFAULT_HEARTBEAT = 900
@@ -86,7 +86,7 @@ class Checkpoint:
 
     @classmethod
     def from_document(cls, name: str, raw: bytes) -> Checkpoint:
-        from deploy_helper.signing import b64url_decode
+        from deploy_helper.trust.signing import b64url_decode
 
         doc = json.loads(raw)
         return cls(name, rfc8785.dumps(doc["checkpoint"]), b64url_decode(str(doc.get("signature", ""))))

@@ -11,7 +11,7 @@ One entry per decision and per change. ``type`` is one of:
 - ``outcome`` — written after it: ``applied``/``revoked``/``failed``,
   with ``intent`` naming the intent entry it closes.
 
-Grant entries made since owners are kept (``deploy_helper.owners``) also say
+Grant entries made since owners are kept (``deploy_helper.execution.owners``) also say
 who acted — ``owner``, the owner the request acts for — and ``owners``, the
 grant's owners after the change (before it, for a failed change); entries
 written before owners existed simply lack both.
@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from deploy_helper.auth import Identity
     from deploy_helper.grants import GrantSpec
     from deploy_helper.request import RequestPayload
+    from deploy_helper.trust.auth import Identity
 
 ENTRY_FIELDS = (
     "type",

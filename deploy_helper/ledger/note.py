@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from deploy_helper.exceptions import CheckpointFormatError
-from deploy_helper.signing import verify_message
+from deploy_helper.trust.signing import verify_message
 
 if TYPE_CHECKING:
-    from deploy_helper.signing import Algorithm, Signer
+    from deploy_helper.trust.signing import Algorithm, Signer
 
 DASH = "\u2014 "
 MAX_NOTE_BYTES = 4096  # KMS signs RAW messages of at most 4,096 bytes

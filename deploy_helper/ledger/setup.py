@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from deploy_helper.exceptions import LedgerError
 from deploy_helper.ledger.checkpoints import CheckpointStore
 from deploy_helper.ledger.store import DynamoLedger
-from deploy_helper.signing import Algorithm, Ed25519Signer, KmsSigner, Signer, public_pem_from_der
+from deploy_helper.trust.signing import Algorithm, Ed25519Signer, KmsSigner, Signer, public_pem_from_der
 
 if TYPE_CHECKING:
     import boto3

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from deploy_helper.ledger.checkpoints import Checkpoint, StoredObject
     from deploy_helper.ledger.note import SignedNote
-    from deploy_helper.signing import Algorithm
+    from deploy_helper.trust.signing import Algorithm
 
     Key = tuple[Algorithm, str]
 

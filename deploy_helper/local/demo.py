@@ -192,7 +192,7 @@ def bootstrap_targets(sc: seed.Scenario) -> list[dict[str, Any]]:
 
 def _reuse_nonce(client: Any, envelope: dict[str, str], grants: list[dict[str, Any]]) -> dict[str, str]:
     """A genuinely signed request that reuses an earlier request's nonce: a replay."""
-    from deploy_helper.signing import seal
+    from deploy_helper.trust.signing import seal
 
     nonce = json.loads(envelope["signed"])["nonce"]
     payload = client.payload(grants, action="revoke")

@@ -380,7 +380,7 @@ def reopen(state: LocalState) -> Scenario:
     """The running environment's seed scenario, as ``scenario.build`` returned it."""
     from deploy_helper.config import BrokerConfig
     from deploy_helper.local.scenario import Scenario
-    from deploy_helper.signing import Ed25519Signer
+    from deploy_helper.trust.signing import Ed25519Signer
 
     local = LocalAws(set_environ=False, endpoint=state.endpoint)
     facts = state.facts

@@ -33,7 +33,7 @@ from deploy_helper.config import BrokerConfig
 from deploy_helper.local import shared_resources
 from deploy_helper.local.server import DEFAULT_ACCOUNT, LOCAL_REGION
 from deploy_helper.local.stack import BrokerStack, deploy_broker_stack
-from deploy_helper.signing import Ed25519Signer, generate_ed25519
+from deploy_helper.trust.signing import Ed25519Signer, generate_ed25519
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     import boto3
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.ledger.setup import LedgerHandle
     from deploy_helper.local.server import LocalAws
     from pipeline_hooks.client import BrokerClient
@@ -102,7 +102,7 @@ class Scenario:
         return tuple(self.scaled) if self.scaled else SERVICE_ACCOUNTS
 
     def broker(self, session: boto3.Session | None = None, **kwargs: Any) -> Broker:
-        from deploy_helper.broker import Broker
+        from deploy_helper.execution.broker import Broker
 
         return Broker.from_config(self.config, session=session or self.local.base_session(), **kwargs)
 
@@ -214,7 +214,7 @@ class Scenario:
 
         An empty batch stands for the scheduled heartbeat.
         """
-        from deploy_helper.checkpointer import handle
+        from deploy_helper.entry.checkpointer import handle
         from deploy_helper.ledger.setup import open_ledger
         from deploy_helper.local.stream import LedgerStream
 

@@ -176,8 +176,9 @@ class _Context:
 
 def invoke(event: Any) -> dict[str, Any]:
     """Run the real handler on ``event`` here; for a custom-resource event, also what CloudFormation gets."""
-    from deploy_helper import custom_resource, handler
-    from deploy_helper.cfn_response import loopback_response_url
+    from deploy_helper import handler
+    from deploy_helper.entry import custom_resource
+    from deploy_helper.entry.cfn_response import loopback_response_url
 
     if not handler.is_custom_resource(event):
         return {"answer": handler.lambda_handler(event, _Context(None))}

@@ -47,8 +47,9 @@ import boto3
 import pytest
 import yaml
 
-from deploy_helper import custom_resource, handler
-from deploy_helper.cfn_response import ResponseSender, loopback_response_url
+from deploy_helper import handler
+from deploy_helper.entry import custom_resource
+from deploy_helper.entry.cfn_response import ResponseSender, loopback_response_url
 from deploy_helper.local import scenario as seed
 from deploy_helper.local import strict_aws
 from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.server import LocalAws
 
 SERVICE = seed.ACCOUNTS["service-a"]
@@ -276,7 +277,7 @@ class World:
     def another_broker(self, hooks: dict[str, Callable[..., Any]] | None = None, **changes: Any) -> Broker:
         """A broker on this world's AWS, as the world's runs, with its configuration changed
         and ``hooks`` (botocore event name → handler) installed first, for fault injection."""
-        from deploy_helper.broker import Broker
+        from deploy_helper.execution.broker import Broker
 
         session = _exec_session(self.local)
         for name, hook in (hooks or {}).items():

@@ -31,7 +31,7 @@ from deploy_helper.local import codepipeline_jobs as jobs
 from deploy_helper.local import scenario as seed
 from deploy_helper.local import strict_aws
 from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION
-from deploy_helper.signing import public_pem_from_der
+from deploy_helper.trust.signing import public_pem_from_der
 from pipeline_hooks import codepipeline
 from pipeline_hooks.client import InProcessTransport
 from pipeline_hooks.codepipeline import PipelineStep
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.server import LocalAws
 
 TOOLING = seed.ACCOUNTS["tooling"]

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deploy_helper import handler
-from deploy_helper.broker import Broker
+from deploy_helper.execution.broker import Broker
 from deploy_helper.local.faults import FaultInjector
 from deploy_helper.local.scenario import (
     ACCOUNTS,
@@ -39,7 +39,7 @@ from deploy_helper.local.scenario import (
     create_broker_role,
 )
 from deploy_helper.models import MAX_ENVELOPE_BYTES, MAX_GRANTS, MAX_NESTING
-from deploy_helper.signing import Ed25519Signer, b64url, seal, signing_input
+from deploy_helper.trust.signing import Ed25519Signer, b64url, seal, signing_input
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

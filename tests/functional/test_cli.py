@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from deploy_helper.cli import main
-from deploy_helper.signing import KmsSigner, public_pem_from_der
+from deploy_helper.trust.signing import KmsSigner, public_pem_from_der
 
 if TYPE_CHECKING:
     from pathlib import Path

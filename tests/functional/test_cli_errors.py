@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from deploy_helper.cli import main
-from deploy_helper.signing import generate_ed25519
+from deploy_helper.trust.signing import generate_ed25519
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -33,7 +33,7 @@ from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.server import LocalAws
 
 N = 66

@@ -28,12 +28,12 @@ from _aws import scaled_strict_broker
 from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.local import scenario as seed
 from deploy_helper.local.server import LOCAL_REGION
-from deploy_helper.rules import arn_matches
+from deploy_helper.trust.rules import arn_matches
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.server import LocalAws
 
 SERVICES = 20

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from deploy_helper.broker import Broker
+from deploy_helper.execution.broker import Broker
+from deploy_helper.execution.locks import DynamoLocks, NoLock
 from deploy_helper.grants import kind_of
 from deploy_helper.grants.bucket_access import BucketAccessGrant
 from deploy_helper.grants.lambda_invoke import LambdaInvokeGrant
 from deploy_helper.local import scenario as seed
-from deploy_helper.locks import DynamoLocks, NoLock
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -95,7 +95,7 @@ def test_without_the_lock_bucket_statements_are_lost(scaled: seed.Scenario) -> N
     writer then puts its own read plus its statement, and all but one are lost.
 
     The brokers also run without the reference table: its version-conditional owner
-    write (``deploy_helper.owners``) would otherwise let only one of the unlocked
+    write (``deploy_helper.execution.owners``) would otherwise let only one of the unlocked
     writers through, which hides what the lock is for.
     """
     sc = scaled

@@ -33,8 +33,9 @@ from _cfn import (
     world_box,
 )
 
-from deploy_helper import custom_resource, handler
-from deploy_helper.cfn_response import (
+from deploy_helper import handler
+from deploy_helper.entry import custom_resource
+from deploy_helper.entry.cfn_response import (
     CustomResourceResponse,
     ResponseUrlRefused,
     cloudformation_response_url,

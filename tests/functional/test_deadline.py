@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from deploy_helper.broker import DEADLINE_RESERVE_MS, NOT_ATTEMPTED, Broker
+from deploy_helper.execution.broker import DEADLINE_RESERVE_MS, NOT_ATTEMPTED, Broker
 from deploy_helper.grants import REGISTRY
 
 if TYPE_CHECKING:

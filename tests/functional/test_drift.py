@@ -26,7 +26,7 @@ from deploy_helper.local.server import LOCAL_REGION
 if TYPE_CHECKING:
     from conftest import AwsCallLog
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
 
 PLANTED_SID = "DeployHelper0123456789abcdef01234567"

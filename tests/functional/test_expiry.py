@@ -15,13 +15,13 @@ from click.testing import CliRunner
 
 from deploy_helper import handler
 from deploy_helper.cli import main
+from deploy_helper.execution.references import DynamoReferences
 from deploy_helper.grants import REGISTRY
-from deploy_helper.references import DynamoReferences
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
 
 HOUR = 3600.0

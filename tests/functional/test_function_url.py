@@ -18,12 +18,12 @@ import pytest
 
 from deploy_helper import handler
 from deploy_helper.local import scenario as seed
-from deploy_helper.signing import seal
+from deploy_helper.trust.signing import seal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
 
 

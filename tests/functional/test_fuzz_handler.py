@@ -27,12 +27,12 @@ from deploy_helper.handler import is_custom_resource, is_function_url
 from deploy_helper.local.scenario import AUDIENCE, CALLER, OTHER_CALLER
 from deploy_helper.models import PipelineContext
 from deploy_helper.request import RequestPayload
-from deploy_helper.signing import b64url, seal, signing_input
+from deploy_helper.trust.signing import b64url, seal, signing_input
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
 
 FUZZ = settings(

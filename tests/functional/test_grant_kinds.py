@@ -23,7 +23,7 @@ from deploy_helper.local.scenario import ACCOUNTS, FOREIGN_SID
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
     from deploy_helper.models import BrokerResponse
 

@@ -32,8 +32,9 @@ import boto3
 import pytest
 from _aws import exec_session
 
-from deploy_helper import fencing
 from deploy_helper.exceptions import ExecutionError, LeaseLostError
+from deploy_helper.execution import fencing
+from deploy_helper.execution.locks import DynamoLocks, Locker, NoLock
 from deploy_helper.grants import REGISTRY
 from deploy_helper.grants.base import SourceScope
 from deploy_helper.grants.lambda_invoke import LambdaInvoke
@@ -41,13 +42,12 @@ from deploy_helper.local import scenario as seed
 from deploy_helper.local import strict_aws
 from deploy_helper.local.server import LOCAL_REGION
 from deploy_helper.local.stalls import Stalls
-from deploy_helper.locks import DynamoLocks, Locker, NoLock
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
     from deploy_helper.local.server import LocalAws
     from deploy_helper.models import BrokerResponse
@@ -388,7 +388,7 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
 
 def test_the_brokers_writes_fit_in_a_default_lease() -> None:
     """Every target-account write attempt, and a whole reference write with its retries, fits a renewed lease."""
-    from deploy_helper.broker import TABLE_CLIENT_CONFIG, TARGET_CLIENT_CONFIG
+    from deploy_helper.execution.broker import TABLE_CLIENT_CONFIG, TARGET_CLIENT_CONFIG
 
     defaults = DynamoLocks(None, "locks")
     room = defaults.lease_seconds - defaults.margin

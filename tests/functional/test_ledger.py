@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from deploy_helper.ledger.store import DynamoLedger
 from deploy_helper.ledger.verify import verify_ledger
-from deploy_helper.signing import seal
+from deploy_helper.trust.signing import seal
 
 if TYPE_CHECKING:
     from deploy_helper.local.scenario import Scenario

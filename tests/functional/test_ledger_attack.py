@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from account_bootstrap.evaluator import Decision, Request, evaluate
 from deploy_helper.cli import main
 from deploy_helper.ledger.store import GENESIS, entry_hash
-from deploy_helper.stack_template import load_template
+from deploy_helper.trust.stack_template import load_template
 
 if TYPE_CHECKING:
     from deploy_helper.local.scenario import Scenario

@@ -111,7 +111,7 @@ def test_overwritten_entry_is_seen_in_the_stream_and_named(populated: Scenario, 
     body["decision"] = "denied"
     item["body"] = {"S": json.dumps(body)}
     raw_table(populated).put_item(TableName=populated.config.ledger_table, Item=item)
-    with caplog.at_level(logging.WARNING, logger="deploy_helper.checkpointer"):
+    with caplog.at_level(logging.WARNING, logger="deploy_helper.entry.checkpointer"):
         assert populated.checkpoint()["changes"] == 1
     assert [r.getMessage() for r in caplog.records] == ["ledger entry changed"]
     assert caplog.records[0].seq == 3 and caplog.records[0].change == "MODIFY"  # type: ignore[attr-defined]
@@ -173,7 +173,8 @@ def test_checkpoints_signed_with_kms_verify_offline(scenario: Scenario) -> None:
 
 
 def test_heartbeat_goes_to_the_checkpointer_not_the_broker(scenario: Scenario, monkeypatch: Any) -> None:
-    from deploy_helper import checkpointer, handler
+    from deploy_helper import handler
+    from deploy_helper.entry import checkpointer
 
     for name, value in scenario.environ().items():
         monkeypatch.setenv(name, value)
@@ -382,7 +383,7 @@ def test_migration_adds_the_first_independent_checkpoint_without_rewriting(scena
     from deploy_helper.ledger import note
     from deploy_helper.ledger.checkpoints import checkpoint_input
     from deploy_helper.ledger.entries import now_iso
-    from deploy_helper.signing import Ed25519Signer, b64url, generate_ed25519
+    from deploy_helper.trust.signing import Ed25519Signer, b64url, generate_ed25519
 
     scenario.client().request(scenario.seed_grants())
     handle = scenario.ledger()
@@ -462,7 +463,7 @@ def test_a_stream_mapping_in_the_local_aws_keeps_records_for_the_checkpointer(sc
         FunctionName="checkpointer",
         Runtime="python3.12",
         Role=role,
-        Handler="deploy_helper.checkpointer.lambda_handler",
+        Handler="deploy_helper.entry.checkpointer.lambda_handler",
         Code={"ZipFile": seed._lambda_zip()},
     )
     stream_arn = raw_table(scenario).describe_table(TableName=table)["Table"]["LatestStreamArn"]
@@ -477,7 +478,7 @@ def test_a_stream_mapping_in_the_local_aws_keeps_records_for_the_checkpointer(sc
 
 def test_a_forged_stream_event_cannot_put_entries_into_a_checkpoint(populated: Scenario) -> None:
     """Whoever can invoke the checkpointer (an account administrator) can cause a checkpoint, not an entry."""
-    from deploy_helper.checkpointer import handle
+    from deploy_helper.entry.checkpointer import handle
 
     handle_ = populated.ledger()
     assert handle_.checkpointer is not None

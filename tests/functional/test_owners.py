@@ -35,12 +35,12 @@ from _cfn import (
 from botocore.exceptions import ClientError
 
 from deploy_helper import handler
+from deploy_helper.execution.owners import LEGACY
+from deploy_helper.execution.references import DynamoReferences
 from deploy_helper.local import scenario as seed
-from deploy_helper.owners import LEGACY
-from deploy_helper.references import DynamoReferences
 
 if TYPE_CHECKING:
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from pipeline_hooks.client import BrokerClient
 
 __all__ = ["bucket", "world"]  # fixtures used by the tests below

@@ -15,7 +15,7 @@ from deploy_helper import handler
 from deploy_helper.local import scenario as seed
 
 if TYPE_CHECKING:
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
 
 

@@ -22,16 +22,16 @@ from botocore.exceptions import ClientError, ParamValidationError
 from test_attacks import Attack, payload, signed
 
 from deploy_helper import PRODUCT_PREFIX, handler
+from deploy_helper.execution.policydoc import compact_size
 from deploy_helper.grants import REGISTRY
 from deploy_helper.grants.resource_policy import meaning
 from deploy_helper.local import shared_resources, strict_aws
 from deploy_helper.local.scenario import ACCOUNTS, ORG_ID
-from deploy_helper.policydoc import compact_size
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
     from deploy_helper.models import BrokerResponse
 

@@ -21,7 +21,7 @@ from deploy_helper.local.server import LOCAL_CONFIG, LOCAL_REGION, shared_sessio
 if TYPE_CHECKING:
     import boto3
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
     from tests.conftest import AwsCallLog
 

@@ -29,7 +29,7 @@ from deploy_helper.cli import main
 if TYPE_CHECKING:
     from click.testing import Result
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.local.scenario import Scenario
 
 MARKUP = ("[/]", "[link=https://evil.example]x[/link]", "[bold red]")

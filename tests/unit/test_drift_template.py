@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy_helper.audit import scheduled
-from deploy_helper.stack_template import load_template
+from deploy_helper.trust.stack_template import load_template
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 

@@ -23,7 +23,7 @@ from account_bootstrap import render_resources
 from account_bootstrap.evaluator import Decision, Request, evaluate
 from deploy_helper import handler
 from deploy_helper.local.strict_aws import lambda_statement
-from deploy_helper.stack_template import load_template
+from deploy_helper.trust.stack_template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER_ACCOUNT = "123456789012"

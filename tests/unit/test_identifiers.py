@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from deploy_helper import identifiers as ids
+from deploy_helper.trust import identifiers as ids
 
 ACCOUNT = "333333333333"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/deploy"

@@ -14,7 +14,7 @@ from deploy_helper.ledger import merkle, note
 from deploy_helper.ledger.audit import audit_objects
 from deploy_helper.ledger.checkpoints import StoredObject
 from deploy_helper.ledger.verify import VerifyReport
-from deploy_helper.signing import Ed25519Signer
+from deploy_helper.trust.signing import Ed25519Signer
 
 # The example key and note of the Go reference implementation of signed notes
 # (golang.org/x/mod/sumdb/note, note_test.go): verifier key

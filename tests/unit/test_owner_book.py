@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from deploy_helper.execution.owners import LEGACY, Acting, OwnerBook, pipeline_owner, stack_owner
 from deploy_helper.grants import LambdaInvokeGrant
 from deploy_helper.grants.base import ItemPlan
-from deploy_helper.owners import LEGACY, Acting, OwnerBook, pipeline_owner, stack_owner
 
 SPEC = LambdaInvokeGrant.model_validate(
     {

@@ -1,4 +1,4 @@
-"""Pattern containment (``deploy_helper.patterns``) against brute force, and where rules use it.
+"""Pattern containment (``deploy_helper.trust.patterns``) against brute force, and where rules use it.
 
 The brute force is independent of the code under test: a pattern becomes a regular
 expression (``*`` → ``.*``, ``?`` → ``.``, everything else escaped), and every string
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from deploy_helper import patterns
-from deploy_helper.patterns import PatternTooComplexError, arn_witness, covers, matches, normalize, witness
-from deploy_helper.rules import arn_matches
+from deploy_helper.trust import patterns
+from deploy_helper.trust.patterns import PatternTooComplexError, arn_witness, covers, matches, normalize, witness
+from deploy_helper.trust.rules import arn_matches
 
 #: Strings up to this long are tried; a counterexample of two patterns of up to 5 (one
 #: literal character: 7) characters is far shorter when there is one.
@@ -174,7 +174,7 @@ def test_no_rule_or_grant_can_carry_a_character_class(annotation: str, value: st
     """'[' never reaches matching: rule patterns and grant ARNs refuse it (and a grant's '?') when parsed."""
     from pydantic import TypeAdapter, ValidationError
 
-    from deploy_helper import identifiers, rules
+    from deploy_helper.trust import identifiers, rules
 
     with pytest.raises(ValidationError):
         TypeAdapter(getattr(rules, annotation, None) or getattr(identifiers, annotation)).validate_python(value)

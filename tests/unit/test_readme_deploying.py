@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from deploy_helper.cli import main
-from deploy_helper.stack_template import load_template
+from deploy_helper.trust.stack_template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 

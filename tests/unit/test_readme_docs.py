@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_helper.custom_resource.events import _pascal
+from deploy_helper.entry.custom_resource.events import _pascal
 from deploy_helper.grants import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]

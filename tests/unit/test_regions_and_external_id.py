@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from account_bootstrap.rollout import BootstrapParameters
 from deploy_helper.grants import AnyGrant
-from deploy_helper.identifiers import (
+from deploy_helper.trust.identifiers import (
     EXTERNAL_ID_CHARS,
     EXTERNAL_ID_MAX,
     EXTERNAL_ID_MIN,

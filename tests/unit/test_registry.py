@@ -22,9 +22,9 @@ from pydantic import TypeAdapter, ValidationError
 from deploy_helper import PRODUCT_PREFIX
 from deploy_helper.grants import REGISTRY, AnyGrant, GrantKind, catalog, register
 from deploy_helper.grants.base import GrantSpec
-from deploy_helper.identifiers import ACCOUNT_RE
 from deploy_helper.request import RequestPayload
-from deploy_helper.rules import RuleSet
+from deploy_helper.trust.identifiers import ACCOUNT_RE
+from deploy_helper.trust.rules import RuleSet
 from pipeline_hooks.grants_file import load_grants_file
 
 KINDS = sorted(REGISTRY)
@@ -187,7 +187,7 @@ def test_access_levels_are_named_and_never_wildcards(name: str) -> None:
 @pytest.mark.parametrize("name", KINDS)
 def test_rule_of_the_kind_validates_from_the_registry_alone(name: str) -> None:
     """A rule for every kind can be written from what the kind declares (rules have no per-kind code)."""
-    from deploy_helper.rules import Rule
+    from deploy_helper.trust.rules import Rule
 
     kind = REGISTRY[name]
     spec = GRANT.validate_python(kind.example)
@@ -275,7 +275,7 @@ def test_kinds_command_lists_every_kind_from_the_registry() -> None:
 @pytest.mark.parametrize("name", KINDS)
 def test_custom_resource_properties_are_derived_from_the_spec(name: str) -> None:
     """A ``Custom::DeployHelperGrant`` of every kind: PascalCase properties of its fields, nothing per kind."""
-    from deploy_helper.custom_resource import grant_from_properties
+    from deploy_helper.entry.custom_resource import grant_from_properties
 
     def pascal(field: str) -> str:
         return "".join(part[:1].upper() + part[1:] for part in field.split("_"))

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from deploy_helper.execution.policydoc import compact_size
 from deploy_helper.grants import REGISTRY, AnyGrant
 from deploy_helper.grants.base import MERGE_PRINCIPALS, Allowed
 from deploy_helper.grants.resource_policy import ResourcePolicyKind, meaning
-from deploy_helper.policydoc import compact_size
 
 GRANT: TypeAdapter[Any] = TypeAdapter(AnyGrant)
 POLICY_KINDS = sorted(name for name, kind in REGISTRY.items() if isinstance(kind, ResourcePolicyKind))

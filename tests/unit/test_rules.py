@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from deploy_helper.exceptions import DeniedError, PolicyFileError
 from deploy_helper.grants import AnyGrant, LambdaInvokeGrant
-from deploy_helper.rules import RuleSet, arn_matches
+from deploy_helper.trust.rules import RuleSet, arn_matches
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from deploy_helper.exceptions import AuthenticationError, RequestError
 from deploy_helper.models import MAX_ENVELOPE_BYTES, MAX_NESTING
-from deploy_helper.signing import (
+from deploy_helper.trust.signing import (
     DOMAIN,
     Ed25519Signer,
     KmsSigner,

@@ -1,10 +1,10 @@
-"""What each kind of answer counts in the EMF metrics (deploy_helper.telemetry.metric_counts)."""
+"""What each kind of answer counts in the EMF metrics (deploy_helper.execution.telemetry.metric_counts)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from deploy_helper.telemetry import metric_counts
+from deploy_helper.execution.telemetry import metric_counts
 
 
 def test_grant_results_count_per_authenticated_caller_and_kind() -> None:

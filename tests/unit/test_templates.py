@@ -11,10 +11,10 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from pydantic import TypeAdapter
 
-from deploy_helper import custom_resource
+from deploy_helper.entry import custom_resource
 from deploy_helper.grants import AnyGrant
-from deploy_helper.rules import RuleSet
-from deploy_helper.stack_template import StackFacts, load_template, resolve
+from deploy_helper.trust.rules import RuleSet
+from deploy_helper.trust.stack_template import StackFacts, load_template, resolve
 from pipeline_hooks.grants_file import load_grants_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,7 +171,7 @@ def test_state_is_kept_as_the_ledger_needs(template: dict[str, Any]) -> None:
 def test_the_checkpointer_is_separate_and_only_the_stream_and_schedule_invoke_it(template: dict[str, Any]) -> None:
     resources = template["Resources"]
     function = resources["CheckpointerFunction"]["Properties"]
-    assert function["Handler"] == "deploy_helper.checkpointer.lambda_handler"
+    assert function["Handler"] == "deploy_helper.entry.checkpointer.lambda_handler"
     assert function["Role"] == {"Fn::GetAtt": ["CheckpointerRole", "Arn"]}
     assert function["ReservedConcurrentExecutions"] == 1
     variables = function["Environment"]["Variables"]
@@ -331,7 +331,7 @@ def test_alarms_watch_errors_denials_failures_and_ledger_changes(template: dict[
         assert alarms[name]["Namespace"] == variables["DEPLOY_HELPER_METRICS_NAMESPACE"]
         assert "Dimensions" not in alarms[name]  # the metric published without dimensions
     filters = [f["Properties"]["FilterPattern"] for f in resources_of(template, "AWS::Logs::MetricFilter").values()]
-    assert '{ $.message = "ledger entry changed" }' in filters  # what deploy_helper.checkpointer logs
+    assert '{ $.message = "ledger entry changed" }' in filters  # what deploy_helper.entry.checkpointer logs
     assert template["Outputs"]["ServiceToken"]["Value"] == {"Fn::GetAtt": ["BrokerFunction", "Arn"]}
     assert "Export" in template["Outputs"]["ServiceToken"]
 

@@ -26,7 +26,7 @@ Semantics:
   (``unchanged``: nothing is sent to AWS).
 - **Owners**: the resource owns its grant as
   ``stack:<StackId>/<LogicalResourceId>/<PhysicalResourceId>``
-  (``deploy_helper.owners``). When other stacks or pipelines own the same
+  (``deploy_helper.execution.owners``). When other stacks or pipelines own the same
   grant, Create/Update add this owner and Delete removes it (``kept``); the
   grant goes with its last owner. A Delete from a resource that does not own
   the grant changes nothing (``denied``, answered SUCCESS).
@@ -39,13 +39,13 @@ Semantics:
   ``Decision``, ``TargetAccount`` and ``Target``.
 
 Trust: before anything else the ``ResponseURL`` is checked
-(``deploy_helper.cfn_response``); an event whose URL is not CloudFormation's
+(``deploy_helper.entry.cfn_response``); an event whose URL is not CloudFormation's
 is refused and nothing is sent anywhere. The event's ``ServiceToken`` must
 be the function ARN this broker was invoked through (the Lambda context's
 ``invoked_function_arn``): a resource declared for another broker (another
 environment) is refused, and its Delete answered SUCCESS without revoking
 anything. Then the event is confirmed against the stack it names
-(``deploy_helper.stack_verify``): registered account, stack in progress,
+(``deploy_helper.trust.stack_verify``): registered account, stack in progress,
 deployed with a registered deploy role, the resource with the same
 properties and this broker's ServiceToken in its template; a Delete during
 an update's clean-up must name a physical id that is no longer the
@@ -71,14 +71,14 @@ shapes, and ``cfn_response`` is the thin sender, each tested on its own.
 
 from __future__ import annotations
 
-from deploy_helper.custom_resource.answering import (
+from deploy_helper.entry.custom_resource.answering import (
     CustomResourceSettings,
     configure,
     current_settings,
     handle_custom_resource,
 )
-from deploy_helper.custom_resource.decision import ServiceTokenRefused, handle
-from deploy_helper.custom_resource.events import (
+from deploy_helper.entry.custom_resource.decision import ServiceTokenRefused, handle
+from deploy_helper.entry.custom_resource.events import (
     CreateEvent,
     CustomResourceEvent,
     DeleteEvent,
@@ -88,7 +88,7 @@ from deploy_helper.custom_resource.events import (
     parse_event,
     physical_id,
 )
-from deploy_helper.stack_verify import RESOURCE_TYPE
+from deploy_helper.trust.stack_verify import RESOURCE_TYPE
 
 __all__ = [
     "RESOURCE_TYPE",

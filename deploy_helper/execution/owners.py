@@ -14,7 +14,7 @@ Owners, each a string that no request can choose for another:
   ``pipeline``, else ``default``), so re-runs of one pipeline are one owner and
   one caller can never add or remove another caller's ownership.
 
-Storage: in the reference table (``deploy_helper.references``), on the item
+Storage: in the reference table (``deploy_helper.execution.references``), on the item
 that already exists per resource, as ``owners: {grant id: [owner, …]}``; the
 references and the owners of a resource change in one version-conditional
 write made under the resource's lease. Order (as for references): on apply

@@ -11,7 +11,7 @@ one item per resource::
 
 so revoking one grant removes only that grant, and the shared permission goes with
 its last one (reference counting). The same item keeps the owners of every grant
-of the resource, whatever its kind (``deploy_helper.owners``). Writes are made under
+of the resource, whatever its kind (``deploy_helper.execution.owners``). Writes are made under
 the resource's lease and are also conditional on ``version``, so a lost lease can
 never lose a reference or an owner; one write carries both.
 

@@ -18,7 +18,7 @@ sender cannot change):
    (its ``RoleARN``), so only the service's pipeline can deploy grants;
 5. the logical resource is a ``Custom::DeployHelperGrant`` in the stack's
    template, and its properties — resolved with the stack's own parameters
-   and resource ids (``deploy_helper.stack_template``) — equal the event's.
+   and resource ids (``deploy_helper.trust.stack_template``) — equal the event's.
 
 A forger would need the power to deploy a stack with a registered deploy role
 in a registered account — the very thing the rules already trust — so a
@@ -36,7 +36,7 @@ cannot be compared. Instead: the physical id must not be the logical
 resource's current one (``DescribeStackResource``: CloudFormation deletes in
 clean-up only what the update replaced or removed), and the broker acts only
 for the owner ``stack/logical/physical`` it recorded when it created that
-grant (``deploy_helper.owners``). For a grant applied before owners were kept,
+grant (``deploy_helper.execution.owners``). For a grant applied before owners were kept,
 the stack's events (``DescribeStackEvents``) must show that this logical id
 had this physical id (``ConfirmedStack.history_confirmed``).
 """
@@ -50,15 +50,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper.exceptions import AuthenticationError, BrokerError
-from deploy_helper.identifiers import LAMBDA_ARN_RE, STACK_ARN_RE
-from deploy_helper.stack_template import StackFacts, Unresolvable, load_template, normalize, resolve
+from deploy_helper.trust.identifiers import LAMBDA_ARN_RE, STACK_ARN_RE
+from deploy_helper.trust.stack_template import StackFacts, Unresolvable, load_template, normalize, resolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from deploy_helper.broker import Broker
-    from deploy_helper.callers import CallerRegistry
-    from deploy_helper.sessions import TargetClients
+    from deploy_helper.execution.broker import Broker
+    from deploy_helper.execution.sessions import TargetClients
+    from deploy_helper.trust.callers import CallerRegistry
 
 logger = logging.getLogger(__name__)
 

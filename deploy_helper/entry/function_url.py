@@ -37,15 +37,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from deploy_helper.exceptions import AuthenticationError, BrokerError, RequestError
-from deploy_helper.identifiers import ACCOUNT_RE
 from deploy_helper.ledger import entries
 from deploy_helper.models import MAX_ENVELOPE_BYTES, BrokerResponse, ErrorBody
-from deploy_helper.signing import check_nesting, parse_signed_text
+from deploy_helper.trust.identifiers import ACCOUNT_RE
+from deploy_helper.trust.signing import check_nesting, parse_signed_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The checkpointer function: ``deploy_helper.checkpointer.lambda_handler(event, context)``.
+"""The checkpointer function: ``deploy_helper.entry.checkpointer.lambda_handler(event, context)``.
 
 A separate Lambda with its own role and its own KMS signing key (``template.yaml``:
 CheckpointerFunction, CheckpointerRole, CheckpointKey); the broker's role can
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from deploy_helper.ledger.checkpoints import Change, Checkpointer
 
-logger = logging.getLogger("deploy_helper.checkpointer")
+logger = logging.getLogger("deploy_helper.entry.checkpointer")
 logger.setLevel(os.environ.get("DEPLOY_HELPER_LOG_LEVEL", "INFO"))
 
 HEARTBEAT_EVENT = {"deploy_helper": "checkpoint-heartbeat"}

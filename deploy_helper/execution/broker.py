@@ -13,7 +13,7 @@ left, no new resource is started; its grants are reported ``failed`` with
 ``NOT_ATTEMPTED`` and re-sending the same request finishes only what is left.
 
 Owners: between planning and the grant kinds sits one kind-agnostic layer,
-``deploy_helper.owners.OwnerBook``: a revoke removes only the requester's
+``deploy_helper.execution.owners.OwnerBook``: a revoke removes only the requester's
 ownership (``kept`` while others own the grant, ``denied`` for a non-owner) and
 reaches the kind only for the last owner. Owners are kept in the reference
 table, changed in the same version-conditional write as references, under the
@@ -24,8 +24,8 @@ ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
 
 Leases: a resource whose kind serializes writes is read, planned and written under
-its lease (``deploy_helper.locks``); every write attempt under it first proves the
-lease is still held and outlasts the attempt (``deploy_helper.fencing``), so a
+its lease (``deploy_helper.execution.locks``); every write attempt under it first proves the
+lease is still held and outlasts the attempt (``deploy_helper.execution.fencing``), so a
 request that fell behind a newer one fails (``lease-lost``) instead of undoing it.
 """
 
@@ -42,30 +42,30 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from deploy_helper import fencing, telemetry
-from deploy_helper.auth import Authenticated, Authenticator, Identity, envelope_digest, parse_envelope
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError, RetriedRequest
+from deploy_helper.execution import fencing, telemetry
+from deploy_helper.execution.locks import Locker, NoLock
+from deploy_helper.execution.owners import Acting, OwnerBook, pipeline_owner
+from deploy_helper.execution.policydoc import digest
 from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
 from deploy_helper.ledger import entries
-from deploy_helper.locks import Locker, NoLock
 from deploy_helper.models import BrokerResponse, ErrorBody, GrantResult
-from deploy_helper.owners import Acting, OwnerBook, pipeline_owner
-from deploy_helper.policydoc import digest
 from deploy_helper.request import RequestPayload, parse_payload
+from deploy_helper.trust.auth import Authenticated, Authenticator, Identity, envelope_digest, parse_envelope
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import boto3
 
-    from deploy_helper.callers import CallerRegistry
     from deploy_helper.config import BrokerConfig
+    from deploy_helper.execution.references import ReferenceStore, ResourceRecord
+    from deploy_helper.execution.sessions import TargetClients, TargetSessions
     from deploy_helper.grants.base import Operation
     from deploy_helper.ledger import Ledger
-    from deploy_helper.nonces import NonceStore
-    from deploy_helper.references import ReferenceStore, ResourceRecord
-    from deploy_helper.rules import RuleSet
-    from deploy_helper.sessions import TargetClients, TargetSessions
+    from deploy_helper.trust.callers import CallerRegistry
+    from deploy_helper.trust.nonces import NonceStore
+    from deploy_helper.trust.rules import RuleSet
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ NOT_ATTEMPTED = "not attempted before the deadline; re-send the request"
 RESOURCE_WORKERS = 4
 
 #: Target-account calls: adaptive client-side rate limiting and jittered exponential backoff.
-#: Writes under a lease are checked before each attempt (``deploy_helper.fencing``), so
+#: Writes under a lease are checked before each attempt (``deploy_helper.execution.fencing``), so
 #: every attempt (connect + read timeout, 25 s) must fit in a renewed lease with its margin.
 TARGET_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
 #: The reference table: bounded, so a whole reference write, retries included, fits in a lease.
@@ -106,7 +106,7 @@ class Broker:
         self.ledger = ledger
         self._group = GroupCommit(ledger)
         self.locks = locks or NoLock()
-        #: Who shares a widened Lambda permission and who owns each grant (``deploy_helper.owners``);
+        #: Who shares a widened Lambda permission and who owns each grant (``deploy_helper.execution.owners``);
         #: None: no reference table, so no widening and no owners (the first revoke removes a grant).
         self.references = references
         self.clock = clock
@@ -133,11 +133,11 @@ class Broker:
         """Wire the broker from its configuration: policies, tables, sessions."""
         import boto3
 
-        from deploy_helper.callers import CallerRegistry
+        from deploy_helper.execution.sessions import TargetSessions
         from deploy_helper.ledger import MemoryLedger
-        from deploy_helper.nonces import NonceStore
-        from deploy_helper.rules import RuleSet
-        from deploy_helper.sessions import TargetSessions
+        from deploy_helper.trust.callers import CallerRegistry
+        from deploy_helper.trust.nonces import NonceStore
+        from deploy_helper.trust.rules import RuleSet
 
         session = session or boto3.Session()
         callers = CallerRegistry.load(config.policies_dir / "callers.yaml")
@@ -147,17 +147,17 @@ class Broker:
             if config.ledger_table:
                 from deploy_helper.ledger.setup import open_ledger
 
-                # Checkpoints are the checkpointer's (deploy_helper.checkpointer), never the broker's.
+                # Checkpoints are the checkpointer's (deploy_helper.entry.checkpointer), never the broker's.
                 ledger = open_ledger(session, table=config.ledger_table, region=config.region, clock=clock).ledger
             else:
                 ledger = MemoryLedger()
         if locks is None and config.lock_table:
-            from deploy_helper.locks import DynamoLocks
+            from deploy_helper.execution.locks import DynamoLocks
 
             locks = DynamoLocks(ddb, config.lock_table, clock=clock)
         references = None
         if config.reference_table:
-            from deploy_helper.references import DynamoReferences
+            from deploy_helper.execution.references import DynamoReferences
 
             table_client = session.client("dynamodb", region_name=config.region, config=TABLE_CLIENT_CONFIG)
             references = DynamoReferences(table_client, config.reference_table)
@@ -257,7 +257,7 @@ class Broker:
         """Authorize, plan and (unless dry run) apply the grants of an authenticated request.
 
         ``acting`` is the owner the request acts for; by default the authenticated caller's
-        pipeline owner (``deploy_helper.owners.pipeline_owner``) named by the payload.
+        pipeline owner (``deploy_helper.execution.owners.pipeline_owner``) named by the payload.
         """
 
         def out_of_time() -> bool:
@@ -379,7 +379,7 @@ class Broker:
         allowed_of: dict[int, Allowed] | None = None,
         acting: Acting | None = None,
     ) -> list[GrantResult]:
-        from deploy_helper.references import ResourceRecord
+        from deploy_helper.execution.references import ResourceRecord
 
         kind = kind_of(items[0][1])
         allowed = [(allowed_of or {}).get(index) or Allowed(rule) for index, _, rule in items]
@@ -455,7 +455,7 @@ class Broker:
             error: str | None = None
             recorded: list[bool] = []  # whether the owners were written (before a failure)
             try:
-                # Each write attempt first proves the lease is still held (``deploy_helper.fencing``).
+                # Each write attempt first proves the lease is still held (``deploy_helper.execution.fencing``).
                 with fencing.fenced(lease) if lease is not None else nullcontext():
                     self._write(kind, client, plan, payload.action, version, recorded)
             except (ClientError, BotoCoreError) as exc:
@@ -528,7 +528,7 @@ class Broker:
     def _write(
         self, kind: Any, client: Any, plan: ResourcePlan, action: str, version: int, recorded: list[bool]
     ) -> None:
-        """Make the change; references and owners first on apply and last on revoke (``deploy_helper.owners``).
+        """Make the change; references and owners first on apply, last on revoke (``deploy_helper.execution.owners``).
 
         ``recorded`` gets an item once the owners are written, so a failure after it is told apart.
         """

@@ -12,22 +12,22 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deploy_helper.cfn_response import (
+from deploy_helper.entry.cfn_response import (
     Reply,
     ResponseSender,
     ResponseUrlValidator,
     Watchdog,
     cloudformation_response_url,
 )
-from deploy_helper.custom_resource.decision import Progress, handle, record_refusal
-from deploy_helper.custom_resource.events import EventHead
+from deploy_helper.entry.custom_resource.decision import Progress, handle, record_refusal
+from deploy_helper.entry.custom_resource.events import EventHead
 from deploy_helper.exceptions import RequestError
-from deploy_helper.stack_verify import StackVerifier
+from deploy_helper.trust.stack_verify import StackVerifier
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
 
 logger = logging.getLogger(__name__)
 

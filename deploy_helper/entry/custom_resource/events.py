@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
-from deploy_helper.auth import short_errors
-from deploy_helper.cfn_response import CustomResourceResponse
+from deploy_helper.entry.cfn_response import CustomResourceResponse
 from deploy_helper.exceptions import RequestError
 from deploy_helper.grants import REGISTRY, AnyGrant, GrantSpec, kind_of
-from deploy_helper.identifiers import STACK_ARN_RE, StackArn
 from deploy_helper.models import MAX_NESTING
+from deploy_helper.trust.auth import short_errors
+from deploy_helper.trust.identifiers import STACK_ARN_RE, StackArn
 
 #: Properties that are not fields of the grant.
 RESERVED_PROPERTIES = ("ServiceToken", "ServiceTimeout", "Plan", "Kind")

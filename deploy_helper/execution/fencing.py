@@ -27,7 +27,7 @@ from deploy_helper.exceptions import LeaseLostError
 if TYPE_CHECKING:
     from botocore.config import Config
 
-    from deploy_helper.locks import Lease
+    from deploy_helper.execution.locks import Lease
 
 _current: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("deploy_helper_lease", default=None)
 _READS = ("Get", "List", "Describe", "Head")

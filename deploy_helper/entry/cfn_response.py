@@ -8,7 +8,7 @@
   a forged event must not turn the broker into a tool that PUTs to hosts of
   the forger's choosing. ``loopback_response_url`` accepts the same shape on
   ``http://127.0.0.1`` only; the local harness and the tests pass it
-  explicitly (``deploy_helper.custom_resource.configure``), never the event.
+  explicitly (``deploy_helper.entry.custom_resource.configure``), never the event.
 - ``CustomResourceResponse`` is the body; ``body()`` keeps it within
   CloudFormation's 4,096 bytes by trimming ``Reason`` from the front (the end
   of a message says what to fix).

@@ -23,7 +23,7 @@ so that history can be re-verified; they just no longer authenticate.
 Service accounts whose CloudFormation stacks may use the
 ``Custom::DeployHelperGrant`` resource are registered in the optional
 ``stacks:`` section. Such a caller has no key: the broker confirms each of its
-events against the real stack (see ``deploy_helper.stack_verify``), and only
+events against the real stack (see ``deploy_helper.trust.stack_verify``), and only
 stacks deployed with one of its ``deploy_roles`` are accepted. Rules in
 ``rules.yaml`` name it like any other caller::
 
@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from deploy_helper.identifiers import ROLE_ARN_RE, AccountId, Name, RoleArn
 from deploy_helper.models import KeyId
-from deploy_helper.policyfiles import parse_file
+from deploy_helper.trust.identifiers import ROLE_ARN_RE, AccountId, Name, RoleArn
+from deploy_helper.trust.policyfiles import parse_file
 
 if TYPE_CHECKING:
     from pathlib import Path

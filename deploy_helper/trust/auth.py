@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from deploy_helper.callers import CallerRegistry, RegisteredKey, utc
 from deploy_helper.exceptions import AuthenticationError, RequestError
 from deploy_helper.models import Envelope, SignedHeader
-from deploy_helper.signing import b64url_decode, parse_signed_text, verify
+from deploy_helper.trust.callers import CallerRegistry, RegisteredKey, utc
+from deploy_helper.trust.signing import b64url_decode, parse_signed_text, verify
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from deploy_helper.nonces import NonceStore
+    from deploy_helper.trust.nonces import NonceStore
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ In order: the event parses; its ``ServiceToken`` is the function this broker
 was invoked through (a resource of another broker, another environment, is
 refused: its Delete would go there, orphaning the grant here); the grant its
 properties declare parses; the event is confirmed against its stack
-(``deploy_helper.stack_verify``, which also checks the ServiceToken in the
+(``deploy_helper.trust.stack_verify``, which also checks the ServiceToken in the
 stack's resolved template); then the broker authorizes, plans and applies as
 for a signed request, acting for the resource's owner
-``stack:<StackId>/<LogicalResourceId>/<PhysicalResourceId>`` (``deploy_helper.owners``).
+``stack:<StackId>/<LogicalResourceId>/<PhysicalResourceId>`` (``deploy_helper.execution.owners``).
 Nothing here sends anything: ``handle`` returns the response.
 """
 
@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import rfc8785
 
-from deploy_helper.auth import Identity
-from deploy_helper.cfn_response import CustomResourceResponse, trim_keep_end
-from deploy_helper.custom_resource.events import (
+from deploy_helper.entry.cfn_response import CustomResourceResponse, trim_keep_end
+from deploy_helper.entry.custom_resource.events import (
     CreateEvent,
     DeleteEvent,
     EventBase,
@@ -33,15 +32,16 @@ from deploy_helper.custom_resource.events import (
     physical_id,
 )
 from deploy_helper.exceptions import BrokerError, LedgerError, RequestError
+from deploy_helper.execution.owners import Acting, stack_owner
 from deploy_helper.ledger import entries
-from deploy_helper.owners import Acting, stack_owner
 from deploy_helper.request import RequestPayload
-from deploy_helper.stack_verify import StackClaim, StackNotConfirmed, StackVerifier, service_token_refusal
+from deploy_helper.trust.auth import Identity
+from deploy_helper.trust.stack_verify import StackClaim, StackNotConfirmed, StackVerifier, service_token_refusal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from deploy_helper.broker import Broker
+    from deploy_helper.execution.broker import Broker
     from deploy_helper.models import GrantResult
 
 logger = logging.getLogger(__name__)

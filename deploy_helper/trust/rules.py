@@ -42,7 +42,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from deploy_helper.exceptions import DeniedError
 from deploy_helper.grants import REGISTRY, kind_of
 from deploy_helper.grants.base import WIDEN_SOURCE_ARN, Allowed, Compaction, Duration, SourceScope, duration_seconds
-from deploy_helper.identifiers import (
+from deploy_helper.trust.identifiers import (
     ACCOUNT_RE,
     SOURCE_ARN_RE,
     AccountId,
@@ -51,8 +51,8 @@ from deploy_helper.identifiers import (
     ServicePrincipal,
     account_of_principal,
 )
-from deploy_helper.patterns import arn_witness, has_wildcards
-from deploy_helper.policyfiles import parse_file
+from deploy_helper.trust.patterns import arn_witness, has_wildcards
+from deploy_helper.trust.policyfiles import parse_file
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -90,7 +90,7 @@ def arn_matches(pattern: str, arn: str) -> bool:
     ``arn`` may itself be an ``ArnLike`` pattern (a grant's ``SourceArn``): it is admitted
     only when every ARN it matches, ``pattern`` matches too — its ``*`` and ``?`` are
     wildcards, never characters a rule's ``?`` or ``*`` could stand for. Only ``*`` and
-    ``?`` are special; ``[`` is a plain character (see ``deploy_helper.patterns``).
+    ``?`` are special; ``[`` is a plain character (see ``deploy_helper.trust.patterns``).
     """
     return arn_witness(pattern, arn) is None
 

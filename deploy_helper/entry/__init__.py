@@ -1,0 +1,1 @@
+"""Entry points other than ``deploy_helper.handler``: custom resources, the function URL, the checkpointer."""
