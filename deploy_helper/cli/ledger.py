@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import itertools
 import json
 import sys
@@ -13,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from deploy_helper.cli.ledger_proof import bundle, check_proof, optional_ledger_options, prove, pull, run_verify
+from deploy_helper.cli.ledger_proof import (
+    bundle,
+    check_proof,
+    ledger_location,
+    optional_ledger_options,
+    prove,
+    pull,
+    run_verify,
+)
 from deploy_helper.cli.output import echo, emit_json, json_option, literal, short, table
 
 if TYPE_CHECKING:
@@ -34,39 +41,7 @@ def _time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Where the ledger is: from options or the broker's own environment variables."""
-
-    @click.option(
-        "--table",
-        envvar="DEPLOY_HELPER_LEDGER_TABLE",
-        help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE).",
-    )
-    @click.option(
-        "--bucket",
-        envvar="DEPLOY_HELPER_CHECKPOINT_BUCKET",
-        help="Checkpoint bucket (env DEPLOY_HELPER_CHECKPOINT_BUCKET).",
-    )
-    @click.option(
-        "--checkpoint-key",
-        envvar="DEPLOY_HELPER_CHECKPOINT_KEY",
-        help="kms:<key> or file:<pem> (env DEPLOY_HELPER_CHECKPOINT_KEY).",
-    )
-    @functools.wraps(func)
-    def wrapper(table: str | None, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
-        from deploy_helper.cli.errors import ConfigError, aws_session
-
-        if not table:
-            raise ConfigError(
-                "no ledger table: pass --table or set DEPLOY_HELPER_LEDGER_TABLE "
-                '(for the local AWS: eval "$(deploy-helper local env)")'
-            )
-        from deploy_helper.ledger.setup import open_ledger
-
-        handle = open_ledger(aws_session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
-        return func(handle, **kwargs)
-
-    return wrapper
+ledger_options = ledger_location(required=True)
 
 
 def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:

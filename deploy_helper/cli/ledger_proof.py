@@ -21,31 +21,49 @@ if TYPE_CHECKING:
     from deploy_helper.ledger.verify import Key, VerifyReport
 
 
-def optional_ledger_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Like ``ledger_options``, but the table may be absent (``--bundle`` needs no AWS): handle None."""
+def ledger_location(*, required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Where the ledger is: from options or the broker's own environment variables.
 
-    @click.option("--table", envvar="DEPLOY_HELPER_LEDGER_TABLE", help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE).")
-    @click.option(
-        "--bucket",
-        envvar="DEPLOY_HELPER_CHECKPOINT_BUCKET",
-        help="Checkpoint bucket (env DEPLOY_HELPER_CHECKPOINT_BUCKET).",
-    )
-    @click.option(
-        "--checkpoint-key",
-        envvar="DEPLOY_HELPER_CHECKPOINT_KEY",
-        help="kms:<key> or file:<pem> (env DEPLOY_HELPER_CHECKPOINT_KEY).",
-    )
-    @functools.wraps(func)
-    def wrapper(table: str | None, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
-        handle = None
-        if table and not kwargs.get("bundle"):
-            from deploy_helper.cli.errors import aws_session
+    With ``required=False`` the table may be absent, and is not opened for ``--bundle``
+    (which needs no AWS): the command is handed None.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @click.option(
+            "--table", envvar="DEPLOY_HELPER_LEDGER_TABLE", help="Ledger table (env DEPLOY_HELPER_LEDGER_TABLE)."
+        )
+        @click.option(
+            "--bucket",
+            envvar="DEPLOY_HELPER_CHECKPOINT_BUCKET",
+            help="Checkpoint bucket (env DEPLOY_HELPER_CHECKPOINT_BUCKET).",
+        )
+        @click.option(
+            "--checkpoint-key",
+            envvar="DEPLOY_HELPER_CHECKPOINT_KEY",
+            help="kms:<key> or file:<pem> (env DEPLOY_HELPER_CHECKPOINT_KEY).",
+        )
+        @functools.wraps(func)
+        def wrapper(table: str | None, bucket: str | None, checkpoint_key: str | None, **kwargs: Any) -> Any:
+            from deploy_helper.cli.errors import ConfigError, aws_session
+
+            if kwargs.get("bundle") or (not table and not required):
+                return func(None, **kwargs)
+            if not table:
+                raise ConfigError(
+                    "no ledger table: pass --table or set DEPLOY_HELPER_LEDGER_TABLE "
+                    '(for the local AWS: eval "$(deploy-helper local env)")'
+                )
             from deploy_helper.ledger.setup import open_ledger
 
             handle = open_ledger(aws_session(), table=table, bucket=bucket, checkpoint_key=checkpoint_key)
-        return func(handle, **kwargs)
+            return func(handle, **kwargs)
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+optional_ledger_options = ledger_location(required=False)
 
 
 def _keys(own: Path | None, handle: LedgerHandle | None) -> list[Key]:
