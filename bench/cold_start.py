@@ -14,7 +14,26 @@ figures are comparable:
 Runs are interleaved (pass, boto3, handler, pass, boto3, …) so that a busy machine
 affects all targets alike; each figure is the median of ``--runs`` runs.
 
-    python bench/cold_start.py [--runs 7] [--json]
+Then the first invocation, against the local AWS (a moto server on 127.0.0.1,
+``deploy_helper.local.server.LocalAws``) with the seed scenario deployed in it as
+``deploy-helper local up`` does (``deploy_helper.local.scenario.build``: the broker's
+tables, policies and keys, its role in the target accounts), each in a fresh
+interpreter with the same environment:
+
+- baseline: the minimum for one grant -- import boto3, AssumeRole into the bucket's
+  account (the broker role, with its ExternalId and session tag), GetBucketPolicy,
+  PutBucketPolicy with one more statement;
+- broker: import ``deploy_helper.handler`` and call ``lambda_handler`` once with a
+  signed one-grant ``bucket-access`` request (signed by the parent, as a pipeline
+  would), which must answer ``applied``.
+
+Before each run the bucket policy is put back to the scenario's own, so both write.
+The two alternate (baseline, broker, baseline, …) after one unmeasured run of each.
+Each is measured as a whole process (wall from the parent; CPU = the child's user +
+system time) and from its first statement to its answer (``in-process``: without
+the interpreter's own start-up); figures are medians of ``--invocations`` runs.
+
+    python bench/cold_start.py [--runs 7] [--invocations 7] [--no-first-invocation] [--json]
 """
 
 from __future__ import annotations
@@ -23,11 +42,15 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 TARGETS = {"startup": "pass", "boto3": "import boto3", "handler": "import deploy_helper.handler"}
 
@@ -115,23 +138,167 @@ def measure(python: str, runs: int) -> tuple[dict[str, Figure], dict[str, float]
     return figures, dict(heaviest)
 
 
+#: The baseline: the minimum one grant needs, with boto3 alone (configuration in the environment).
+BASELINE = r"""
+import json, os, time
+started, cpu = time.perf_counter(), time.process_time()
+import boto3
+e = os.environ
+creds = boto3.client("sts").assume_role(
+    RoleArn=e["BENCH_ROLE_ARN"], RoleSessionName="baseline", SourceIdentity="baseline",
+    ExternalId=e["DEPLOY_HELPER_EXTERNAL_ID"], Tags=[{"Key": "DeployHelperMinBootstrap", "Value": "1"}],
+)["Credentials"]
+s3 = boto3.client("s3", aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                  aws_session_token=creds["SessionToken"])
+bucket = e["BENCH_BUCKET"]
+policy = json.loads(s3.get_bucket_policy(Bucket=bucket, ExpectedBucketOwner=e["BENCH_ACCOUNT"])["Policy"])
+policy["Statement"].append(json.loads(e["BENCH_STATEMENT"]))
+s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy), ExpectedBucketOwner=e["BENCH_ACCOUNT"])
+print(json.dumps({"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, "outcome": "put"}))
+"""
+
+#: The broker's first invocation: the handler, one signed request (stdin).
+BROKER = r"""
+import json, sys, time
+started, cpu = time.perf_counter(), time.process_time()
+event = json.loads(sys.stdin.read())
+from deploy_helper.handler import lambda_handler
+answer = lambda_handler(event, None)
+wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+outcome = ",".join(r["decision"] for r in answer.get("results", [])) or str(answer.get("error"))
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "outcome": outcome}))
+"""
+
+
+class _NoBroker:
+    """Stands for the broker in a client that only signs."""
+
+
+_NO_BROKER: Any = _NoBroker()
+
+
+@dataclass
+class Invocation:
+    """One side's medians over its runs: whole process and in-process, wall and CPU seconds."""
+
+    target: str
+    process_wall_s: float
+    process_cpu_s: float
+    in_process_wall_s: float
+    in_process_cpu_s: float
+    outcomes: list[str]
+    process_wall_runs: list[float]
+
+
+def run_child(python: str, script: str, env: dict[str, str], stdin: str = "") -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter: its own figures plus whole-process wall and CPU."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run([python, "-c", script], input=stdin, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"a first-invocation run failed:\n{done.stderr[-3000:]}")
+    own = json.loads(done.stdout.strip().splitlines()[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**own, "process_wall_s": wall, "process_cpu_s": cpu}
+
+
+def first_invocations(python: str, runs: int) -> dict[str, Invocation]:
+    """Baseline and broker first invocations against the seed scenario on the local AWS, interleaved."""
+    from deploy_helper.local import scenario as seed
+    from deploy_helper.local.server import LocalAws
+
+    results: dict[str, list[dict[str, Any]]] = {"baseline": [], "broker": []}
+    with LocalAws() as local, tempfile.TemporaryDirectory() as tmp:
+        sc = seed.build(local, Path(tmp))
+        tooling = seed.ACCOUNTS["tooling"]
+        grant = sc.bucket_grant("service-a")
+        statement = {
+            "Sid": "BaselineRead",
+            "Effect": "Allow",
+            "Principal": {"AWS": grant["principal"]},
+            "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:GetBucketLocation"],
+            "Resource": [f"arn:aws:s3:::{sc.bucket}", f"arn:aws:s3:::{sc.bucket}/*"],
+        }
+        env = {
+            **{k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in ("PATH", "HOME")},
+            **sc.environ(),
+            "BENCH_ROLE_ARN": f"arn:aws:iam::{tooling}:role/{sc.config.target_role_name}",
+            "BENCH_BUCKET": sc.bucket,
+            "BENCH_ACCOUNT": tooling,
+            "BENCH_STATEMENT": json.dumps(statement),
+        }
+        s3 = local.client("s3", tooling)
+
+        def reset() -> None:
+            s3.put_bucket_policy(Bucket=sc.bucket, Policy=json.dumps(seed._foreign_bucket_policy(sc.bucket)))
+
+        def broker_run(index: int) -> dict[str, Any]:
+            client = sc.client(broker=_NO_BROKER)  # signs only: the broker runs in the child
+            payload = client.payload([grant], request_id=f"bench-cold-{index}", context={"pipeline": "bench-cold"})
+            return run_child(python, BROKER, env, json.dumps(client.envelope(payload)))
+
+        for index in range(runs + 1):  # run 0 is unmeasured: it writes the .pyc files and warms the server
+            reset()
+            baseline = run_child(python, BASELINE, env)
+            reset()
+            broker = broker_run(index)
+            if broker["outcome"] != "applied":
+                raise SystemExit(f"the broker's first invocation answered {broker['outcome']!r}, not 'applied'")
+            if index:
+                results["baseline"].append(baseline)
+                results["broker"].append(broker)
+        reset()
+
+    def median(rows: list[dict[str, Any]], key: str) -> float:
+        return round(statistics.median(r[key] for r in rows), 4)
+
+    return {
+        name: Invocation(
+            target=name,
+            process_wall_s=median(rows, "process_wall_s"),
+            process_cpu_s=median(rows, "process_cpu_s"),
+            in_process_wall_s=median(rows, "wall_s"),
+            in_process_cpu_s=median(rows, "cpu_s"),
+            outcomes=sorted({r["outcome"] for r in rows}),
+            process_wall_runs=[round(r["process_wall_s"], 3) for r in rows],
+        )
+        for name, rows in results.items()
+    }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b > 0 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=7, help="fresh interpreters per target (default 7)")
+    parser.add_argument("--runs", type=int, default=7, help="fresh interpreters per import target (default 7)")
+    parser.add_argument("--invocations", type=int, default=7, help="first invocations per side (default 7)")
+    parser.add_argument("--no-first-invocation", action="store_true", help="measure the imports only")
     parser.add_argument("--python", default=sys.executable, help="interpreter to measure (default: this one)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    if args.runs < 1 or args.invocations < 1:
+        parser.error("--runs and --invocations must be at least 1")
 
     figures, heaviest = measure(args.python, args.runs)
     handler, boto3 = figures["handler"], figures["boto3"]
     ratio = {
-        "wall": round(handler.wall_minus_startup_ms / boto3.wall_minus_startup_ms, 2)
-        if boto3.wall_minus_startup_ms > 0
-        else None,
-        "importtime": round(handler.importtime_ms / boto3.importtime_ms, 2) if boto3.importtime_ms > 0 else None,
+        "wall": _ratio(handler.wall_minus_startup_ms, boto3.wall_minus_startup_ms),
+        "importtime": _ratio(handler.importtime_ms, boto3.importtime_ms),
     }
+    firsts = None if args.no_first_invocation else first_invocations(args.python, args.invocations)
+    first_ratio = None
+    if firsts is not None:
+        broker, baseline = firsts["broker"], firsts["baseline"]
+        first_ratio = {
+            "process_wall": _ratio(broker.process_wall_s, baseline.process_wall_s),
+            "process_cpu": _ratio(broker.process_cpu_s, baseline.process_cpu_s),
+            "in_process_wall": _ratio(broker.in_process_wall_s, baseline.in_process_wall_s),
+            "in_process_cpu": _ratio(broker.in_process_cpu_s, baseline.in_process_cpu_s),
+        }
     if args.json:
         print(
             json.dumps(
@@ -141,6 +308,15 @@ def main() -> None:
                     "figures": {name: asdict(f) for name, f in figures.items()},
                     "handler_over_boto3": ratio,
                     "handler_heaviest_packages_ms": heaviest,
+                    **(
+                        {
+                            "invocations": args.invocations,
+                            "first_invocation": {name: asdict(f) for name, f in firsts.items()},
+                            "broker_over_baseline": first_ratio,
+                        }
+                        if firsts is not None
+                        else {}
+                    ),
                 },
                 indent=2,
             )
@@ -156,6 +332,24 @@ def main() -> None:
         print(f"{label:32} {f.wall_ms:>9.1f} {extra:>11} {importtime:>14} {modules:>8}")
     print(f"deploy_helper.handler / boto3: {ratio['wall']}x wall (minus start-up), {ratio['importtime']}x import time")
     print("heaviest packages in the handler's import (ms): " + ", ".join(f"{p} {ms}" for p, ms in heaviest.items()))
+    if firsts is None or first_ratio is None:
+        return
+    print()
+    print(f"first invocation in a fresh interpreter, one bucket-access grant, median of {args.invocations} runs")
+    print(f"{'':34} {'process wall s':>14} {'CPU s':>7} {'in-process wall s':>18} {'CPU s':>7}  outcome")
+    labels = {
+        "baseline": "baseline (boto3: STS, Get+Put)",
+        "broker": "broker (handler, signed request)",
+    }
+    for name, f in firsts.items():
+        print(
+            f"{labels[name]:34} {f.process_wall_s:>14.3f} {f.process_cpu_s:>7.3f} {f.in_process_wall_s:>18.3f}"
+            f" {f.in_process_cpu_s:>7.3f}  {','.join(f.outcomes)}"
+        )
+    print(
+        f"broker / baseline: {first_ratio['process_wall']}x wall, {first_ratio['process_cpu']}x CPU (whole process); "
+        f"{first_ratio['in_process_wall']}x wall, {first_ratio['in_process_cpu']}x CPU (in-process)"
+    )
 
 
 if __name__ == "__main__":
