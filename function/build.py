@@ -5,7 +5,12 @@ The package holds exactly what the function runs:
 - ``deploy_helper/`` without the CLI (``cli/``, ``__main__.py``) and without the
   local harness (``local/``: the embedded local AWS, strict-AWS checks, fault
   injection), which belong to the operator's and the tests' side;
-- ``policies/`` (``LAMBDA_TASK_ROOT/policies``, where the function reads them);
+- ``policies/`` (``LAMBDA_TASK_ROOT/policies``, where the function reads them), with
+  ``policies/parsed.json``: the YAML files validated at build time, as JSON with each
+  file's SHA-256, which the function reads instead of parsing YAML while the digests
+  match (``deploy_helper.trust.policyfiles``; the YAML stays the source of truth). It
+  needs the project's dependencies in the building Python (``make PYTHON=.venv/bin/python``);
+  without them the package is built without it and the function reads the YAML;
 - the runtime dependencies pinned in ``function/requirements.txt``, as wheels for
   the Lambda runtime's Python and the function's architecture, installed without
   resolving anything else (``--no-deps``) and only wheels whose sha256 the lock
@@ -19,7 +24,8 @@ rich are not shipped: only the CLI imports them.
     python function/build.py OUT [--architecture arm64|x86_64] [--python-version 3.12]
     python function/build.py --lock      # re-pin function/requirements.txt from pyproject.toml
 
-Standard library only: it runs in whatever Python SAM CLI calls make with.
+Standard library only: it runs in whatever Python SAM CLI calls make with (the
+pre-parsed policies are written by a child process, where the dependencies are).
 """
 
 from __future__ import annotations
@@ -168,7 +174,45 @@ def build(out: Path, architecture: str = "arm64", python_version: str = LAMBDA_P
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--target", str(out)]
     subprocess.run([*pip, *_pip_target_options(architecture, python_version), "--requirement", str(lock)], check=True)
     shutil.rmtree(out / "bin", ignore_errors=True)  # wheels' console scripts: nothing the function runs
+    write_parsed_policies(out / "policies")
     return out
+
+
+#: Run with ``ROOT`` first on ``sys.path``; argv: the policies directory. Exit status 3: a
+#: dependency is missing here. A policy file that does not validate fails the build.
+_WRITE_PARSED = r"""
+import sys
+from pathlib import Path
+try:
+    import yaml  # noqa: F401 - read by write_parsed
+    from deploy_helper.trust.callers import CallerRegistry
+    from deploy_helper.trust.policyfiles import write_parsed
+    from deploy_helper.trust.rules import RuleSet
+except ImportError as exc:
+    print(exc, file=sys.stderr)
+    raise SystemExit(3)
+write_parsed(Path(sys.argv[1]), {"callers.yaml": CallerRegistry, "rules.yaml": RuleSet})
+"""
+
+
+def write_parsed_policies(policies: Path, python: str = sys.executable) -> Path | None:
+    """``policies/parsed.json`` (see the module's docstring); None where this Python lacks the dependencies."""
+    done = subprocess.run(
+        [python, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{_WRITE_PARSED}", str(policies)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 3:
+        print(
+            f"build.py: policies/parsed.json not written ({done.stderr.strip()}); the function will parse the YAML. "
+            "Build with the project's environment (make PYTHON=.venv/bin/python) to include it.",
+            file=sys.stderr,
+        )
+        return None
+    if done.returncode != 0:
+        raise SystemExit(f"the policies do not validate:\n{done.stderr[-3000:]}")
+    return policies / "parsed.json"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy_helper.exceptions import LedgerError
-from deploy_helper.ledger.checkpoints import CheckpointStore
 from deploy_helper.ledger.store import DynamoLedger
-from deploy_helper.trust.signing import Algorithm, Ed25519Signer, KmsSigner, Signer, public_pem_from_der
 
 if TYPE_CHECKING:
     import boto3
 
-    from deploy_helper.ledger.checkpoints import Checkpointer
+    from deploy_helper.ledger.checkpoints import Checkpointer, CheckpointStore
+    from deploy_helper.trust.signing import Algorithm, Signer
 
 
 @dataclass
@@ -41,6 +40,8 @@ class LedgerHandle:
 
 
 def signer_from_ref(ref: str, session: boto3.Session, region: str | None = None) -> Signer:
+    from deploy_helper.trust.signing import Ed25519Signer, KmsSigner
+
     scheme, _, value = ref.partition(":")
     if scheme == "kms" and value:
         return KmsSigner(key_id=f"kms:{value}", kms_key_id=value, client=session.client("kms", region_name=region))
@@ -52,6 +53,8 @@ def signer_from_ref(ref: str, session: boto3.Session, region: str | None = None)
 def public_key_from_ref(ref: str, session: boto3.Session, region: str | None = None) -> tuple[Algorithm, str]:
     scheme, _, value = ref.partition(":")
     if scheme == "kms" and value:
+        from deploy_helper.trust.signing import public_pem_from_der
+
         der = session.client("kms", region_name=region).get_public_key(KeyId=value)["PublicKey"]
         return "ecdsa-p256-sha256", public_pem_from_der(der)
     if scheme == "file" and value:
@@ -103,6 +106,8 @@ def open_ledger(
     if checkpoint_key:
         public_key = public_key_from_ref(checkpoint_key, session, region)
     if bucket:
+        from deploy_helper.ledger.checkpoints import CheckpointStore
+
         s3 = session.client("s3", region_name=region)
         checkpoints = CheckpointStore(s3, bucket, ledger.ledger)
         scheme, _, path = (checkpoint_key or "").partition(":")

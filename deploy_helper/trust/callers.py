@@ -75,10 +75,11 @@ class RegisteredKey(_Strict):
     @model_validator(mode="after")
     def _key_matches_algorithm(self) -> RegisteredKey:
         from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        from deploy_helper.trust.signing import load_public_key
 
         try:
-            key = load_pem_public_key(self.public_key.encode("ascii"))
+            key = load_public_key(self.public_key)
         except (ValueError, UnicodeEncodeError) as exc:
             raise ValueError(f"public_key of {self.id} is not a PEM public key") from exc
         if self.algorithm == "ed25519" and not isinstance(key, ed25519.Ed25519PublicKey):

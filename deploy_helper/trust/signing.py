@@ -22,6 +22,7 @@ the message.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import secrets
@@ -157,14 +158,49 @@ def verify(algorithm: Algorithm, public_key_pem: str, signed_text: bytes, signat
     return verify_message(algorithm, public_key_pem, signing_input(signed_text), signature)
 
 
+#: DER SubjectPublicKeyInfo prefixes of the two registered key types (RFC 8410, RFC 5480): an
+#: Ed25519 key (then 32 bytes) and a P-256 key as an uncompressed point (then 65 bytes).
+_ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
+_P256_SPKI = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+
+
+@functools.lru_cache(maxsize=64)
+def load_public_key(public_key_pem: str) -> Any:
+    """The cryptography key object of a PEM public key (cached: keys are registered, few and reused).
+
+    The two registered types in their usual encoding (an Ed25519 key; a P-256 key as an
+    uncompressed point) are read from their fixed DER layout, which spares loading
+    cryptography's general key parser on a cold start; anything else goes to that parser.
+    Raises ``ValueError`` for text that is not a PEM public key.
+    """
+    lines = public_key_pem.strip().splitlines()
+    if len(lines) >= 3 and lines[0] == "-----BEGIN PUBLIC KEY-----" and lines[-1] == "-----END PUBLIC KEY-----":
+        try:
+            der = base64.b64decode("".join(lines[1:-1]), validate=True)
+        except ValueError:
+            der = b""
+        if len(der) == len(_ED25519_SPKI) + 32 and der.startswith(_ED25519_SPKI):
+            from cryptography.hazmat.primitives.asymmetric import ed25519
+
+            return ed25519.Ed25519PublicKey.from_public_bytes(der[len(_ED25519_SPKI) :])
+        if len(der) == len(_P256_SPKI) + 65 and der.startswith(_P256_SPKI):
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), der[len(_P256_SPKI) :])
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    return load_pem_public_key(public_key_pem.encode("ascii"))
+
+
 def verify_message(algorithm: Algorithm, public_key_pem: str, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` over ``message`` verifies with the key, using the given algorithm only."""
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    key = load_pem_public_key(public_key_pem.encode("ascii"))
+    try:
+        key = load_public_key(public_key_pem)
+    except (ValueError, UnicodeEncodeError):
+        return False
     try:
         if algorithm == "ed25519":
             if not isinstance(key, ed25519.Ed25519PublicKey):
@@ -173,6 +209,8 @@ def verify_message(algorithm: Algorithm, public_key_pem: str, message: bytes, si
         elif algorithm == "ecdsa-p256-sha256":
             if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
                 return False
+            from cryptography.hazmat.primitives import hashes
+
             key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
         else:
             return False
