@@ -25,7 +25,8 @@ interpreter with the same environment:
   PutBucketPolicy with one more statement;
 - broker: import ``deploy_helper.handler`` and call ``lambda_handler`` once with a
   signed one-grant ``bucket-access`` request (signed by the parent, as a pipeline
-  would), which must answer ``applied``.
+  would), which must answer ``applied``. The scenario's policies directory gets the
+  ``parsed.json`` that ``function/build.py`` puts in the function's package.
 
 Before each run the bucket policy is put back to the scenario's own, so both write.
 The two alternate (baseline, broker, baseline, …) after one unmeasured run of each.
@@ -52,7 +53,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-TARGETS = {"startup": "pass", "boto3": "import boto3", "handler": "import deploy_helper.handler"}
+TARGETS = {
+    "startup": "pass",
+    "boto3": "import boto3",
+    "handler": "import deploy_helper.handler",
+    # What the handler loads on its first invocation (without boto3): for reference.
+    "broker": "import deploy_helper.execution.broker",
+}
 
 
 @dataclass
@@ -111,7 +118,7 @@ def measure(python: str, runs: int) -> tuple[dict[str, Figure], dict[str, float]
         for name, statement in TARGETS.items():
             loaded = {m: us for m, us in importtime_once(python, statement).items() if m not in startup}
             imports[name].append((sum(loaded.values()) / 1000, len(loaded)))
-            if name == "handler":
+            if name == "broker":
                 by_package: dict[str, float] = {}
                 for module, us in loaded.items():
                     top = module.split(".")[0]
@@ -208,10 +215,14 @@ def first_invocations(python: str, runs: int) -> dict[str, Invocation]:
     """Baseline and broker first invocations against the seed scenario on the local AWS, interleaved."""
     from deploy_helper.local import scenario as seed
     from deploy_helper.local.server import LocalAws
+    from deploy_helper.trust.callers import CallerRegistry
+    from deploy_helper.trust.policyfiles import write_parsed
+    from deploy_helper.trust.rules import RuleSet
 
     results: dict[str, list[dict[str, Any]]] = {"baseline": [], "broker": []}
     with LocalAws() as local, tempfile.TemporaryDirectory() as tmp:
         sc = seed.build(local, Path(tmp))
+        write_parsed(sc.policies_dir, {"callers.yaml": CallerRegistry, "rules.yaml": RuleSet})  # as build.py does
         tooling = seed.ACCOUNTS["tooling"]
         grant = sc.bucket_grant("service-a")
         statement = {
@@ -284,10 +295,14 @@ def main() -> None:
         parser.error("--runs and --invocations must be at least 1")
 
     figures, heaviest = measure(args.python, args.runs)
-    handler, boto3 = figures["handler"], figures["boto3"]
+    handler, boto3, broker_modules = figures["handler"], figures["boto3"], figures["broker"]
     ratio = {
         "wall": _ratio(handler.wall_minus_startup_ms, boto3.wall_minus_startup_ms),
         "importtime": _ratio(handler.importtime_ms, boto3.importtime_ms),
+    }
+    broker_ratio = {
+        "wall": _ratio(broker_modules.wall_minus_startup_ms, boto3.wall_minus_startup_ms),
+        "importtime": _ratio(broker_modules.importtime_ms, boto3.importtime_ms),
     }
     firsts = None if args.no_first_invocation else first_invocations(args.python, args.invocations)
     first_ratio = None
@@ -307,7 +322,8 @@ def main() -> None:
                     "runs": args.runs,
                     "figures": {name: asdict(f) for name, f in figures.items()},
                     "handler_over_boto3": ratio,
-                    "handler_heaviest_packages_ms": heaviest,
+                    "broker_modules_over_boto3": broker_ratio,
+                    "broker_heaviest_packages_ms": heaviest,
                     **(
                         {
                             "invocations": args.invocations,
@@ -323,15 +339,19 @@ def main() -> None:
         )
         return
     print(f"cold import in a fresh interpreter, median of {args.runs} runs (Python {platform.python_version()})")
-    print(f"{'':32} {'wall ms':>9} {'- start-up':>11} {'importtime ms':>14} {'modules':>8}")
+    print(f"{'':38} {'wall ms':>9} {'- start-up':>11} {'importtime ms':>14} {'modules':>8}")
     for f in figures.values():
         extra = "" if f.target == "startup" else f"{f.wall_minus_startup_ms:>11.1f}"
         importtime = "" if f.target == "startup" else f"{f.importtime_ms:>14.1f}"
         modules = "" if f.target == "startup" else f"{f.modules:>8}"
         label = "python -c pass" if f.target == "startup" else f.statement
-        print(f"{label:32} {f.wall_ms:>9.1f} {extra:>11} {importtime:>14} {modules:>8}")
+        print(f"{label:38} {f.wall_ms:>9.1f} {extra:>11} {importtime:>14} {modules:>8}")
     print(f"deploy_helper.handler / boto3: {ratio['wall']}x wall (minus start-up), {ratio['importtime']}x import time")
-    print("heaviest packages in the handler's import (ms): " + ", ".join(f"{p} {ms}" for p, ms in heaviest.items()))
+    print(
+        f"deploy_helper.execution.broker / boto3: {broker_ratio['wall']}x wall (minus start-up), "
+        f"{broker_ratio['importtime']}x import time (loaded by the first invocation)"
+    )
+    print("heaviest packages in the broker's import (ms): " + ", ".join(f"{p} {ms}" for p, ms in heaviest.items()))
     if firsts is None or first_ratio is None:
         return
     print()

@@ -46,17 +46,20 @@ import json, pkgutil, sys, sysconfig
 package, boto = sys.argv[1], sys.argv[2]
 sys.path[:0] = [package, boto]
 from deploy_helper.handler import lambda_handler
+at_import = sorted(sys.modules)
+result = lambda_handler(json.load(sys.stdin), None)
+first_call = sorted(sys.modules)
 import deploy_helper
 for module in pkgutil.walk_packages(deploy_helper.__path__, "deploy_helper."):
     __import__(module.name)
-result = lambda_handler(json.load(sys.stdin), None)
 stdlib = tuple(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib"))
 outside = sorted(
     name for name, module in list(sys.modules.items())
     if getattr(module, "__file__", None)
     and not module.__file__.startswith((package, boto, *stdlib))
 )
-print(json.dumps({"result": result, "modules": sorted(sys.modules), "outside": outside}))
+print(json.dumps({"result": result, "modules": sorted(sys.modules), "outside": outside,
+                  "at_import": at_import, "first_call": first_call}))
 """
 
 
@@ -160,6 +163,9 @@ def test_the_package_holds_the_function_and_its_dependencies_only(package: Path)
     assert not list(package.rglob("strict_aws.py")) and not list(package.rglob("faults.py"))
     for policy in (ROOT / "policies").glob("*.yaml"):
         assert (package / "policies" / policy.name).read_bytes() == policy.read_bytes()
+    # The policies validated at build time, read by the function instead of the YAML while it is unchanged.
+    parsed = json.loads((package / "policies" / "parsed.json").read_text())
+    assert set(parsed["files"]) == {"callers.yaml", "rules.yaml"}
     unzipped = sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
     assert unzipped < 250 * 1024 * 1024  # Lambda's limit for a function's unzipped package
 
@@ -167,6 +173,12 @@ def test_the_package_holds_the_function_and_its_dependencies_only(package: Path)
 def test_the_handler_runs_from_the_package_with_only_boto3_beside_it(
     scenario: seed.Scenario, package: Path, boto: Path
 ) -> None:
+    from deploy_helper.trust.callers import CallerRegistry
+    from deploy_helper.trust.policyfiles import write_parsed
+    from deploy_helper.trust.rules import RuleSet
+
+    # The scenario's own policies, pre-parsed as the build pre-parses the package's.
+    write_parsed(scenario.policies_dir, {"callers.yaml": CallerRegistry, "rules.yaml": RuleSet})
     client = scenario.client()
     grant = scenario.authorizer_grant("service-a")
     event = client.envelope(client.payload([grant], context={"pipeline": "artifact-test"}))
@@ -177,6 +189,12 @@ def test_the_handler_runs_from_the_package_with_only_boto3_beside_it(
     roots = {m.split(".")[0] for m in answer["modules"]}
     assert not {"click", "rich", "moto", "pytest"} & roots
     assert "deploy_helper.local" not in answer["modules"]
+    # A cold start loads what the request needs: nothing at the handler's import, and on the
+    # first call no YAML parser (the package's pre-parsed policies), no checkpoints, no audit.
+    assert not {m.split(".")[0] for m in answer["at_import"]} & {"botocore", "boto3", "pydantic", "cryptography"}
+    first_call = set(answer["first_call"])
+    for lazy in ("yaml", "deploy_helper.ledger.checkpoints", "deploy_helper.ledger.audit", "deploy_helper.audit"):
+        assert lazy not in first_call, lazy
     results = answer["result"]["results"]
     assert [r["decision"] for r in results] == ["applied"], answer["result"]
     # Read back from AWS: the permission is on the authorizer function, and in the ledger.

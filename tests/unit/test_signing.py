@@ -7,6 +7,7 @@ already canonical, free of duplicate keys, finite, shallow and within the size b
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
@@ -34,6 +35,7 @@ from deploy_helper.trust.signing import (
     seal,
     signing_input,
     verify,
+    verify_message,
 )
 
 PAYLOAD = {
@@ -345,3 +347,38 @@ def test_any_change_to_the_signed_text_is_caught(ed_key: Ed25519PrivateKey, data
     except (RequestError, AuthenticationError):
         return
     assert not verify("ed25519", _public_pem(ed_key), raw, signature)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        Ed25519PrivateKey.generate().public_key(),
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        ec.generate_private_key(ec.SECP384R1()).public_key(),  # not a registered type: the general parser
+    ],
+    ids=["ed25519", "p256", "p384"],
+)
+def test_a_public_key_reads_as_cryptographys_own_parser_reads_it(key: Any) -> None:
+    from deploy_helper.trust.signing import load_public_key
+
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert load_public_key(pem) == serialization.load_pem_public_key(pem.encode())
+
+
+def test_a_compressed_p256_key_and_garbage_go_to_the_general_parser() -> None:
+    from deploy_helper.trust.signing import load_public_key
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    der = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    compressed = private.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    spki = bytes.fromhex("3039301306072a8648ce3d020106082a8648ce3d030107032200") + compressed
+    assert len(der) == 91
+    pem = "-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(spki).decode() + "\n-----END PUBLIC KEY-----\n"
+    assert load_public_key(pem) == private.public_key()
+    signature = private.sign(b"m", ec.ECDSA(hashes.SHA256()))
+    assert verify_message("ecdsa-p256-sha256", pem, b"m", signature)
+    with pytest.raises(ValueError):
+        load_public_key("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    assert not verify_message("ed25519", "not a key", b"m", b"x" * 64)

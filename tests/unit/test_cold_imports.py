@@ -1,0 +1,49 @@
+"""What a cold start loads: the handler's import stays small, and the broker's never reaches the operator's side.
+
+Each check runs a fresh interpreter, as a new Lambda execution environment would.
+The first invocation's modules (with the pre-parsed policies of the function's
+package) are checked by ``tests/functional/test_function_package.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+#: Never loaded by the function: the CLI, the local AWS, the auditor's and checkpointer's side.
+NEVER = ("deploy_helper.cli", "deploy_helper.local", "moto", "click", "rich", "deploy_helper.ledger.audit")
+#: Loaded by the first invocation, not by the handler's import.
+FIRST_CALL = ("pydantic", "botocore", "boto3", "cryptography", "yaml", "deploy_helper.execution.broker")
+
+
+def modules_after(statement: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def loaded(modules: set[str], package: str) -> bool:
+    return any(m == package or m.startswith(package + ".") for m in modules)
+
+
+def test_the_handler_import_loads_no_dependency() -> None:
+    modules = modules_after("import deploy_helper.handler")
+    assert "deploy_helper.handler" in modules
+    for package in (*NEVER, *FIRST_CALL):
+        assert not loaded(modules, package), package
+
+
+@pytest.mark.parametrize("module", ["deploy_helper.execution.broker", "deploy_helper.ledger.setup"])
+def test_the_broker_loads_only_what_a_request_needs(module: str) -> None:
+    modules = modules_after(f"import {module}")
+    for package in (*NEVER, "yaml", "deploy_helper.ledger.checkpoints", "deploy_helper.audit", "boto3"):
+        assert not loaded(modules, package), package
+    # Signatures are verified with the key's own type; the general key parser (and RSA) stay out.
+    assert not loaded(modules, "cryptography.hazmat.primitives.serialization")
