@@ -42,7 +42,7 @@ def _line_loader() -> type[yaml.SafeLoader]:
 
     base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    class LineLoader(base):  # type: ignore[misc, valid-type]
+    class LineLoader(base):
         """A safe loader that refuses duplicate mapping keys."""
 
     def construct_mapping(loader: Any, node: yaml.MappingNode) -> dict[Any, Any]:
