@@ -215,14 +215,15 @@ def first_invocations(python: str, runs: int) -> dict[str, Invocation]:
     """Baseline and broker first invocations against the seed scenario on the local AWS, interleaved."""
     from deploy_helper.local import scenario as seed
     from deploy_helper.local.server import LocalAws
+    from deploy_helper.trust import policyfiles
     from deploy_helper.trust.callers import CallerRegistry
-    from deploy_helper.trust.policyfiles import write_parsed
     from deploy_helper.trust.rules import RuleSet
 
     results: dict[str, list[dict[str, Any]]] = {"baseline": [], "broker": []}
     with LocalAws() as local, tempfile.TemporaryDirectory() as tmp:
         sc = seed.build(local, Path(tmp))
-        write_parsed(sc.policies_dir, {"callers.yaml": CallerRegistry, "rules.yaml": RuleSet})  # as build.py does
+        if hasattr(policyfiles, "write_parsed"):  # as build.py does (a broker older than parsed.json reads the YAML)
+            policyfiles.write_parsed(sc.policies_dir, {"callers.yaml": CallerRegistry, "rules.yaml": RuleSet})
         tooling = seed.ACCOUNTS["tooling"]
         grant = sc.bucket_grant("service-a")
         statement = {

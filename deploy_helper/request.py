@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Union, get_args
+from typing import Annotated, Any, Union, get_args
 
 from pydantic import Field, StringConstraints, ValidationError, create_model
 
@@ -66,19 +66,14 @@ def parse_payload(data: object) -> RequestPayload:
 
 #: Each registered kind's spec, by name (as ``AnyGrant``'s discriminator reads it).
 _SPECS: dict[str, type[GrantSpec]] = {
-    spec.model_fields["kind"].annotation.__args__[0]: spec  # type: ignore[union-attr]
-    for spec in get_args(get_args(AnyGrant)[0])
+    get_args(spec.model_fields["kind"].annotation)[0]: spec for spec in get_args(get_args(AnyGrant)[0])
 }
 
 
 @functools.cache
 def _for_kinds(kinds: frozenset[str]) -> type[RequestPayload]:
     """``RequestPayload`` with its grants limited to ``kinds`` (a discriminated union like ``AnyGrant``)."""
-    specs = tuple(_SPECS[k] for k in sorted(kinds))
-    grant = Annotated[Union[specs], Field(discriminator="kind")]  # noqa: UP007 - a union of a runtime tuple
-    return create_model(  # type: ignore[no-any-return, call-overload]
-        "RequestPayload",
-        __base__=RequestPayload,
-        __module__=__name__,
-        grants=(Annotated[list[grant], Field(min_length=1, max_length=MAX_GRANTS)], ...),  # type: ignore[valid-type]
-    )
+    specs: Any = tuple(_SPECS[k] for k in sorted(kinds))
+    grant: Any = Annotated[Union[specs], Field(discriminator="kind")]  # noqa: UP007 - a union of a runtime tuple
+    grants: Any = Annotated[list[grant], Field(min_length=1, max_length=MAX_GRANTS)]
+    return create_model("RequestPayload", __base__=RequestPayload, __module__=__name__, grants=(grants, ...))
