@@ -28,9 +28,7 @@ Action = Literal["apply", "revoke"]
 class StrictModel(BaseModel):
     """Base for every model that parses untrusted input."""
 
-    #: ``defer_build``: a model's validator is built when it is first used, not when its module is
-    #: imported, so a cold start builds those of the grant kinds its request names, not all of them.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, str_max_length=2048, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, str_max_length=2048)
 
 
 class PipelineContext(StrictModel):
