@@ -57,7 +57,7 @@ TARGETS = {
     "startup": "pass",
     "boto3": "import boto3",
     "handler": "import deploy_helper.handler",
-    # What the handler loads on its first invocation (without boto3): for reference.
+    # The broker alone (the handler imports it, and the entry points' models besides).
     "broker": "import deploy_helper.execution.broker",
 }
 
@@ -350,7 +350,7 @@ def main() -> None:
     print(f"deploy_helper.handler / boto3: {ratio['wall']}x wall (minus start-up), {ratio['importtime']}x import time")
     print(
         f"deploy_helper.execution.broker / boto3: {broker_ratio['wall']}x wall (minus start-up), "
-        f"{broker_ratio['importtime']}x import time (loaded by the first invocation)"
+        f"{broker_ratio['importtime']}x import time (the handler imports it at init)"
     )
     print("heaviest packages in the broker's import (ms): " + ", ".join(f"{p} {ms}" for p, ms in heaviest.items()))
     if firsts is None or first_ratio is None:

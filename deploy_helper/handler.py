@@ -22,12 +22,6 @@ Which of the two runs is decided by the handler each function is configured with
 The broker is built once per execution environment and reused; a
 configuration error is reported on every request rather than crashing the
 runtime, so callers always get a structured answer.
-
-Importing this module loads only the standard library, the configuration and the
-telemetry: the broker and what it needs (botocore, pydantic, the policies, the grant
-kinds, cryptography) are loaded by the first invocation, and each entry point (custom
-resources, schedules, the function URL) only when an event of its kind comes.
-``tests/unit/test_cold_imports.py`` keeps it so.
 """
 
 from __future__ import annotations
@@ -35,14 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deploy_helper.config import BrokerConfig
 from deploy_helper.exceptions import BrokerError
 from deploy_helper.execution import telemetry
-
-if TYPE_CHECKING:
-    from deploy_helper.execution.broker import Broker
+from deploy_helper.execution.broker import Broker
+from deploy_helper.models import BrokerResponse, ErrorBody
 
 logger = logging.getLogger("deploy_helper")
 logger.setLevel(os.environ.get("DEPLOY_HELPER_LOG_LEVEL", "INFO"))
@@ -55,8 +48,6 @@ def get_broker() -> Broker:
     """The process-wide broker, built from the environment on first use."""
     global _broker
     if _broker is None:
-        from deploy_helper.execution.broker import Broker
-
         _broker = Broker.from_config(BrokerConfig.from_env())
     return _broker
 
@@ -112,8 +103,6 @@ def _dispatch(event: Any, context: Any) -> dict[str, Any]:
     try:
         broker = get_broker()
     except BrokerError as exc:
-        from deploy_helper.models import BrokerResponse, ErrorBody
-
         logger.error("broker configuration error: %s", exc.message)
         return BrokerResponse(ok=False, error=ErrorBody(code=exc.code, message=exc.message)).model_dump(mode="json")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
