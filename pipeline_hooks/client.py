@@ -4,6 +4,15 @@
 and sends it through a transport: ``LambdaTransport`` invokes the broker
 function (what pipelines do), ``InProcessTransport`` hands it to a broker in
 this process (the local harness and the demo).
+
+A set of grants larger than one request may carry (``MAX_GRANTS`` grants, the
+broker's envelope size, Lambda's 6 MB invoke payload) is sent as several signed
+requests, one after another (``pipeline_hooks.parts``): each has its own nonce and a
+request id derived from the caller's (``<id>.2of5``), and the answers are merged back
+into one ``SplitResponse`` with the grants' original indexes. A part that fails is
+reported on its own grants; the other parts' answers are kept. Sending the same set
+again is safe: the parts are cut the same way and get the same ids, and the broker
+plans no change for what is already in place.
 """
 
 from __future__ import annotations
@@ -12,11 +21,14 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from deploy_helper.exceptions import BrokerError
-from deploy_helper.models import BrokerResponse
+from deploy_helper.models import MAX_GRANTS, BrokerResponse, ErrorBody, GrantResult
 from deploy_helper.trust.signing import seal
+from pipeline_hooks.parts import PART_BYTES, fits, part_request_id, plan_parts
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,6 +109,48 @@ def new_request_id() -> str:
     return f"req-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
 
 
+@dataclass(frozen=True)
+class PartProgress:
+    """Where a split request is: part ``number`` of ``count`` is being sent, or is answered.
+
+    ``status``: ``sending`` before the part goes out; then ``done`` (the broker answered
+    for its grants), ``refused`` (the broker refused the whole part: ``message`` says why)
+    or ``failed`` (no answer: ``message`` says why). ``seconds``: how long the part took.
+    """
+
+    number: int
+    count: int
+    request_id: str
+    grants: int
+    status: Literal["sending", "done", "refused", "failed"]
+    seconds: float = 0.0
+    message: str = ""
+
+
+class PartOutcome(BaseModel):
+    """One part of a split request: which grants it carried and how it went."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    #: The part's grants, as indexes in the whole set.
+    indexes: list[int]
+    status: Literal["done", "refused", "failed"]
+    seconds: float
+    error: ErrorBody | None = None
+
+
+class SplitResponse(BrokerResponse):
+    """The answers of a request sent in several parts, merged: results carry the original indexes.
+
+    ``ok`` is true when every part was processed. The grants of a part that was refused or
+    got no answer are reported ``failed`` (``would-fail`` for a plan) with the reason, so
+    ``failed`` is true; ``error`` is set only when no part was processed at all.
+    """
+
+    parts: list[PartOutcome] = Field(default_factory=list)
+
+
 @dataclass
 class BrokerClient:
     """Signs and sends grant requests for one caller."""
@@ -109,6 +163,10 @@ class BrokerClient:
     sent: list[dict[str, str]] = field(default_factory=list)
     #: Waits between asking again for a request that is still in progress (injectable for tests).
     sleep: Callable[[float], None] = time.sleep
+    #: The most grants one request carries; larger sets are split (``pipeline_hooks.parts``).
+    max_grants: int = MAX_GRANTS
+    #: The most bytes one request's grants take, serialized.
+    max_part_bytes: int = PART_BYTES
 
     def payload(
         self,
@@ -164,12 +222,99 @@ class BrokerClient:
         context: dict[str, Any] | None = None,
         request_id: str | None = None,
         owner: str | None = None,
+        progress: Callable[[PartProgress], None] | None = None,
     ) -> BrokerResponse:
-        payload = self.payload(
-            grants, action=action, dry_run=dry_run, context=context, request_id=request_id, owner=owner
+        """Sign and send ``grants``; a set past one request's limits goes as several requests.
+
+        One request: the broker's answer as it is. Several (``SplitResponse``): ``progress``
+        is told before and after each part.
+        """
+        parts = plan_parts(grants, max_grants=self.max_grants, max_bytes=self.max_part_bytes)
+        if len(parts) <= 1:
+            payload = self.payload(
+                grants, action=action, dry_run=dry_run, context=context, request_id=request_id, owner=owner
+            )
+            return self.send_envelope(self.envelope(payload))
+        base = request_id or new_request_id()
+        outcomes: list[PartOutcome] = []
+        results: list[GrantResult] = []
+        answered: list[BrokerResponse] = []
+        first_error: BaseException | None = None
+        not_answered: tuple[type[Exception], ...] = (BrokerError, ValueError, *_transport_errors())
+        for number, indexes in enumerate(parts, start=1):
+            part_id = part_request_id(base, number, len(parts))
+            report = PartProgress(number, len(parts), part_id, len(indexes), "sending")
+            if progress is not None:
+                progress(report)
+            started = time.perf_counter()
+            payload = self.payload(
+                [grants[i] for i in indexes],
+                action=action,
+                dry_run=dry_run,
+                context=context,
+                request_id=part_id,
+                owner=owner,
+            )
+            error: ErrorBody | None = None
+            try:
+                envelope = self.envelope(payload)  # sealed just before it goes: its time window starts now
+                if not fits(envelope):
+                    raise BrokerError("this part is larger than one request may be even alone; it was not sent")
+                response = self.send_envelope(envelope)
+            except not_answered as exc:
+                first_error = first_error or exc
+                status: Literal["done", "refused", "failed"] = "failed"
+                error = ErrorBody(code="not-answered", message=_describe(exc))
+            else:
+                answered.append(response)
+                if response.error is not None:
+                    status, error = "refused", response.error
+                else:
+                    status = "done"
+                    results += [r.model_copy(update={"index": indexes[r.index]}) for r in response.results]
+            seconds = time.perf_counter() - started
+            if error is not None:
+                decision: Literal["failed", "would-fail"] = "would-fail" if dry_run else "failed"
+                reason = f"request {part_id} ({number} of {len(parts)}) {status}: {error.code}: {error.message}"
+                results += [
+                    GrantResult(index=i, kind=str(grants[i].get("kind", "")), decision=decision, reason=reason)
+                    for i in indexes
+                ]
+            outcomes.append(
+                PartOutcome(request_id=part_id, indexes=indexes, status=status, seconds=seconds, error=error)
+            )
+            if progress is not None:
+                message = f"{error.code}: {error.message}" if error is not None else ""
+                progress(PartProgress(number, len(parts), part_id, len(indexes), status, seconds, message))
+        if not answered and first_error is not None:  # nothing reached the broker: as for one request
+            if isinstance(first_error, BrokerError):
+                raise first_error
+            raise BrokerError(f"no part of request {base} was answered: {_describe(first_error)}") from first_error
+        processed = next((r for r in answered if r.error is None), None)
+        return SplitResponse(
+            ok=all(o.status == "done" for o in outcomes),
+            request_id=base,
+            caller=processed.caller if processed is not None else None,
+            action=action,
+            dry_run=dry_run,
+            results=sorted(results, key=lambda r: r.index),
+            error=None if processed is not None else (outcomes[0].error if outcomes else None),
+            parts=outcomes,
         )
-        return self.send_envelope(self.envelope(payload))
 
 
 def _in_progress(response: BrokerResponse) -> bool:
     return response.error is not None and response.error.code == "in-progress"
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What invoking the function may raise besides ``BrokerError`` (botocore's errors)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BrokerError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from deploy_helper.cli.errors import ConfigError
-from deploy_helper.cli.output import emit_json, failure, json_option, print_response
+from deploy_helper.cli.output import emit_json, failure, json_option, literal, print_response
 from deploy_helper.exceptions import BrokerError
+from deploy_helper.models import MAX_GRANTS
+
+if TYPE_CHECKING:
+    from pipeline_hooks.client import PartProgress
 
 EPILOG = """
 \b
@@ -45,6 +49,13 @@ Every option can also come from the environment: DEPLOY_HELPER_FUNCTION,
 DEPLOY_HELPER_CALLER, DEPLOY_HELPER_AUDIENCE, DEPLOY_HELPER_KEY_ID,
 DEPLOY_HELPER_KEY_FILE, DEPLOY_HELPER_KMS_KEY_ID.
 
+Large sets: one request carries at most 1,000 grants (and 512 KB); a larger file
+is sent as several signed requests, one after another (request ids <id>.1of5,
+<id>.2of5, ...), with one line per part on stderr; the results are merged back
+in the file's order. Sending the same file again is safe: the parts are the same
+and the broker changes nothing that is already in place. --part-size sets fewer
+grants per request.
+
 Revoking removes this pipeline's ownership (`owner:` in the file, default the
 context's pipeline); a grant other stacks or pipelines still own is `kept`.
 
@@ -78,6 +89,13 @@ refused; 2 on a usage or configuration error.
     help="Run the broker's handler in this process, configured by the DEPLOY_HELPER_* variables "
     "(the embedded local AWS cannot run Lambda functions; see below).",
 )
+@click.option(
+    "--part-size",
+    type=click.IntRange(1, MAX_GRANTS),
+    default=MAX_GRANTS,
+    show_default=True,
+    help="Most grants per signed request; larger sets are sent in several requests.",
+)
 @json_option
 def request_command(
     grants_file: Path,
@@ -91,6 +109,7 @@ def request_command(
     kms_key_id: str | None,
     function: str | None,
     in_process: bool,
+    part_size: int,
     as_json: bool,
 ) -> None:
     """Plan, apply or revoke the grants in GRANTS_FILE through the broker.
@@ -131,9 +150,16 @@ def request_command(
         transport = LambdaTransport(function, lambda_client(session))
     else:
         raise click.UsageError("give --function (the broker to invoke) or --in-process")
-    client = BrokerClient(caller=caller, audience=audience, signer=signer, transport=transport)
+    client = BrokerClient(caller=caller, audience=audience, signer=signer, transport=transport, max_grants=part_size)
     try:
-        response = client.request(spec.grants, action=mode, dry_run=dry_run, context=spec.context, owner=spec.owner)
+        response = client.request(
+            spec.grants,
+            action=mode,
+            dry_run=dry_run,
+            context=spec.context,
+            owner=spec.owner,
+            progress=_print_progress,
+        )
     except BrokerError as exc:
         raise failure(exc.message) from exc
     if as_json:
@@ -141,6 +167,16 @@ def request_command(
     else:
         print_response(response, show_diff=dry_run)
     sys.exit(1 if response.failed else 0)
+
+
+def _print_progress(part: PartProgress) -> None:
+    """One line per part of a split request, on stderr: ``part 2/5: 1,000 grants ... done in 3.1 s``."""
+    if part.status == "sending":
+        line = f"part {part.number}/{part.count} ({part.request_id}): {part.grants:,} grants ... "
+        click.echo(literal(line), err=True, nl=False)
+        return
+    said = "done" if part.status == "done" else f"{part.status} ({part.message})"
+    click.echo(literal(f"{said} in {part.seconds:.1f} s"), err=True)
 
 
 def _mode(plan: bool, apply: bool, revoke: bool) -> tuple[str, bool]:

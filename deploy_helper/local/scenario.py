@@ -160,6 +160,35 @@ class Scenario:
             "operations": operations or ["Decrypt", "DescribeKey"],
         }
 
+    def scaled_grants(self, count: int | None = None) -> list[dict[str, Any]]:
+        """Grants over the service accounts, service by service: ``SCALED_GRANTS`` each by default.
+
+        Per service, in this order: the authorizer's invoke permission, read on the shared
+        artifact bucket, a grant on its key, and the ``pipeline`` and ``builder`` tooling
+        roles on the service's own artifact bucket (``build_scaled``). With ``count``, fewer
+        kinds of grant: every service gets its own bucket's two first, then the key's grant,
+        then the shared bucket's, then the authorizer's, until ``count`` (5,000 grants over
+        2,000 services: the two own-bucket grants of each, and the key's grant of the first 1,000).
+        """
+        services = self.services
+        per_service = [
+            lambda s: self.authorizer_grant(s),
+            lambda s: self.bucket_grant(s),
+            lambda s: self.key_grant(s),
+            lambda s: self.service_bucket_grant(s, "pipeline"),
+            lambda s: self.service_bucket_grant(s, "builder"),
+        ]
+        total = SCALED_GRANTS * len(services)
+        count = total if count is None else count
+        if not 0 <= count <= total:
+            raise ValueError(f"{len(services)} service accounts give at most {total} grants, not {count}")
+        chosen: set[tuple[int, int]] = set()
+        for tier in (3, 4, 2, 1, 0):  # the order in which kinds of grant are added
+            for n in range(len(services)):
+                if len(chosen) < count:
+                    chosen.add((n, tier))
+        return [make(s) for n, s in enumerate(services) for t, make in enumerate(per_service) if (n, t) in chosen]
+
     def grant(self, kind: str, service: str = "service-a") -> dict[str, Any]:
         """The seed grant of a resource-policy kind for ``service`` (see ``shared_resources``)."""
         return shared_resources.grant(kind, self.resources[kind], self.accounts[service], self.deploy_roles[service])
@@ -505,6 +534,8 @@ def build(
     )
 
 
+#: Grants per service account in ``Scenario.scaled_grants``.
+SCALED_GRANTS = 5
 #: The tooling roles that get access to each scaled service account's own artifact bucket.
 TOOLING_ROLES = {"pipeline": "read-write", "builder": "read"}
 #: The first account id of ``build_scaled``'s service accounts (``svc-000`` …).
