@@ -1,8 +1,8 @@
-"""The two places where target-account clients lean on botocore internals, and nowhere else.
+"""The places where target-account clients lean on botocore internals, and nowhere else.
 
 botocore has no public way to (1) give an already-built client a credentials object
 that is resolved when each request is signed, or (2) make the clients of one service
-share their parsed endpoint ruleset. Both are done here, each checked against the
+share their parsed endpoint ruleset and their class. All are done here, each checked against the
 installed botocore before use; when a check fails, the caller falls back to the plain
 path (a new client per request, each parsing its own ruleset), which is slower but
 needs nothing of botocore's internals. ``tests/unit/test_botocore_compat.py`` fails
@@ -18,11 +18,20 @@ loudly when an upgrade of botocore removes what this module relies on.
   every client, parsing the whole ruleset each time (about a third of a client's creation).
   The providers are immutable once built (their ``resolve_endpoint`` keeps a thread-safe
   LRU cache), so one per (ruleset, partitions, excluded parameters) serves every client.
+- ``share_client_classes()`` / ``client_classes_shared()``: ``ClientCreator._create_client_class``
+  builds a new class for every client, with a method and a docstring object per operation
+  (about 100 KiB and a fifth of a client's creation). The class depends only on the service
+  model (one object per loader) and the session's ``creating-client-class`` handlers, so
+  clients built inside ``client_classes_shared()`` reuse the first class built for the same
+  (session emitter, service, model); clients built elsewhere are untouched.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _install_lock = threading.Lock()
@@ -84,3 +93,50 @@ def _shared_provider(ruleset_data: Any, partition_data: Any, excluded_params: An
         # The data are kept with the provider: their ids stay theirs while the key is in use.
         kept = _providers.setdefault(key, (provider, ruleset_data, partition_data))
     return kept[0]
+
+
+_classes: dict[tuple[int, str, int], tuple[type, Any, Any]] = {}
+_sharing_classes: contextvars.ContextVar[bool] = contextvars.ContextVar("deploy_helper_client_classes", default=False)
+_SHARED_MARK = "_deploy_helper_shared"
+
+
+def share_client_classes() -> bool:
+    """Install the class cache (idempotent); False (and nothing changed) if botocore changed."""
+    from botocore.client import ClientCreator
+
+    with _install_lock:
+        original = getattr(ClientCreator, "_create_client_class", None)
+        if original is None:
+            return False
+        if getattr(original, _SHARED_MARK, False):
+            return True
+
+        def _create_client_class(self: Any, service_name: str, service_model: Any) -> Any:
+            emitter = getattr(self, "_event_emitter", None)
+            description = getattr(service_model, "_service_description", None)
+            if not _sharing_classes.get() or emitter is None or description is None:
+                return original(self, service_name, service_model)
+            key = (id(emitter), service_name, id(description))
+            kept = _classes.get(key)
+            if kept is None:
+                built = original(self, service_name, service_model)
+                with _install_lock:
+                    if len(_classes) >= MAX_PROVIDERS:
+                        _classes.clear()
+                    # The emitter and model are kept with the class: their ids stay theirs.
+                    kept = _classes.setdefault(key, (built, emitter, description))
+            return kept[0]
+
+        setattr(_create_client_class, _SHARED_MARK, True)
+        ClientCreator._create_client_class = _create_client_class  # type: ignore[attr-defined]
+        return True
+
+
+@contextmanager
+def client_classes_shared() -> Iterator[None]:
+    """Clients built in this block (this thread) share their class with earlier ones of their service."""
+    token = _sharing_classes.set(True)
+    try:
+        yield
+    finally:
+        _sharing_classes.reset(token)

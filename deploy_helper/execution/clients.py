@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import MethodType
 from typing import TYPE_CHECKING, Any
@@ -197,8 +198,11 @@ class ClientPool:
         self._config = config
         self._max = max_clients
         self.sharing = share and botocore_compat.supports_shared_clients()
+        #: Whether clients of one service share their class (``botocore_compat.share_client_classes``).
+        self._classes = False
         if self.sharing:
             botocore_compat.share_endpoint_providers()
+            self._classes = botocore_compat.share_client_classes()
         self._shared: OrderedDict[tuple[str, str, str | None], Any] = OrderedDict()
         self._lock = threading.Lock()
         #: Clients built so far (shared or plain), for the benchmark and tests.
@@ -245,14 +249,15 @@ class ClientPool:
             return client
 
     def _build(self, account: str, service: str, region: str | None, key: str, secret: str, token: str | None) -> Any:
-        client = self._session.client(
-            service,  # type: ignore[call-overload]
-            region_name=region,
-            aws_access_key_id=key,
-            aws_secret_access_key=secret,
-            aws_session_token=token,
-            config=self._config,
-        )
+        with botocore_compat.client_classes_shared() if self._classes else nullcontext():
+            client = self._session.client(
+                service,  # type: ignore[call-overload]
+                region_name=region,
+                aws_access_key_id=key,
+                aws_secret_access_key=secret,
+                aws_session_token=token,
+                config=self._config,
+            )
         if service == "s3":
             client.meta.events.register("provide-client-params.s3", _BucketOwner(account))
         self.built += 1

@@ -106,3 +106,19 @@ def test_settle_freezes_what_the_broker_keeps() -> None:
     heap.settle()
     assert gc.get_freeze_count() >= len(kept)
     assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, heap.OLDER_THRESHOLD, heap.OLDER_THRESHOLD)
+
+
+def test_clients_built_for_the_pool_share_their_class(session: boto3.Session) -> None:
+    assert botocore_compat.share_client_classes()
+    assert botocore_compat.share_client_classes()  # idempotent
+    sent = Sent(session)
+    keys = {"aws_access_key_id": "a", "aws_secret_access_key": "x"}
+    with botocore_compat.client_classes_shared():
+        first, second = session.client("kms", **keys), session.client("kms", **keys)
+        s3 = session.client("s3", **keys)
+    elsewhere = session.client("kms", **keys)
+    assert type(first) is type(second)
+    assert type(s3) is not type(first) and hasattr(s3, "upload_file")  # boto3's own methods are kept
+    assert type(elsewhere) is not type(first)  # only clients built in the block
+    second.list_aliases()
+    assert sent.access_keys() == ["a"]
