@@ -47,8 +47,10 @@ if TYPE_CHECKING:
     from botocore.config import Config
     from botocore.credentials import ReadOnlyCredentials
 
-#: Shared clients kept: a few services in each of the accounts recent requests touched.
-MAX_CLIENTS = 1024
+#: Shared clients kept: a few services in each of the accounts recent requests touched. One
+#: client holds about 150 KiB (its event handlers and HTTP pool; its class is shared), so
+#: the pool stays under about 75 MB.
+MAX_CLIENTS = 512
 #: The events a client emits while it makes a call, forwarded to the calling view's hooks.
 FORWARDED = (
     "provide-client-params",
