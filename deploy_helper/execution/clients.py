@@ -176,9 +176,8 @@ class RequestClient:
         value = getattr(self._shared, name)
         if isinstance(value, MethodType) and value.__self__ is self._shared:
             # The client's own methods run on the view, so their calls come back to _make_api_call.
+            # (Bound afresh each time: kept on the view, they would make it a reference cycle.)
             value = MethodType(value.__func__, self)
-            if not name.startswith("_"):
-                self.__dict__[name] = value
         return value
 
     def __repr__(self) -> str:
