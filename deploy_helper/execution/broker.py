@@ -42,7 +42,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError, RetriedRequest
-from deploy_helper.execution import fencing, telemetry
+from deploy_helper.execution import fencing, heap, telemetry
 from deploy_helper.execution.locks import Locker, NoLock
 from deploy_helper.execution.owners import Acting, OwnerBook, pipeline_owner
 from deploy_helper.execution.policydoc import digest
@@ -161,6 +161,7 @@ class Broker:
 
             table_client = session.client("dynamodb", region_name=config.region, config=TABLE_CLIENT_CONFIG)
             references = DynamoReferences(table_client, config.reference_table)
+        heap.settle()  # the broker is built: freeze what it keeps, fewer collections per request
         return cls(
             config,
             callers=callers,

@@ -13,9 +13,9 @@ request id), never handed to another request, so every call CloudTrail records i
 a target account names (SourceIdentity, RoleSessionName) the request that made it.
 That costs one AssumeRole per target account per request — the bound the batch
 benchmark counts — and no more: a request asking twice for one account gets the
-same session. Clients are made from the broker's one boto3 session, whose botocore
-loader has parsed each service model once, so a request's clients cost a few
-milliseconds, not a model load.
+same session. The clients themselves are not per request: one client per role,
+service and region is built once and kept (``deploy_helper.execution.clients``), and each
+request's calls through it are signed with that request's credentials.
 
 Every S3 call through a target-account client carries ``ExpectedBucketOwner`` (the
 target account): S3 refuses it (403 AccessDenied) when another account owns the
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper.exceptions import TargetAccessError
+from deploy_helper.execution.clients import ClientPool
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -68,37 +69,29 @@ class _Cached:
 
 
 class TargetClients:
-    """boto3 clients acting as the broker role in one target account."""
+    """Clients acting as one role in one target account for one request (its AssumeRole session).
 
-    def __init__(self, session: boto3.Session, account: str, credentials: dict[str, Any], config: Config | None):
-        self._session = session
+    The clients come from the broker's ``ClientPool`` (``deploy_helper.execution.clients``): built
+    once per role, service and region and shared between requests, each call signed with this
+    request's credentials, each request's hooks its own.
+    """
+
+    def __init__(self, pool: ClientPool, role_arn: str, account: str, credentials: dict[str, Any]):
+        self._pool = pool
+        self.role_arn = role_arn
         self.account = account
         self._credentials = credentials
-        self._config = config
         self._clients: dict[tuple[str, str | None], Any] = {}
         self._lock = threading.Lock()
 
     def client(self, service: str, region: str | None = None) -> Any:
         key = (service, region)
         with self._lock:
-            if key not in self._clients:
-                client = self._session.client(
-                    service,  # type: ignore[call-overload]
-                    region_name=region,
-                    aws_access_key_id=self._credentials["AccessKeyId"],
-                    aws_secret_access_key=self._credentials["SecretAccessKey"],
-                    aws_session_token=self._credentials["SessionToken"],
-                    config=self._config,
-                )
-                if service == "s3":
-                    client.meta.events.register("provide-client-params.s3", self._expect_bucket_owner)
+            client = self._clients.get(key)
+            if client is None:
+                client = self._pool.client(self.role_arn, self.account, service, region, self._credentials)
                 self._clients[key] = client
-            return self._clients[key]
-
-    def _expect_bucket_owner(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        """Name this account as the bucket's owner on every S3 call that accepts it."""
-        if model.input_shape is not None and "ExpectedBucketOwner" in model.input_shape.members:
-            params.setdefault("ExpectedBucketOwner", self.account)
+            return client
 
 
 class TargetSessions:
@@ -124,6 +117,8 @@ class TargetSessions:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._sts: Any = None
+        #: Target-account clients, kept across requests (``deploy_helper.execution.clients``).
+        self.clients = ClientPool(session, client_config)
 
     def role_arn(self, account: str) -> str:
         return f"arn:aws:iam::{account}:role{self._config.target_role_path}{self._config.target_role_name}"
@@ -161,7 +156,7 @@ class TargetSessions:
                     while len(self._cache) > MAX_SESSIONS:
                         old, _ = self._cache.popitem(last=False)
                         self._locks.pop(old, None)
-        return TargetClients(self._session, account, cached.credentials, self._client_config)
+        return TargetClients(self.clients, role_arn, account, cached.credentials)
 
     def _sts_client(self) -> Any:
         with self._guard:

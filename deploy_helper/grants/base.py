@@ -26,7 +26,9 @@ locking, retries and the ledger.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -366,6 +368,16 @@ def _statements(state: Any) -> list[dict[str, Any]]:
 
 
 def managed_id(identity: dict[str, Any], length: int = 24) -> str:
-    """``DeployHelper`` + hex digest of the grant's canonical identity (alphanumeric only)."""
-    digest = hashlib.sha256(rfc8785.dumps(identity)).hexdigest()[:length]
+    """``DeployHelper`` + hex digest of the grant's canonical identity (alphanumeric only).
+
+    A request asks for each grant's id many times (planning, owners, results, ledger
+    entries); the canonical form (RFC 8785, in pure Python) is computed once per identity:
+    ``json.dumps`` with sorted keys, which is as distinct as the identity, is the cache key.
+    """
+    return _managed_id(json.dumps(identity, sort_keys=True, separators=(",", ":")), length)
+
+
+@functools.lru_cache(maxsize=16384)
+def _managed_id(key: str, length: int) -> str:
+    digest = hashlib.sha256(rfc8785.dumps(json.loads(key))).hexdigest()[:length]
     return f"{PRODUCT_PREFIX}{digest}"

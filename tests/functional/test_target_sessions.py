@@ -249,3 +249,66 @@ def test_a_bucket_of_another_account_is_refused_and_left_alone(
     ]
     assert [(e["action"], e["decision"]) for e in recorded] == [("apply", "failed"), ("revoke", "failed")]
     assert all("AccessDenied" in e["reason"] for e in recorded)
+
+
+# -- clients kept across requests ------------------------------------------------------------------
+
+
+def test_a_second_request_reuses_the_clients_and_signs_with_its_own_session(
+    scenario: Scenario, strict_broker: Broker, recorder: Recorder, issued: dict[str, dict[str, Any]]
+) -> None:
+    """Two requests through the broker: no client is built for the second; each signs as itself."""
+    client = scenario.client(strict_broker)
+    pool = strict_broker.sessions.clients
+    assert pool.sharing
+    names: list[str] = []
+    built: list[int] = []
+    for request_id, action in (("req-keep-1", "apply"), ("req-keep-2", "revoke")):
+        recorder.clear()
+        response = client.request([scenario.bucket_grant("service-a")], request_id=request_id, action=action)
+        assert [r.decision for r in response.results] == ["applied" if action == "apply" else "revoked"]
+        built.append(pool.built)
+        (assumed,) = recorder.assumed
+        used = {key for op, key in recorder.signed_with if op.endswith("BucketPolicy")}
+        assert used == {assumed["key"]}  # every bucket call of this request: this request's session
+        (key,) = used
+        names.append(identity_of(issued[key]).rsplit("/", 1)[1])
+    assert names == ["dh-req-keep-1", "dh-req-keep-2"]
+    assert built[1] == built[0]  # the second request built no client
+
+
+def test_a_requests_hooks_see_only_its_own_calls(strict_broker: Broker, scenario: Scenario) -> None:
+    """One shared client, two requests' views: a hook on one view never runs for the other's calls."""
+    from deploy_helper.audit.drift import read_only
+    from deploy_helper.exceptions import BrokerError
+
+    tooling = seed.ACCOUNTS["tooling"]
+    first = strict_broker.sessions.for_account(tooling, "req-hooks-1").client("s3", LOCAL_REGION)
+    second = strict_broker.sessions.for_account(tooling, "req-hooks-2").client("s3", LOCAL_REGION)
+    assert first.shared_client is second.shared_client
+
+    read_only(first)  # drift's guard: the first request may only read
+    policy = first.get_bucket_policy(Bucket=scenario.bucket)["Policy"]
+    with pytest.raises(BrokerError, match="read-only"):
+        first.put_bucket_policy(Bucket=scenario.bucket, Policy=policy)
+    second.put_bucket_policy(Bucket=scenario.bucket, Policy=policy)  # the second request writes
+
+    seen: list[str] = []
+    second.meta.events.register("after-call.s3", lambda model, **_: seen.append(model.name))
+    first.get_bucket_policy(Bucket=scenario.bucket)
+    second.get_bucket_policy(Bucket=scenario.bucket)
+    assert seen == ["GetBucketPolicy"]  # once: the second request's call, not the first's
+    with pytest.raises(ValueError, match="not forwarded"):
+        second.meta.events.register("creating-client-class.s3", lambda **_: None)
+
+
+def test_a_shared_client_outside_a_request_sends_nothing(strict_broker: Broker, aws_calls: AwsCallLog) -> None:
+    """A shared client called directly has no credentials: botocore refuses before sending."""
+    from botocore.exceptions import NoCredentialsError
+
+    view = strict_broker.sessions.for_account(seed.ACCOUNTS["tooling"], "req-bare").client("s3", LOCAL_REGION)
+    before = len(aws_calls.calls)
+    with pytest.raises(NoCredentialsError):
+        view.shared_client.list_buckets()
+    assert len(aws_calls.calls) == before
+    assert view.list_buckets()["ResponseMetadata"]["HTTPStatusCode"] == 200  # through the view: signed
