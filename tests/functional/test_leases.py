@@ -117,6 +117,7 @@ def race(
     clock: Clock,
     *,
     skip: int = 0,
+    action: str = "revoke",
 ) -> tuple[BrokerResponse, BrokerResponse]:
     """Request 1 (``slow``) applies ``apply`` and is held at its write; the lease clock passes its
     lease; request 2 (``fast``) revokes ``revoke``; then request 1 goes on. Both responses."""
@@ -127,7 +128,7 @@ def race(
         try:
             assert stall.wait_reached(), f"request 1 never reached {stall_on}"
             clock.advance(LEASE + 1)
-            second = sc.client(fast).request(revoke, action="revoke", request_id="newer-revoke")
+            second = sc.client(fast).request(revoke, action=action, request_id="newer-revoke")
         finally:
             stall.release()
         return first.result(timeout=120), second
@@ -202,23 +203,26 @@ def test_a_stale_lambda_write_is_refused_by_its_revision_even_without_the_lease_
 ) -> None:
     """Defense in depth: request 1 holds no lease at all; Lambda's RevisionId still stops it.
 
-    Request 1 applies two permissions; it is held before the second, after the first was
-    made and the policy read back (the revision the second is pinned to). Request 2
-    revokes both: it removes the first, the second is not there yet. Unpinned, request 1
-    would now add the second after the revoke; pinned, Lambda refuses it.
+    Request 1 plans two permissions on the policy it read and is held before its first
+    call. Request 2 changes the function policy meanwhile (it grants another API of service-a).
+    Request 1's first call is pinned to the revision it read, so Lambda refuses it and
+    nothing of request 1's stale plan is sent; request 2's change stands.
     """
     sc, clock = scenario, Clock()
     fast = broker(sc, aws_calls, leases(sc, clock))
     slow = held(sc, aws_calls, NoLock())
     grants = [FUNCTION.grant(sc, "service-a"), FUNCTION.grant(sc, "service-b")]
+    other_api = sc.api_ids["service-a"][:-1] + ("x" if sc.api_ids["service-a"][-1] != "x" else "y")
+    newer = {**grants[0], "source_arn": grants[0]["source_arn"].replace(sc.api_ids["service-a"], other_api)}
 
-    first, second = race(sc, slow, fast, FUNCTION.write, grants, grants, clock, skip=1)
+    first, second = race(sc, slow, fast, FUNCTION.write, grants, [newer], clock, action="apply")
 
-    assert [r.decision for r in second.results] == ["revoked", "absent"]
+    assert [r.decision for r in second.results] == ["applied"]
     assert [r.decision for r in first.results] == ["failed", "failed"]
     assert all("RevisionId precondition" in r.reason for r in first.results)
     present = sids(sc.function_policy())
-    assert not {sid(g) for g in grants} & present, "the revoke stands"
+    assert sid(newer) in present, "the newer change stands"
+    assert not {sid(g) for g in grants} & present, "nothing of the stale plan was written"
     assert seed.FOREIGN_SID in present
     refused = [(c.operation, c.error, c.status) for c in aws_calls.failures()]
     assert refused == [("lambda.AddPermission", "PreconditionFailedException", 412)]
