@@ -328,8 +328,10 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     a shared permission (its reference recorded); request 1 (with no lease, so nothing
     stops it but the references' version) revokes it and is held just before it writes;
     request 2 applies the second API, which joins the shared permission (a reference
-    write, no AWS call). Request 1 then finds the references changed and removes
-    nothing: the permission that now stands for the second grant stays.
+    write, no AWS call). Request 1's claim of the references it read (written with its
+    intent, in one transaction) then fails: it writes nothing, reads again, and now
+    only takes its grant out of the references -- the permission that stands for the
+    second grant stays.
     """
     sc = seed.build_scaled(fresh_local, tmp_path, 1, compaction=["widen-source-arn"])
     service = sc.services[0]
@@ -365,8 +367,11 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     )
     fast = broker(sc, aws_calls, leases(sc, Clock()))
     slow_broker, stalls = held(sc, aws_calls, NoLock())
-    # request 1's claim of the version it read: the conditional write made just before it removes
-    stall = stalls.hold("dynamodb.UpdateItem", where=lambda p: p.get("TableName") == references)
+    # request 1's claim of the version it read: the transaction (with its intent) just before it removes
+    stall = stalls.hold(
+        "dynamodb.TransactWriteItems",
+        where=lambda p: any(i.get("Update", {}).get("TableName") == references for i in p.get("TransactItems", [])),
+    )
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(sc.client(slow_broker).request, [leaving], action="revoke", request_id="last-leaves")
@@ -380,14 +385,13 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     assert second.ok, second.error
     assert second.results[0].decision == "applied"
     assert second.results[0].compaction is not None and shared in second.results[0].compaction
-    assert revoke.results[0].decision == "failed"
-    assert "references and owners of" in revoke.results[0].reason and "changed" in revoke.results[0].reason
+    assert revoke.results[0].decision == "revoked", revoke.results[0].reason
     assert shared in sids(sc.function_policy()), "the shared permission stays: it stands for the joining grant"
     assert "lambda.RemovePermission" not in aws_calls.operations()
     item = tables.get_item(TableName=references, Key={"pk": {"S": sc.authorizer_arn}}, ConsistentRead=True)["Item"]
-    assert sorted(item["statements"]["M"][shared]["SS"]) == sorted([sid(leaving), sid(joining)])
-    outcome = [e for e in entries_of(fast, "last-leaves") if e["type"] == "outcome"]
-    assert [e["decision"] for e in outcome] == ["failed"]
+    assert item["statements"]["M"][shared]["SS"] == [sid(joining)]
+    recorded = [(e["type"], e["decision"]) for e in entries_of(fast, "last-leaves")]
+    assert recorded == [("intent", "revoked"), ("outcome", "revoked")], "the refused claim wrote no entry"
 
 
 def test_the_brokers_writes_fit_in_a_default_lease() -> None:
