@@ -23,10 +23,12 @@ Fail closed: a change is sent to AWS only after its intent entry is in the
 ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
 
-Leases: a resource whose kind serializes writes is read, planned and written under
-its lease (``deploy_helper.execution.locks``); every write attempt under it first proves the
-lease is still held and outlasts the attempt (``deploy_helper.execution.fencing``), so a
-request that fell behind a newer one fails (``lease-lost``) instead of undoing it.
+Leases and round trips: a resource is read, planned and written by
+``deploy_helper.execution.resource``: the lease is taken with the intent entries in one
+DynamoDB transaction and given back with the outcome entries in another; every write
+attempt under it first proves the lease outlasts the attempt
+(``deploy_helper.execution.fencing``), so a request that fell behind a newer one fails
+(``lease-lost``) instead of undoing it.
 """
 
 from __future__ import annotations

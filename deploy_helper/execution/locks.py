@@ -1,5 +1,9 @@
 """Serializing writers of one resource policy: leases that are renewed, checked and fenced.
 
+The broker takes and gives back its leases inside the ledger's transactions
+(``take_item``/``release_item``, see ``deploy_helper.execution.resource``);
+``DynamoLocks.hold`` takes one on its own, for work that writes no entries with it.
+
 Bucket policies are read-modify-written as a whole: two brokers editing the
 same bucket at once would lose one statement. The broker therefore holds a
 lease per resource around read → plan → write. ``NoLock`` is for resources
@@ -9,8 +13,9 @@ A lease is a time-limited claim, so a crashed holder blocks nobody for long. A
 holder that is merely *slow* (long AWS retries, a throttled ledger) must not
 outlive it and then write over a newer request's change. Three things see to that:
 
-- a heartbeat renews the lease while its holder works (a conditional update on the
-  holder's token: if it fails, the holder knows it lost the lease);
+- the lease is renewed while its holder works (a conditional update on the holder's
+  token: if it fails, the holder knows it lost the lease) -- by a heartbeat under
+  ``DynamoLocks.hold``, and by ``ensure`` when a write needs more time than is left;
 - ``Lease.ensure(seconds)`` runs immediately before every write: unless the term the
   table last confirmed (by the take or a renewal, timed from before that call was
   sent) still outlasts the write's bounded time plus a margin, it proves in the
