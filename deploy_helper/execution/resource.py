@@ -135,12 +135,14 @@ class ResourceRunner:
         if leased:
             fencing.guard(client)
         wait = locks.wait_seconds if locks is not None else CLAIM_WAIT_SECONDS
-        deadline = broker.clock() + wait
+        # Leases are taken and expire by the lease table's clock.
+        clock = locks.clock if locks is not None else broker.clock
+        deadline = clock() + wait
         delay = 0.01
         while True:
             state, record, seen = self._read(kind, client, resource, leased)
-            if seen is not None and seen.busy(broker.clock()):
-                if broker.clock() >= deadline:
+            if seen is not None and seen.busy(clock()):
+                if clock() >= deadline:
                     raise ExecutionError(
                         f"{resource} is being changed by another request and stayed busy for "
                         f"{wait:.0f} s; nothing was changed — retry the request"
@@ -155,7 +157,7 @@ class ResourceRunner:
             try:
                 return step.execute(client, seen if leased else None, leased)
             except ClaimConflict:
-                if broker.clock() >= deadline:
+                if clock() >= deadline:
                     raise ExecutionError(
                         f"{resource} kept changing under other requests; nothing was changed — retry the request"
                     ) from None
