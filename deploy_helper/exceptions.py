@@ -107,3 +107,15 @@ class RetriedRequest(AuthenticationError):
     def __init__(self, answer: dict[str, object] | None) -> None:
         super().__init__("this exact request was already received")
         self.answer = answer
+
+
+class ClaimConflict(Exception):
+    """A condition written with ledger entries did not hold: nothing of that transaction was written.
+
+    ``failed`` holds the positions (in the ``items`` given) of the conditions that failed,
+    e.g. a lease another request took, or references that changed since they were read.
+    """
+
+    def __init__(self, failed: list[int]) -> None:
+        super().__init__(f"conditions not met: {failed}")
+        self.failed = failed

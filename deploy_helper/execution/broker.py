@@ -23,10 +23,12 @@ Fail closed: a change is sent to AWS only after its intent entry is in the
 ledger. If the ledger cannot be written, the grants fail with a message that
 says so and nothing is changed.
 
-Leases: a resource whose kind serializes writes is read, planned and written under
-its lease (``deploy_helper.execution.locks``); every write attempt under it first proves the
-lease is still held and outlasts the attempt (``deploy_helper.execution.fencing``), so a
-request that fell behind a newer one fails (``lease-lost``) instead of undoing it.
+Leases and round trips: a resource is read, planned and written by
+``deploy_helper.execution.resource``: the lease is taken with the intent entries in one
+DynamoDB transaction and given back with the outcome entries in another; every write
+attempt under it first proves the lease outlasts the attempt
+(``deploy_helper.execution.fencing``), so a request that fell behind a newer one fails
+(``lease-lost``) instead of undoing it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from botocore.config import Config
@@ -44,9 +45,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError, RetriedRequest
 from deploy_helper.execution import fencing, heap, telemetry
 from deploy_helper.execution.locks import Locker, NoLock
-from deploy_helper.execution.owners import Acting, OwnerBook, pipeline_owner
-from deploy_helper.execution.policydoc import digest
-from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
+from deploy_helper.execution.owners import Acting, pipeline_owner
+from deploy_helper.execution.resource import ResourceRunner
+from deploy_helper.grants import Allowed, GrantSpec, kind_of
 from deploy_helper.ledger import entries
 from deploy_helper.ledger.group_commit import GroupCommit
 from deploy_helper.models import BrokerResponse, ErrorBody, GrantResult
@@ -59,9 +60,8 @@ if TYPE_CHECKING:
     import boto3
 
     from deploy_helper.config import BrokerConfig
-    from deploy_helper.execution.references import ReferenceStore, ResourceRecord
-    from deploy_helper.execution.sessions import TargetClients, TargetSessions
-    from deploy_helper.grants.base import Operation
+    from deploy_helper.execution.references import DynamoReferences
+    from deploy_helper.execution.sessions import TargetSessions
     from deploy_helper.ledger import Ledger
     from deploy_helper.trust.callers import CallerRegistry
     from deploy_helper.trust.nonces import NonceStore
@@ -98,14 +98,18 @@ class Broker:
         ledger: Ledger,
         locks: Locker | None = None,
         clock: Callable[[], float] = time.time,
-        references: ReferenceStore | None = None,
+        references: DynamoReferences | None = None,
+        tables: Any = None,
     ) -> None:
         self.config = config
         self.rules = rules
         self.sessions = sessions
         self.ledger = ledger
-        self._group = GroupCommit(ledger)
         self.locks = locks or NoLock()
+        #: The DynamoDB client of the broker's own tables (leases, references), if any.
+        tables = tables or getattr(self.locks, "_client", None)
+        self._group = GroupCommit(ledger, transact=tables)
+        self._runner = ResourceRunner(self, tables)
         #: Who shares a widened Lambda permission and who owns each grant (``deploy_helper.execution.owners``);
         #: None: no reference table, so no widening and no owners (the first revoke removes a grant).
         self.references = references
@@ -172,6 +176,7 @@ class Broker:
             locks=locks,
             clock=clock,
             references=references,
+            tables=ddb,
         )
 
     # -- entry ------------------------------------------------------------
@@ -353,7 +358,8 @@ class Broker:
             if out_of_time():
                 return self._fail_all(request, items, NOT_ATTEMPTED)
             try:
-                return self._run_resource(payload, request, clients, resource, region, items, allowed_of, acting)
+                client = clients.client(kind_of(items[0][1]).service, region)
+                return self._runner.run(payload, request, client, resource, items, allowed_of, acting)
             except LedgerError:
                 raise
             except (BrokerError, ClientError, BotoCoreError) as exc:
@@ -368,226 +374,6 @@ class Broker:
         # Independent resources of one account (a bucket and a key, say) overlap.
         with ThreadPoolExecutor(max_workers=min(RESOURCE_WORKERS, len(keys)), thread_name_prefix="resource") as pool:
             return [result for batch in pool.map(run, keys) for result in batch]
-
-    def _run_resource(
-        self,
-        payload: RequestPayload,
-        request: dict[str, Any],
-        clients: TargetClients,
-        resource: str,
-        region: str | None,
-        items: list[tuple[int, GrantSpec, str]],
-        allowed_of: dict[int, Allowed] | None = None,
-        acting: Acting | None = None,
-    ) -> list[GrantResult]:
-        from deploy_helper.execution.references import ResourceRecord
-
-        kind = kind_of(items[0][1])
-        allowed = [(allowed_of or {}).get(index) or Allowed(rule) for index, _, rule in items]
-        client = clients.client(kind.service, region)
-        rule_of = {id(spec): rule for _, spec, rule in items}
-        index_of = {id(spec): index for index, spec, _ in items}
-        # Owners (kept in the reference table) change under the lease, whatever the kind.
-        leased = kind.serialize_writes or self.references is not None
-        hold = self.locks.hold(resource) if leased and not payload.dry_run else nullcontext()
-        with hold as lease:
-            if lease is not None:
-                fencing.guard(client)
-            state = kind.read(client, resource)
-            record = self.references.read_record(resource) if self.references else ResourceRecord()
-            version = record.version
-            acting = acting or Acting(request.get("owner") or pipeline_owner(str(request.get("caller")), None))
-            book = OwnerBook(record.owners if self.references else None, acting)
-            plan = self._plan(kind, state, resource, items, allowed, record, book, payload.action)
-            owners_of = {id(p.spec): book.after(p.spec, kind.grant_id(p.spec)) for p in plan.items}
-            before, after = digest(plan.before), digest(plan.after)
-            if payload.dry_run:
-                return self._planned(request, kind.diff(plan), plan, rule_of, index_of, before, after, owners_of)
-            changing = [p for p in plan.items if p.outcome in ("applied", "revoked") or book.changed(p.spec)]
-            settled = [p for p in plan.items if not (p.outcome in ("applied", "revoked") or book.changed(p.spec))]
-            results: list[GrantResult] = []
-            settled_entries = [
-                entries.grant_entry(
-                    self.clock(),
-                    "decision",
-                    request,
-                    p.spec,
-                    decision=p.outcome,
-                    reason=p.reason,
-                    rule_id=rule_of[id(p.spec)],
-                    before=before,
-                    after=before,
-                    compaction=p.compaction,
-                    owners=owners_of[id(p.spec)],
-                )
-                for p in settled
-            ]
-            intent_entries = [
-                entries.grant_entry(
-                    self.clock(),
-                    "intent",
-                    request,
-                    p.spec,
-                    decision=p.outcome,
-                    reason="about to change",
-                    rule_id=rule_of[id(p.spec)],
-                    before=before,
-                    after=after,
-                    compaction=p.compaction,
-                    owners=owners_of[id(p.spec)],
-                )
-                for p in changing
-            ]
-            try:
-                ids = self._group.append_many(settled_entries + intent_entries)
-            except LedgerError as exc:
-                msg = f"{exc.message}; no change was made"
-                return [
-                    self._result(index_of[id(p.spec)], p.spec, "failed", msg, rule_of[id(p.spec)]) for p in plan.items
-                ]
-            settled_ids, intent_ids = ids[: len(settled)], ids[len(settled) :]
-            for p, entry_id in zip(settled, settled_ids, strict=True):
-                results.append(
-                    self._result(index_of[id(p.spec)], p.spec, p.outcome, p.reason, rule_of[id(p.spec)], entry_id)
-                )
-                results[-1].compaction = p.compaction
-            if not changing:
-                return results
-            error: str | None = None
-            recorded: list[bool] = []  # whether the owners were written (before a failure)
-            try:
-                # Each write attempt first proves the lease is still held (``deploy_helper.execution.fencing``).
-                with fencing.fenced(lease) if lease is not None else nullcontext():
-                    self._write(kind, client, plan, payload.action, version, recorded)
-            except (ClientError, BotoCoreError) as exc:
-                error = _describe(exc)
-            except BrokerError as exc:
-                error = exc.message
-            outcome_entries = []
-            for p, intent_id in zip(changing, intent_ids, strict=True):
-                decision = "failed" if error else p.outcome
-                outcome_entries.append(
-                    entries.grant_entry(
-                        self.clock(),
-                        "outcome",
-                        request,
-                        p.spec,
-                        decision=decision,
-                        reason=error or p.reason,
-                        rule_id=rule_of[id(p.spec)],
-                        before=before,
-                        after=before if error else after,
-                        intent=intent_id,
-                        compaction=p.compaction,
-                        owners=owners_of[id(p.spec)]
-                        if recorded or not error
-                        else book.before(p.spec, kind.grant_id(p.spec)),
-                    )
-                )
-            try:
-                outcome_ids = self._group.append_many(outcome_entries)
-            except LedgerError:
-                # The change is made; its intent is recorded and `ledger verify` reports the
-                # missing outcome until a re-run of the same request records it.
-                logger.exception("could not record outcomes for %s", resource)
-                outcome_ids = intent_ids
-            for p, entry_id in zip(changing, outcome_ids, strict=True):
-                decision = "failed" if error else p.outcome
-                reason = error or p.reason
-                results.append(
-                    self._result(index_of[id(p.spec)], p.spec, decision, reason, rule_of[id(p.spec)], entry_id)
-                )
-                results[-1].compaction = p.compaction
-            return results
-
-    def _plan(
-        self,
-        kind: Any,
-        state: Any,
-        resource: str,
-        items: list[tuple[int, GrantSpec, str]],
-        allowed: list[Allowed],
-        record: ResourceRecord,
-        book: OwnerBook,
-        action: Operation,
-    ) -> ResourcePlan:
-        """The kind's plan of the grants the owner layer lets through, with the owner layer's own decisions."""
-        screened = [book.screen(spec, kind.grant_id(spec), action) for _, spec, _ in items]
-        asked = [(spec, action) for (_, spec, _), s in zip(items, screened, strict=True) if s is None]
-        allow = [a for a, s in zip(allowed, screened, strict=True) if s is None]
-        if kind.uses_references:
-            references = record.references if self.references else None
-            plan: ResourcePlan = kind.plan(state, resource, asked, allow, references=references)
-        else:
-            plan = kind.plan(state, resource, asked, allow)
-        for p in plan.items:
-            book.settle(p, kind.grant_id(p.spec))
-        plan.items.extend(s for s in screened if s is not None)
-        plan.owners = book.result()
-        return plan
-
-    def _write(
-        self, kind: Any, client: Any, plan: ResourcePlan, action: str, version: int, recorded: list[bool]
-    ) -> None:
-        """Make the change; references and owners first on apply, last on revoke (``deploy_helper.execution.owners``).
-
-        ``recorded`` gets an item once the owners are written, so a failure after it is told apart.
-        """
-        if (plan.references is None and plan.owners is None) or self.references is None:
-            kind.write(client, plan)
-            return
-        if action == "apply":
-            fencing.check(TABLE_WRITE_SECONDS)
-            self.references.write(plan.resource, plan.references, version, owners=plan.owners)
-            recorded.append(True)
-            kind.write(client, plan)
-        else:
-            # Claim the version first (a conditional write that only moves the version on): if
-            # the references or owners changed since this request read them, nothing is removed.
-            fencing.check(TABLE_WRITE_SECONDS)
-            self.references.write(plan.resource, None, version)
-            kind.write(client, plan)
-            fencing.check(TABLE_WRITE_SECONDS)
-            self.references.write(plan.resource, plan.references, version + 1, owners=plan.owners)
-
-    def _planned(
-        self,
-        request: dict[str, Any],
-        diff: str,
-        plan: ResourcePlan,
-        rule_of: dict[int, str],
-        index_of: dict[int, int],
-        before: str,
-        after: str,
-        owners_of: dict[int, list[str] | None] | None = None,
-    ) -> list[GrantResult]:
-        planned = {"applied": "would-apply", "revoked": "would-revoke", "failed": "would-fail"}
-        results = []
-        plan_entries = []
-        for p in plan.items:
-            decision = planned.get(p.outcome, p.outcome)
-            plan_entries.append(
-                entries.grant_entry(
-                    self.clock(),
-                    "decision",
-                    request,
-                    p.spec,
-                    decision=decision,
-                    reason=p.reason,
-                    rule_id=rule_of[id(p.spec)],
-                    before=before,
-                    after=after,
-                    compaction=p.compaction,
-                    owners=(owners_of or {}).get(id(p.spec)),
-                )
-            )
-            result = self._result(index_of[id(p.spec)], p.spec, decision, p.reason, rule_of[id(p.spec)])
-            result.diff = diff or None
-            result.compaction = p.compaction
-            results.append(result)
-        for result, entry_id in zip(results, self._group.append_many(plan_entries), strict=True):
-            result.ledger_entry = entry_id
-        return results
 
     def _fail_all(
         self, request: dict[str, Any], items: list[tuple[int, GrantSpec, str]], reason: str

@@ -1,5 +1,9 @@
 """Serializing writers of one resource policy: leases that are renewed, checked and fenced.
 
+The broker takes and gives back its leases inside the ledger's transactions
+(``take_item``/``release_item``, see ``deploy_helper.execution.resource``);
+``DynamoLocks.hold`` takes one on its own, for work that writes no entries with it.
+
 Bucket policies are read-modify-written as a whole: two brokers editing the
 same bucket at once would lose one statement. The broker therefore holds a
 lease per resource around read → plan → write. ``NoLock`` is for resources
@@ -9,12 +13,17 @@ A lease is a time-limited claim, so a crashed holder blocks nobody for long. A
 holder that is merely *slow* (long AWS retries, a throttled ledger) must not
 outlive it and then write over a newer request's change. Three things see to that:
 
-- a heartbeat renews the lease while its holder works (a conditional update on the
-  holder's token: if it fails, the holder knows it lost the lease);
-- ``Lease.ensure(seconds)`` runs immediately before every write: it proves in the
+- the lease is renewed while its holder works (a conditional update on the holder's
+  token: if it fails, the holder knows it lost the lease) -- by a heartbeat under
+  ``DynamoLocks.hold``, and by ``ensure`` when a write needs more time than is left;
+- ``Lease.ensure(seconds)`` runs immediately before every write: unless the term the
+  table last confirmed (by the take or a renewal, timed from before that call was
+  sent) still outlasts the write's bounded time plus a margin, it proves in the
   lease table that this holder still holds the lease (token and generation — the
-  fencing token), extends it, and refuses unless the lease then outlasts the
-  write's bounded time plus a margin (``LeaseLostError``: nothing is sent);
+  fencing token) and extends it; it refuses unless the lease then outlasts the
+  write (``LeaseLostError``: nothing is sent). The margin also covers clock skew
+  between brokers: another holder can take the lease only once it has expired by
+  its own clock;
 - where AWS offers a precondition, the write carries it too (Lambda's
   ``RevisionId``, see ``deploy_helper.grants.lambda_write``).
 
@@ -33,6 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -73,6 +83,19 @@ class NoLock:
     @contextmanager
     def hold(self, resource: str) -> Iterator[Lease]:
         yield Unfenced(resource)
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """A lease as read: its generation, holder (None: free) and expiry (epoch seconds)."""
+
+    generation: int
+    owner: str | None
+    expires_at: float
+
+    def busy(self, now: float) -> bool:
+        """Held by someone and not yet expired."""
+        return self.owner is not None and self.expires_at >= now
 
 
 class DynamoLease:
@@ -121,6 +144,10 @@ class DynamoLease:
 
     def ensure(self, seconds: float) -> None:
         margin = self._locks.margin
+        if not self.lost and self.remaining() >= seconds + margin:
+            # Held until ``expires_at`` as confirmed by the table (the last take or renewal);
+            # nobody can take it before then, by their clock, within ``margin``: no call needed.
+            return
         try:
             held = self.renew()
         except (ClientError, BotoCoreError) as exc:
@@ -189,6 +216,88 @@ class DynamoLocks:
             if beat is not None:
                 beat.join()
             self._release(lease)
+
+    # -- taken in the ledger's transaction ----------------------------------
+    def key(self, resource: str) -> dict[str, Any]:
+        return {"pk": {"S": resource}}
+
+    @property
+    def table(self) -> str:
+        return self._table
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long a request waits for a busy resource before it gives up."""
+        return self._wait
+
+    def view(self, item: dict[str, Any] | None) -> LeaseView:
+        """The lease as a consistent read of its item found it (``item`` None: never taken)."""
+        if not item:
+            return LeaseView(0, None, 0.0)
+        return LeaseView(
+            int(item.get("generation", {}).get("N", "0")),
+            item.get("owner", {}).get("S"),
+            float(item.get("expires_at", {}).get("N", "0")),
+        )
+
+    def peek(self, resource: str) -> LeaseView:
+        """One consistent read of the lease (``DynamoLocks.take_item`` needs what it saw)."""
+        item = self._client.get_item(TableName=self._table, Key=self.key(resource), ConsistentRead=True).get("Item")
+        return self.view(item)
+
+    def take_item(self, resource: str, seen: LeaseView) -> tuple[dict[str, Any], DynamoLease]:
+        """A transaction item that takes the lease ``seen`` -- if nobody took it since -- and the lease it gives.
+
+        The condition holds only while the generation is still the one seen and the lease
+        is free or expired, so whatever was read when it was seen is still what the last
+        holder left: no write under a lease can have happened in between.
+        """
+        token = uuid.uuid4().hex
+        now = self.clock()
+        expires_at = int(now + self.lease_seconds)
+        values: dict[str, Any] = {
+            ":token": {"S": token},
+            ":exp": {"N": str(expires_at)},
+            ":gen": {"N": str(seen.generation + 1)},
+            ":now": {"N": str(int(now))},
+        }
+        if seen.generation == 0:
+            condition = "attribute_not_exists(generation)"
+        else:
+            condition = "generation = :seen AND (attribute_not_exists(#o) OR expires_at < :now)"
+            values[":seen"] = {"N": str(seen.generation)}
+        item = {
+            "Update": {
+                "TableName": self._table,
+                "Key": self.key(resource),
+                "UpdateExpression": "SET #o = :token, expires_at = :exp, generation = :gen",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#o": "owner"},
+                "ExpressionAttributeValues": values,
+            }
+        }
+        return item, DynamoLease(self, resource, token, seen.generation + 1, expires_at)
+
+    def release_item(self, lease: DynamoLease) -> dict[str, Any]:
+        """A transaction item that gives ``lease`` back (only while this holder still holds it)."""
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": self.key(lease.resource),
+                "UpdateExpression": "REMOVE #o SET expires_at = :now",
+                "ConditionExpression": "#o = :token AND generation = :gen",
+                "ExpressionAttributeNames": {"#o": "owner"},
+                "ExpressionAttributeValues": {
+                    ":token": {"S": lease.token},
+                    ":gen": {"N": str(lease.generation)},
+                    ":now": {"N": str(int(self.clock()))},
+                },
+            }
+        }
+
+    def release(self, lease: DynamoLease) -> None:
+        """Give ``lease`` back on its own (when it could not go with the ledger's entries)."""
+        self._release(lease)
 
     # -- the table ---------------------------------------------------------
     def _acquire(self, resource: str, token: str) -> DynamoLease:

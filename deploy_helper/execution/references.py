@@ -74,10 +74,20 @@ class DynamoReferences:
         record = self.read_record(resource)
         return record.references, record.version
 
+    @property
+    def table(self) -> str:
+        return self._table
+
+    def key(self, resource: str) -> dict[str, Any]:
+        return {"pk": {"S": resource}}
+
     def read_record(self, resource: str) -> ResourceRecord:
-        item = self._client.get_item(TableName=self._table, Key={"pk": {"S": resource}}, ConsistentRead=True).get(
-            "Item"
-        )
+        item = self._client.get_item(TableName=self._table, Key=self.key(resource), ConsistentRead=True).get("Item")
+        return self.record(item)
+
+    @staticmethod
+    def record(item: dict[str, Any] | None) -> ResourceRecord:
+        """The record a consistent read of the item found (``item`` None: nothing recorded yet)."""
         if not item:
             return ResourceRecord()
         return ResourceRecord(
@@ -86,9 +96,10 @@ class DynamoReferences:
             version=int(item["version"]["N"]),
         )
 
-    def write(
+    def write_item(
         self, resource: str, references: References | None, version: int, *, owners: Owners | None = None
-    ) -> None:
+    ) -> dict[str, Any]:
+        """The conditional update of ``write`` as a transaction item (written with the ledger's entries)."""
         # The item stays (perhaps empty) once it exists, so its version only grows.
         names = {"#v": "version"}
         values: dict[str, Any] = {":nv": {"N": str(version + 1)}}
@@ -104,25 +115,36 @@ class DynamoReferences:
         else:
             condition = "#v = :v"
             values[":v"] = {"N": str(version)}
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": self.key(resource),
+                "UpdateExpression": "SET " + ", ".join(sets),
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    def write(
+        self, resource: str, references: References | None, version: int, *, owners: Owners | None = None
+    ) -> None:
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": resource}},
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
+            self._client.update_item(**self.write_item(resource, references, version, owners=owners)["Update"])
         except ClientError as exc:
             code = exc.response["Error"]["Code"]
             if code == "ConditionalCheckFailedException":
-                raise ExecutionError(
-                    f"the references and owners of {resource} changed while this request held its lease; "
-                    "nothing more was changed — retry the request"
-                ) from exc
+                raise ExecutionError(changed_message(resource)) from exc
             raise ExecutionError(
                 f"cannot record the references and owners of {resource} ({code}); retry the request"
             ) from exc
+
+
+def changed_message(resource: str) -> str:
+    return (
+        f"the references and owners of {resource} changed while this request held its lease; "
+        "nothing more was changed — retry the request"
+    )
 
 
 def _sets(attribute: Any) -> dict[str, list[str]]:

@@ -392,13 +392,13 @@ class LambdaInvoke(GrantKind[LambdaInvokeGrant]):
         ).message
 
     def write(self, client: Any, plan: ResourcePlan) -> None:
-        """One call per permission, in order, each pinned to the policy revision it was planned on.
+        """One call per permission: the first pinned to the revision planned on, the rest at once.
 
-        Each AddPermission/RemovePermission is atomic in Lambda; the ``RevisionId`` on each
-        makes a call fail rather than undo a change made since (see ``lambda_write``).
+        Each AddPermission/RemovePermission is atomic in Lambda; the ``RevisionId`` on the
+        first makes a stale plan fail rather than undo a change made since (``lambda_write``).
         """
         name, qualifier = _name_and_qualifier(plan.resource)
-        write_pinned(client, plan, name, qualifier, _equivalent)
+        write_pinned(client, plan, name, qualifier)
 
     def present(self, state: dict[str, Any], spec: LambdaInvokeGrant, references: References | None = None) -> bool:
         """In force as its own permission, or listed in ``references`` for a shared permission that exists."""

@@ -1,14 +1,15 @@
-"""Writing a function policy one permission at a time, each call pinned to a revision.
+"""Writing a function policy: the first call pinned to the revision read, the rest in parallel.
 
 Lambda's ``AddPermission`` and ``RemovePermission`` take a ``RevisionId``: AWS refuses
 the call (``PreconditionFailedException``) when the function's policy is no longer at
 that revision. The broker plans on the policy it read (``GetPolicy`` returns its
-``RevisionId``) and sends the planned calls one after another: the first pinned to
-the revision it read, each later one to the revision read back right after the call
-before it, and only once the policy read back is exactly what the plan expects at
-that point. So a writer that lost its lease while it waited cannot undo a newer
-request's change even if its lease check were wrong: its next call names a revision
-that is gone and AWS refuses it (``StaleWriteError``).
+``RevisionId``) and pins the plan's first call to it: a request whose read is stale --
+another request changed the policy since, or took over a lease this one lost -- cannot
+change the policy at all (``StaleWriteError``). Once that call is made, the policy is at
+a revision this request made, under its lease; the plan's other calls (each atomic in
+Lambda, one permission each) go out together, every attempt checked against the lease
+first (``deploy_helper.execution.fencing``). Reading the revision back after every call
+would double the calls and make a plan of n permissions 2n-1 round trips long.
 
 A function with no policy at all has no revision to pin (``GetPolicy`` answers
 ``ResourceNotFoundException``): its first permission is guarded by the lease alone.
@@ -16,6 +17,7 @@ A function with no policy at all has no revision to pin (``GetPolicy`` answers
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -24,8 +26,6 @@ from deploy_helper.exceptions import StaleWriteError
 from deploy_helper.execution.policydoc import empty_policy, load_policy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from deploy_helper.grants.base import ResourcePlan
 
 #: One planned call: ("add" | "remove", StatementId, AddPermission arguments or None).
@@ -59,35 +59,21 @@ def read_policy(client: Any, name: str, qualifier: str | None) -> PolicyState:
     return PolicyState(load_policy(response.get("Policy")), response.get("RevisionId"))
 
 
-def write_pinned(
-    client: Any,
-    plan: ResourcePlan,
-    name: str,
-    qualifier: str | None,
-    same: Callable[[dict[str, Any], dict[str, Any]], bool],
-) -> None:
-    """Send ``plan.writes`` in order, each pinned to the revision it was planned on.
+def write_pinned(client: Any, plan: ResourcePlan, name: str, qualifier: str | None) -> None:
+    """Send ``plan.writes``: the first pinned to the revision planned on, then the rest at once."""
+    from deploy_helper.grants.base import in_parallel
 
-    ``same(current, expected)`` says whether two statements of one Sid grant the same.
-    """
+    if not plan.writes:
+        return
     revision = getattr(plan.state, "revision_id", None)
-    expected = {s.get("Sid"): s for s in plan.before.get("Statement", [])}
-    final = {s.get("Sid"): s for s in plan.after.get("Statement", [])}
-    for n, (op, sid, kwargs) in enumerate(plan.writes):
-        _send(client, plan.resource, name, qualifier, op, sid, kwargs, revision)
-        if op == "remove":
-            expected.pop(sid, None)
-        else:
-            expected[sid] = final[sid]
-        if n + 1 < len(plan.writes):
-            current = read_policy(client, name, qualifier)
-            found = {s.get("Sid"): s for s in current.get("Statement", [])}
-            if found.keys() != expected.keys() or not all(same(found[k], expected[k]) for k in found):
-                raise StaleWriteError(
-                    f"the function policy of {plan.resource} changed while this request wrote it (another "
-                    "writer); nothing more was sent — re-send the request"
-                )
-            revision = current.revision_id
+    (op, sid, kwargs), rest = plan.writes[0], plan.writes[1:]
+    _send(client, plan.resource, name, qualifier, op, sid, kwargs, revision)
+    in_parallel(
+        [
+            functools.partial(_send, client, plan.resource, name, qualifier, op, sid, kwargs, None)
+            for op, sid, kwargs in rest
+        ]
+    )
 
 
 def _send(

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import TYPE_CHECKING, Any
+
+from deploy_helper.exceptions import ClaimConflict
 
 if TYPE_CHECKING:
     from deploy_helper.ledger import Ledger
 
+#: DynamoDB's limit on the items of one ``TransactWriteItems``.
+MAX_ITEMS = 100
+
 
 class _Pending:
-    def __init__(self, entries: list[dict[str, Any]]) -> None:
+    def __init__(self, entries: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:
         self.entries = entries
+        self.items = items
+        self.keys = {_item_key(item) for item in items}
         self.ids: list[str] = []
         self.error: BaseException | None = None
         self.done = threading.Event()
+
+    @property
+    def size(self) -> int:
+        return len(self.entries) + len(self.items)
 
 
 class GroupCommit:
@@ -27,19 +39,37 @@ class GroupCommit:
     DynamoDB transaction), each caller's entries contiguous and in order; callers get
     their own ids, or the ledger's error (then none of their entries were written,
     unless a single caller alone has more than ``max_batch``, as with the ledger itself).
+
+    A caller may add ``items``: conditional writes to the broker's own tables (taking or
+    giving back a lease, references) that must be written with its entries or not at
+    all. They go into the same transaction; when one of a caller's conditions fails,
+    that caller alone gets ``ClaimConflict`` and the rest of the batch is written
+    without it. A batch never holds two writes of one item (DynamoDB refuses that).
+    Ledgers other than DynamoDB (memory, for tests) get the items written first by
+    ``transact`` and then the entries.
     """
 
-    def __init__(self, ledger: Ledger, max_batch: int = 99) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        max_batch: int = 99,
+        transact: Any = None,
+    ) -> None:
         self._ledger = ledger
         self._max = max_batch
+        #: A DynamoDB client for ``items`` when the ledger cannot take them itself.
+        self._transact = transact
+        self._native = bool(getattr(ledger, "takes_items", False))
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._leading = False
 
-    def append_many(self, entries: list[dict[str, Any]]) -> list[str]:
+    def append_many(self, entries: list[dict[str, Any]], items: list[dict[str, Any]] | None = None) -> list[str]:
         if not entries:
             return []
-        mine = _Pending(entries)
+        mine = _Pending(entries, list(items or []))
+        if mine.items and mine.size > MAX_ITEMS:
+            raise ValueError(f"{len(entries)} entries with {len(mine.items)} conditions do not fit in one transaction")
         with self._lock:
             self._queue.append(mine)
             lead = not self._leading
@@ -51,20 +81,43 @@ class GroupCommit:
             raise mine.error
         return mine.ids
 
+    def _next_batch(self) -> list[_Pending]:
+        """Callers taken from the queue in order while they fit; one touching an item already taken waits."""
+        batch: list[_Pending] = []
+        size = 0
+        keys: set[str] = set()
+        conditional = False
+        for pending in list(self._queue):
+            cap = MAX_ITEMS if conditional or pending.items else self._max
+            if batch and size + pending.size > cap:
+                break
+            if pending.keys & keys:
+                continue
+            batch.append(pending)
+            self._queue.remove(pending)
+            size += pending.size
+            keys |= pending.keys
+            conditional = conditional or bool(pending.items)
+        return batch
+
     def _drain(self) -> None:
         while True:
             with self._lock:
                 if not self._queue:
                     self._leading = False
                     return
-                batch: list[Any] = []
-                size = 0
-                while self._queue and (not batch or size + len(self._queue[0].entries) <= self._max):
-                    pending = self._queue.pop(0)
-                    batch.append(pending)
-                    size += len(pending.entries)
+                batch = self._next_batch()
             try:
-                ids = self._ledger.append_many([e for p in batch for e in p.entries])
+                ids = self._append([e for p in batch for e in p.entries], [i for p in batch for i in p.items])
+            except ClaimConflict as conflict:
+                # Only the callers whose conditions failed are refused; the others go again.
+                losers = _owners_of(batch, conflict.failed)
+                with self._lock:
+                    self._queue[:0] = [p for p in batch if p not in losers]
+                for p in losers:
+                    p.error = ClaimConflict([])
+                    p.done.set()
+                continue
             except BaseException as exc:  # handed to every caller of the batch
                 for p in batch:
                     p.error = exc
@@ -76,5 +129,39 @@ class GroupCommit:
                 start += len(p.entries)
                 p.done.set()
 
+    def _append(self, entries: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[str]:
+        if not items:
+            return self._ledger.append_many(entries)
+        if self._native:
+            return self._ledger.append_many(entries, items)  # type: ignore[call-arg]
+        if self._transact is None:
+            raise ValueError("conditional items need a DynamoDB client beside a ledger that is not in DynamoDB")
+        from botocore.exceptions import ClientError
 
-#: The answer to a retry that arrives while the first delivery is still being processed.
+        from deploy_helper.ledger.store import failed_conditions
+
+        try:
+            self._transact.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            failed = failed_conditions(exc, len(items))
+            if failed:
+                raise ClaimConflict(failed) from exc
+            raise
+        return self._ledger.append_many(entries)
+
+
+def _owners_of(batch: list[_Pending], failed: list[int]) -> list[_Pending]:
+    """The callers whose items are at the positions ``failed`` of the batch's items."""
+    losers: list[_Pending] = []
+    start = 0
+    for p in batch:
+        if any(start <= i < start + len(p.items) for i in failed):
+            losers.append(p)
+        start += len(p.items)
+    return losers
+
+
+def _item_key(item: dict[str, Any]) -> str:
+    (operation,) = item.values()
+    key = operation.get("Key") or {k: v for k, v in operation.get("Item", {}).items() if k in ("pk", "ledger", "seq")}
+    return json.dumps([operation["TableName"], key], sort_keys=True)

@@ -29,10 +29,18 @@ from typing import Any
 import rfc8785
 from botocore.exceptions import BotoCoreError, ClientError
 
-from deploy_helper.exceptions import LedgerError
+from deploy_helper.exceptions import ClaimConflict, LedgerError
 
 GENESIS = "0" * 64
 MAX_PER_TRANSACTION = 100  # TransactWriteItems' limit
+
+
+def failed_conditions(exc: ClientError, count: int) -> list[int]:
+    """Which of the first ``count`` items of a cancelled transaction failed their condition."""
+    if count == 0 or exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return []
+    reasons = exc.response.get("CancellationReasons") or []
+    return [i for i, reason in enumerate(reasons[:count]) if reason.get("Code") == "ConditionalCheckFailed"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,9 @@ def seal_entry(seq: int, prev: str, entry: dict[str, Any]) -> tuple[bytes, str]:
 class DynamoLedger:
     """Appends to and reads the hash-chained ledger in a DynamoDB table."""
 
+    #: ``append_many`` writes other conditional items in the entries' transaction.
+    takes_items = True
+
     def __init__(
         self,
         client: Any,
@@ -83,8 +94,19 @@ class DynamoLedger:
         self.on_append = on_append
 
     # -- writing ------------------------------------------------------------
-    def append_many(self, entries: list[dict[str, Any]]) -> list[str]:
-        """Append ``entries`` in order; return their ids (sequence numbers as text)."""
+    def append_many(self, entries: list[dict[str, Any]], items: list[dict[str, Any]] | None = None) -> list[str]:
+        """Append ``entries`` in order; return their ids (sequence numbers as text).
+
+        ``items``: other ``TransactWriteItems`` items (conditional writes to the broker's
+        own tables: a lease taken or given back, references) written in the same
+        transaction as the entries, all or nothing. When one of their conditions fails,
+        ``ClaimConflict`` names which and nothing is written. Entries and items must
+        then fit in one transaction (``MAX_PER_TRANSACTION``).
+        """
+        if items:
+            if not entries or len(entries) + len(items) > MAX_PER_TRANSACTION:
+                raise ValueError(f"{len(entries)} entries and {len(items)} items do not fit in one transaction")
+            return self._append_chunk(entries, items)
         ids: list[str] = []
         for start in range(0, len(entries), MAX_PER_TRANSACTION):
             ids.extend(self._append_chunk(entries[start : start + MAX_PER_TRANSACTION]))
@@ -93,11 +115,12 @@ class DynamoLedger:
     def append(self, entry: dict[str, Any]) -> str:
         return self.append_many([entry])[0]
 
-    def _append_chunk(self, entries: list[dict[str, Any]]) -> list[str]:
+    def _append_chunk(self, entries: list[dict[str, Any]], extra: list[dict[str, Any]] | None = None) -> list[str]:
+        extra = extra or []
         with self._lock:
             for attempt in range(self._max_attempts):
                 seq, prev = self._head if self._head is not None else self.head()
-                items = []
+                items = list(extra)
                 hashes = []
                 for offset, entry in enumerate(entries, start=1):
                     body, digest = seal_entry(seq + offset, prev, entry)
@@ -105,12 +128,15 @@ class DynamoLedger:
                     hashes.append(digest)
                     prev = digest
                 try:
-                    if len(items) == 1:
+                    if len(items) == 1 and not extra:
                         self._client.put_item(**items[0]["Put"], ReturnValuesOnConditionCheckFailure="ALL_OLD")
                     else:
                         self._client.transact_write_items(TransactItems=items)
                 except ClientError as exc:
                     code = exc.response["Error"]["Code"]
+                    failed = failed_conditions(exc, len(extra))
+                    if failed:
+                        raise ClaimConflict(failed) from exc
                     if code in ("TransactionCanceledException", "ConditionalCheckFailedException"):
                         # Someone else appended. A refused single put returns the entry that holds
                         # our place: chain to it directly; otherwise re-read the head.

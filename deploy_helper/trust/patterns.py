@@ -23,6 +23,7 @@ the rule's pattern) states; past ``MAX_STATES`` the grant is refused.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 from deploy_helper.exceptions import DeniedError
@@ -82,6 +83,7 @@ def covers(pattern: str, value: str) -> bool:
     return witness(pattern, value) is None
 
 
+@functools.lru_cache(maxsize=8192)
 def witness(pattern: str, value: str) -> str | None:
     """A string that ``value`` (read as a pattern) matches and ``pattern`` does not; None when there is none.
 
@@ -177,6 +179,7 @@ def example(value: str) -> str:
     return value.replace("*", "").replace("?", spare)
 
 
+@functools.lru_cache(maxsize=8192)
 def arn_witness(pattern: str, arn: str) -> str | None:
     """An ARN that ``arn`` (read as an ``ArnLike`` pattern) matches and ``pattern`` does not, or None.
 

@@ -33,6 +33,7 @@ A refusal names the rule and the check that failed.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -228,9 +229,14 @@ class RuleSet(_Strict):
         return parse_file(path, cls)[0]
 
     # -- account references -------------------------------------------------
-    @property
+    @functools.cached_property
     def registered(self) -> frozenset[str]:
         return frozenset(self.organization.accounts.values())
+
+    @functools.cached_property
+    def _resolved(self) -> dict[tuple[str, ...], frozenset[str]]:
+        """``resolve_all`` answers by list (the rules do not change once loaded)."""
+        return {}
 
     def resolve(self, ref: str) -> frozenset[str]:
         if ref == ORGANIZATION:
@@ -244,10 +250,14 @@ class RuleSet(_Strict):
         return frozenset([self.organization.accounts[ref]])
 
     def resolve_all(self, refs: list[str]) -> frozenset[str]:
-        out: set[str] = set()
-        for ref in refs:
-            out |= self.resolve(ref)
-        return frozenset(out)
+        key = tuple(refs)
+        known = self._resolved.get(key)
+        if known is None:
+            out: set[str] = set()
+            for ref in refs:
+                out |= self.resolve(ref)
+            known = self._resolved[key] = frozenset(out)
+        return known
 
     # -- authorization ------------------------------------------------------
     def authorize(self, caller: str, spec: GrantSpec, *, now: float | None = None) -> Allowed:

@@ -117,6 +117,7 @@ def race(
     clock: Clock,
     *,
     skip: int = 0,
+    action: str = "revoke",
 ) -> tuple[BrokerResponse, BrokerResponse]:
     """Request 1 (``slow``) applies ``apply`` and is held at its write; the lease clock passes its
     lease; request 2 (``fast``) revokes ``revoke``; then request 1 goes on. Both responses."""
@@ -127,7 +128,7 @@ def race(
         try:
             assert stall.wait_reached(), f"request 1 never reached {stall_on}"
             clock.advance(LEASE + 1)
-            second = sc.client(fast).request(revoke, action="revoke", request_id="newer-revoke")
+            second = sc.client(fast).request(revoke, action=action, request_id="newer-revoke")
         finally:
             stall.release()
         return first.result(timeout=120), second
@@ -202,23 +203,26 @@ def test_a_stale_lambda_write_is_refused_by_its_revision_even_without_the_lease_
 ) -> None:
     """Defense in depth: request 1 holds no lease at all; Lambda's RevisionId still stops it.
 
-    Request 1 applies two permissions; it is held before the second, after the first was
-    made and the policy read back (the revision the second is pinned to). Request 2
-    revokes both: it removes the first, the second is not there yet. Unpinned, request 1
-    would now add the second after the revoke; pinned, Lambda refuses it.
+    Request 1 plans two permissions on the policy it read and is held before its first
+    call. Request 2 changes the function policy meanwhile (it grants another API of service-a).
+    Request 1's first call is pinned to the revision it read, so Lambda refuses it and
+    nothing of request 1's stale plan is sent; request 2's change stands.
     """
     sc, clock = scenario, Clock()
     fast = broker(sc, aws_calls, leases(sc, clock))
     slow = held(sc, aws_calls, NoLock())
     grants = [FUNCTION.grant(sc, "service-a"), FUNCTION.grant(sc, "service-b")]
+    other_api = sc.api_ids["service-a"][:-1] + ("x" if sc.api_ids["service-a"][-1] != "x" else "y")
+    newer = {**grants[0], "source_arn": grants[0]["source_arn"].replace(sc.api_ids["service-a"], other_api)}
 
-    first, second = race(sc, slow, fast, FUNCTION.write, grants, grants, clock, skip=1)
+    first, second = race(sc, slow, fast, FUNCTION.write, grants, [newer], clock, action="apply")
 
-    assert [r.decision for r in second.results] == ["revoked", "absent"]
+    assert [r.decision for r in second.results] == ["applied"]
     assert [r.decision for r in first.results] == ["failed", "failed"]
     assert all("RevisionId precondition" in r.reason for r in first.results)
     present = sids(sc.function_policy())
-    assert not {sid(g) for g in grants} & present, "the revoke stands"
+    assert sid(newer) in present, "the newer change stands"
+    assert not {sid(g) for g in grants} & present, "nothing of the stale plan was written"
     assert seed.FOREIGN_SID in present
     refused = [(c.operation, c.error, c.status) for c in aws_calls.failures()]
     assert refused == [("lambda.AddPermission", "PreconditionFailedException", 412)]
@@ -324,8 +328,10 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     a shared permission (its reference recorded); request 1 (with no lease, so nothing
     stops it but the references' version) revokes it and is held just before it writes;
     request 2 applies the second API, which joins the shared permission (a reference
-    write, no AWS call). Request 1 then finds the references changed and removes
-    nothing: the permission that now stands for the second grant stays.
+    write, no AWS call). Request 1's claim of the references it read (written with its
+    intent, in one transaction) then fails: it writes nothing, reads again, and now
+    only takes its grant out of the references -- the permission that stands for the
+    second grant stays.
     """
     sc = seed.build_scaled(fresh_local, tmp_path, 1, compaction=["widen-source-arn"])
     service = sc.services[0]
@@ -361,8 +367,11 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     )
     fast = broker(sc, aws_calls, leases(sc, Clock()))
     slow_broker, stalls = held(sc, aws_calls, NoLock())
-    # request 1's claim of the version it read: the conditional write made just before it removes
-    stall = stalls.hold("dynamodb.UpdateItem", where=lambda p: p.get("TableName") == references)
+    # request 1's claim of the version it read: the transaction (with its intent) just before it removes
+    stall = stalls.hold(
+        "dynamodb.TransactWriteItems",
+        where=lambda p: any(i.get("Update", {}).get("TableName") == references for i in p.get("TransactItems", [])),
+    )
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(sc.client(slow_broker).request, [leaving], action="revoke", request_id="last-leaves")
@@ -376,14 +385,13 @@ def test_a_revoke_removes_no_shared_permission_when_its_references_changed(
     assert second.ok, second.error
     assert second.results[0].decision == "applied"
     assert second.results[0].compaction is not None and shared in second.results[0].compaction
-    assert revoke.results[0].decision == "failed"
-    assert "references and owners of" in revoke.results[0].reason and "changed" in revoke.results[0].reason
+    assert revoke.results[0].decision == "revoked", revoke.results[0].reason
     assert shared in sids(sc.function_policy()), "the shared permission stays: it stands for the joining grant"
     assert "lambda.RemovePermission" not in aws_calls.operations()
     item = tables.get_item(TableName=references, Key={"pk": {"S": sc.authorizer_arn}}, ConsistentRead=True)["Item"]
-    assert sorted(item["statements"]["M"][shared]["SS"]) == sorted([sid(leaving), sid(joining)])
-    outcome = [e for e in entries_of(fast, "last-leaves") if e["type"] == "outcome"]
-    assert [e["decision"] for e in outcome] == ["failed"]
+    assert item["statements"]["M"][shared]["SS"] == [sid(joining)]
+    recorded = [(e["type"], e["decision"]) for e in entries_of(fast, "last-leaves")]
+    assert recorded == [("intent", "revoked"), ("outcome", "revoked")], "the refused claim wrote no entry"
 
 
 def test_the_brokers_writes_fit_in_a_default_lease() -> None:

@@ -83,10 +83,11 @@ def broker_permissions(template: dict[str, Any]) -> dict[str, set[str]]:
 def test_the_broker_role_may_do_only_what_the_broker_does(template: dict[str, Any]) -> None:
     allowed = broker_permissions(template)
     assert allowed["NonceTable"] == {"dynamodb:PutItem", "dynamodb:GetItem"}  # GetItem: a retry's first answer
-    # Leases: taken, renewed and given back with conditional updates; read to say who took one over.
-    assert allowed["LockTable"] == {"dynamodb:UpdateItem", "dynamodb:GetItem"}
-    # References of shared permissions: read, and replaced with a conditional put.
-    assert allowed["ReferenceTable"] == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    # Leases: taken, renewed and given back with conditional updates (in the ledger's
+    # transactions too); read with the references in one BatchGetItem.
+    assert allowed["LockTable"] == {"dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:BatchGetItem"}
+    # References of shared permissions: read, and replaced with a conditional update.
+    assert allowed["ReferenceTable"] == {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"}
     # Append-only: the ledger can be added to and read, never changed or emptied.
     assert allowed["LedgerTable"] == {
         "dynamodb:PutItem",

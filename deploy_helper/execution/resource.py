@@ -1,0 +1,444 @@
+"""One resource of one request: read, plan, record the intent, write, record the outcome.
+
+The broker's own round trips on a resource's way are two DynamoDB transactions:
+
+1. **read** -- the resource's policy (or grants) from the target account and, at the
+   same time, one consistent ``BatchGetItem`` of its lease and its references and
+   owners. The table read runs beside the AWS read, so it adds nothing to the time the
+   resource takes;
+2. **plan** -- pure, on what was read;
+3. **claim + intent** -- one ``TransactWriteItems``: the lease taken (only if its
+   generation is still the one read and it is free or expired), the references and
+   owners written on apply (or their version claimed on revoke), and the ledger's
+   decision and intent entries. All or nothing: if anyone took the lease or changed
+   the references since the read, nothing is written and the resource is read again;
+4. **write** -- the change in the target account, every attempt fenced by the lease
+   (``deploy_helper.execution.fencing``);
+5. **outcome + release** -- one ``TransactWriteItems``: the ledger's outcome entries,
+   the lease given back and, on revoke, the references and owners written.
+
+Why the read may come before the lease: every write to the resource happens under a
+lease, and taking one moves its generation on. A claim conditioned on the generation
+that was read therefore succeeds only if no write under any lease can have happened
+since the read (a holder that lost its lease writes nothing: its fence stops it).
+
+A resource with nothing to change takes no lease: its decisions are one ledger append.
+When a step cannot be one transaction (more than 100 items, a ledger that is not in
+DynamoDB, a condition that failed at the outcome), the same writes are made one after
+another, in the order ``deploy_helper.execution.references`` gives.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from deploy_helper.exceptions import BrokerError, ClaimConflict, ExecutionError, LedgerError
+from deploy_helper.execution import fencing
+from deploy_helper.execution.locks import DynamoLease, DynamoLocks, LeaseView, Unfenced
+from deploy_helper.execution.owners import Acting, OwnerBook, pipeline_owner
+from deploy_helper.execution.policydoc import digest
+from deploy_helper.execution.references import DynamoReferences, ResourceRecord, changed_message
+from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
+from deploy_helper.ledger import entries
+from deploy_helper.ledger.group_commit import MAX_ITEMS
+
+if TYPE_CHECKING:
+    from deploy_helper.execution.broker import Broker
+    from deploy_helper.execution.locks import Lease
+    from deploy_helper.grants.base import Operation
+    from deploy_helper.models import GrantResult
+    from deploy_helper.request import RequestPayload
+
+logger = logging.getLogger(__name__)
+
+Items = list[tuple[int, GrantSpec, str]]
+#: How long a resource whose claims keep failing (others changing it) is tried again, without a lease table.
+CLAIM_WAIT_SECONDS = 60.0
+
+
+class ResourceRunner:
+    """Runs one resource's part of a request for a ``Broker`` (see the module docstring)."""
+
+    def __init__(self, broker: Broker, tables: Any = None) -> None:
+        self.broker = broker
+        #: The DynamoDB client for the lease and reference tables' reads and lone writes.
+        self.tables = tables
+        self._side = ThreadPoolExecutor(max_workers=16, thread_name_prefix="table-read")
+        self._random = random.Random()
+
+    # -- the read ---------------------------------------------------------------
+    def _dynamo_locks(self) -> DynamoLocks | None:
+        locks = self.broker.locks
+        return locks if isinstance(locks, DynamoLocks) else None
+
+    def _peek(self, resource: str, lease: bool) -> tuple[ResourceRecord, LeaseView | None]:
+        """The resource's references and owners, and (``lease``) its lease: one consistent read."""
+        locks = self._dynamo_locks() if lease else None
+        references = self.broker.references
+        if references is None:
+            return ResourceRecord(), locks.peek(resource) if locks is not None else None
+        if locks is None:
+            return references.read_record(resource), None
+        pending: dict[str, Any] = {
+            locks.table: {"Keys": [locks.key(resource)], "ConsistentRead": True},
+            references.table: {"Keys": [references.key(resource)], "ConsistentRead": True},
+        }
+        found: dict[str, dict[str, Any]] = {}
+        while pending:
+            page = self.tables.batch_get_item(RequestItems=pending)
+            for table, items in page.get("Responses", {}).items():
+                if items:
+                    found[table] = items[0]
+            pending = page.get("UnprocessedKeys") or {}
+        return DynamoReferences.record(found.get(references.table)), locks.view(found.get(locks.table))
+
+    def _read(self, kind: Any, client: Any, resource: str, lease: bool) -> tuple[Any, ResourceRecord, LeaseView | None]:
+        """The target's state and the broker's record of it, read side by side."""
+        if self.broker.references is None and (not lease or self._dynamo_locks() is None):
+            return kind.read(client, resource), ResourceRecord(), None
+        table_read = self._side.submit(self._peek, resource, lease)
+        try:
+            state = kind.read(client, resource)
+        finally:
+            record, seen = table_read.result()
+        return state, record, seen
+
+    # -- one resource -------------------------------------------------------------
+    def run(
+        self,
+        payload: RequestPayload,
+        request: dict[str, Any],
+        client: Any,
+        resource: str,
+        items: Items,
+        allowed_of: dict[int, Allowed] | None = None,
+        acting: Acting | None = None,
+    ) -> list[GrantResult]:
+        broker = self.broker
+        kind = kind_of(items[0][1])
+        allowed = [(allowed_of or {}).get(index) or Allowed(rule) for index, _, rule in items]
+        rule_of = {id(spec): rule for _, spec, rule in items}
+        index_of = {id(spec): index for index, spec, _ in items}
+        acting = acting or Acting(request.get("owner") or pipeline_owner(str(request.get("caller")), None))
+        # Owners (kept in the reference table) change under the lease, whatever the kind.
+        leased = (kind.serialize_writes or broker.references is not None) and not payload.dry_run
+        locks = self._dynamo_locks()
+        if leased and locks is None and not _no_lock(broker.locks):
+            return self._run_held(payload, request, client, resource, items, allowed, acting)
+        if leased:
+            fencing.guard(client)
+        wait = locks.wait_seconds if locks is not None else CLAIM_WAIT_SECONDS
+        # Leases are taken and expire by the lease table's clock.
+        clock = locks.clock if locks is not None else broker.clock
+        deadline = clock() + wait
+        delay = 0.01
+        while True:
+            state, record, seen = self._read(kind, client, resource, leased)
+            if seen is not None and seen.busy(clock()):
+                if clock() >= deadline:
+                    raise ExecutionError(
+                        f"{resource} is being changed by another request and stayed busy for "
+                        f"{wait:.0f} s; nothing was changed — retry the request"
+                    )
+                time.sleep(self._random.uniform(0, delay))
+                delay = min(delay * 2, 0.5)
+                continue
+            step = _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
+            step.plan(state, record)
+            if payload.dry_run:
+                return step.planned()
+            try:
+                return step.execute(client, seen if leased else None, leased)
+            except ClaimConflict:
+                if clock() >= deadline:
+                    raise ExecutionError(
+                        f"{resource} kept changing under other requests; nothing was changed — retry the request"
+                    ) from None
+                time.sleep(self._random.uniform(0, delay))
+                delay = min(delay * 2, 0.5)
+
+    def _run_held(
+        self,
+        payload: RequestPayload,
+        request: dict[str, Any],
+        client: Any,
+        resource: str,
+        items: Items,
+        allowed: list[Allowed],
+        acting: Acting,
+    ) -> list[GrantResult]:
+        """Under a ``Locker`` that is not a lease table: read, plan and write inside its hold."""
+        kind = kind_of(items[0][1])
+        rule_of = {id(spec): rule for _, spec, rule in items}
+        index_of = {id(spec): index for index, spec, _ in items}
+        fencing.guard(client)
+        with self.broker.locks.hold(resource) as lease:
+            state, record, _ = self._read(kind, client, resource, False)
+            step = _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
+            step.plan(state, record)
+            return step.execute(client, None, True, lease=lease)
+
+
+def _no_lock(locks: Any) -> bool:
+    from deploy_helper.execution.locks import NoLock
+
+    return isinstance(locks, NoLock)
+
+
+class _Step:
+    """One attempt at one resource: the plan made on one read, and what follows from it."""
+
+    def __init__(
+        self,
+        runner: ResourceRunner,
+        kind: Any,
+        payload: RequestPayload,
+        request: dict[str, Any],
+        resource: str,
+        items: Items,
+        allowed: list[Allowed],
+        rule_of: dict[int, str],
+        index_of: dict[int, int],
+        acting: Acting,
+    ) -> None:
+        self.runner = runner
+        self.broker = runner.broker
+        self.kind = kind
+        self.payload = payload
+        self.request = request
+        self.resource = resource
+        self.items = items
+        self.allowed = allowed
+        self.rule_of = rule_of
+        self.index_of = index_of
+        self.acting = acting
+
+    def plan(self, state: Any, record: ResourceRecord) -> None:
+        broker, kind = self.broker, self.kind
+        self.version = record.version
+        self.book = book = OwnerBook(record.owners if broker.references else None, self.acting)
+        action: Operation = self.payload.action
+        screened = [book.screen(spec, kind.grant_id(spec), action) for _, spec, _ in self.items]
+        asked = [(spec, action) for (_, spec, _), s in zip(self.items, screened, strict=True) if s is None]
+        allow = [a for a, s in zip(self.allowed, screened, strict=True) if s is None]
+        if kind.uses_references:
+            references = record.references if broker.references else None
+            plan: ResourcePlan = kind.plan(state, self.resource, asked, allow, references=references)
+        else:
+            plan = kind.plan(state, self.resource, asked, allow)
+        for p in plan.items:
+            book.settle(p, kind.grant_id(p.spec))
+        plan.items.extend(s for s in screened if s is not None)
+        plan.owners = book.result()
+        self.p = plan
+        self.owners_of = {id(p.spec): book.after(p.spec, kind.grant_id(p.spec)) for p in plan.items}
+        self.before, self.after = digest(plan.before), digest(plan.after)
+
+    def _entry(self, entry_type: str, p: Any, **fields: Any) -> dict[str, Any]:
+        fields.setdefault("owners", self.owners_of[id(p.spec)])
+        return entries.grant_entry(
+            self.broker.clock(),
+            entry_type,
+            self.request,
+            p.spec,
+            rule_id=self.rule_of[id(p.spec)],
+            compaction=p.compaction,
+            **fields,
+        )
+
+    def _result(self, p: Any, decision: Any, reason: str, entry_id: str | None = None) -> GrantResult:
+        result = self.broker._result(self.index_of[id(p.spec)], p.spec, decision, reason, self.rule_of[id(p.spec)])
+        result.ledger_entry = entry_id
+        result.compaction = p.compaction
+        return result
+
+    def planned(self) -> list[GrantResult]:
+        names = {"applied": "would-apply", "revoked": "would-revoke", "failed": "would-fail"}
+        diff = self.kind.diff(self.p) or None
+        decided = [(p, names.get(p.outcome, p.outcome)) for p in self.p.items]
+        plan_entries = [
+            self._entry("decision", p, decision=d, reason=p.reason, before=self.before, after=self.after)
+            for p, d in decided
+        ]
+        results = []
+        for (p, decision), entry_id in zip(decided, self.broker._group.append_many(plan_entries), strict=True):
+            results.append(self._result(p, decision, p.reason, entry_id))
+            results[-1].diff = diff
+        return results
+
+    # -- apply / revoke ------------------------------------------------------------
+    def execute(
+        self, client: Any, seen: LeaseView | None, leased: bool, lease: Lease | None = None
+    ) -> list[GrantResult]:
+        broker, book = self.broker, self.book
+
+        def changes(p: Any) -> bool:
+            return p.outcome in ("applied", "revoked") or book.changed(p.spec)
+
+        changing = [p for p in self.p.items if changes(p)]
+        settled = [p for p in self.p.items if not changes(p)]
+        settled_entries = [
+            self._entry("decision", p, decision=p.outcome, reason=p.reason, before=self.before, after=self.before)
+            for p in settled
+        ]
+        intent_entries = [
+            self._entry("intent", p, decision=p.outcome, reason="about to change", before=self.before, after=self.after)
+            for p in changing
+        ]
+        claim: list[dict[str, Any]] = []
+        locks = self.runner._dynamo_locks()
+        if changing and leased and lease is None:
+            if locks is not None and seen is not None:
+                item, lease = locks.take_item(self.resource, seen)
+                claim.append(item)
+            else:
+                lease = Unfenced(self.resource)
+        references = broker.references
+        recorded = False  # whether the owners were written before the change
+        if changing and references is not None and self._keeps_record():
+            if self.payload.action == "apply":
+                claim.append(
+                    references.write_item(self.resource, self.p.references, self.version, owners=self.p.owners)
+                )
+                recorded = True
+            else:
+                # Claim the version first: if the references or owners changed since they were
+                # read, nothing is removed (``deploy_helper.execution.references``).
+                claim.append(references.write_item(self.resource, None, self.version))
+        try:
+            ids = self._commit(settled_entries + intent_entries, claim)
+        except LedgerError as exc:
+            msg = f"{exc.message}; no change was made"
+            return [self._result(p, "failed", msg) for p in self.p.items]
+        results = [
+            self._result(p, p.outcome, p.reason, entry_id)
+            for p, entry_id in zip(settled, ids[: len(settled)], strict=True)
+        ]
+        if not changing:
+            return results
+        intent_ids = ids[len(settled) :]
+        error: str | None = None
+        try:
+            with fencing.fenced(lease) if lease is not None else nullcontext():
+                self.kind.write(client, self.p)
+        except (ClientError, BotoCoreError) as exc:
+            error = _describe(exc)
+        except BrokerError as exc:
+            error = exc.message
+        finish: list[dict[str, Any]] = []
+        if isinstance(lease, DynamoLease) and locks is not None and claim:
+            finish.append(locks.release_item(lease))
+        revoke_record = (
+            error is None and self.payload.action != "apply" and references is not None and self._keeps_record()
+        )
+        if revoke_record:
+            assert references is not None
+            finish.append(
+                references.write_item(self.resource, self.p.references, self.version + 1, owners=self.p.owners)
+            )
+        outcome_ids, error = self._finish(changing, intent_ids, error, recorded or revoke_record, finish, lease, locks)
+        for p, entry_id in zip(changing, outcome_ids, strict=True):
+            results.append(self._result(p, "failed" if error else p.outcome, error or p.reason, entry_id))
+        return results
+
+    def _keeps_record(self) -> bool:
+        return self.p.references is not None or self.p.owners is not None
+
+    def _outcomes(self, changing: list[Any], intent_ids: list[str], error: str | None, recorded: bool) -> list[Any]:
+        return [
+            self._entry(
+                "outcome",
+                p,
+                decision="failed" if error else p.outcome,
+                reason=error or p.reason,
+                before=self.before,
+                after=self.before if error else self.after,
+                intent=intent_id,
+                owners=self.owners_of[id(p.spec)]
+                if recorded or not error
+                else self.book.before(p.spec, self.kind.grant_id(p.spec)),
+            )
+            for p, intent_id in zip(changing, intent_ids, strict=True)
+        ]
+
+    def _commit(self, batch: list[dict[str, Any]], claim: list[dict[str, Any]]) -> list[str]:
+        """The entries with the claim in one transaction; the claim first, alone, if they cannot be one."""
+        group = self.broker._group
+        if not claim or len(batch) + len(claim) <= MAX_ITEMS:
+            return group.append_many(batch, items=claim or None)
+        _transact(self.runner.tables, claim)
+        return group.append_many(batch)
+
+    def _finish(
+        self,
+        changing: list[Any],
+        intent_ids: list[str],
+        error: str | None,
+        recorded: bool,
+        finish: list[dict[str, Any]],
+        lease: Lease | None,
+        locks: DynamoLocks | None,
+    ) -> tuple[list[str], str | None]:
+        """Record the outcomes and give the lease back, in one transaction when it can be one.
+
+        Returns the outcomes' ids and the error (a revoke's references that could not be written).
+        """
+        outcomes = self._outcomes(changing, intent_ids, error, recorded)
+        if len(outcomes) + len(finish) <= MAX_ITEMS:
+            try:
+                return self.broker._group.append_many(outcomes, items=finish or None), error
+            except (ClaimConflict, LedgerError, ClientError, BotoCoreError):
+                logger.warning("outcomes of %s not recorded with their lease and references; one by one", self.resource)
+        # One by one: the references (a revoke's), then the outcomes, then the lease.
+        reference_write = [i for i in finish if i["Update"]["TableName"] != (locks.table if locks else None)]
+        if reference_write:
+            try:
+                _transact(self.runner.tables, reference_write)
+            except (ClaimConflict, ClientError, BotoCoreError) as exc:
+                error = changed_message(self.resource) if isinstance(exc, ClaimConflict) else _describe(exc)
+                outcomes = self._outcomes(changing, intent_ids, error, False)
+        try:
+            ids = self.broker._group.append_many(outcomes)
+        except LedgerError:
+            # The change is made; its intent is recorded and `ledger verify` reports the
+            # missing outcome until a re-run of the same request records it.
+            logger.exception("could not record outcomes for %s", self.resource)
+            ids = intent_ids
+        if isinstance(lease, DynamoLease) and locks is not None:
+            locks.release(lease)
+        return ids, error
+
+
+def _transact(client: Any, items: list[dict[str, Any]]) -> None:
+    """Write ``items`` in one transaction on their own; ``ClaimConflict`` when a condition fails."""
+    from deploy_helper.ledger.store import failed_conditions
+
+    try:
+        if len(items) == 1:
+            (operation,) = items[0].items()
+            try:
+                getattr(client, {"Update": "update_item", "Put": "put_item"}[operation[0]])(**operation[1])
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                    raise ClaimConflict([0]) from exc
+                raise
+        else:
+            client.transact_write_items(TransactItems=items)
+    except ClientError as exc:
+        failed = failed_conditions(exc, len(items))
+        if failed:
+            raise ClaimConflict(failed) from exc
+        raise
+
+
+def _describe(exc: BaseException) -> str:
+    from deploy_helper.execution.broker import _describe as describe
+
+    return describe(exc)
