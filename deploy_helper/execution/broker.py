@@ -345,11 +345,23 @@ class Broker:
         acting: Acting | None = None,
     ) -> list[GrantResult]:
         telemetry.bind_thread(account=account)
+        # The broker's own records of the account's resources are read while it assumes the
+        # role, and before any of them is read in the account (``execution.resource``).
+        runner = self._runner
+        peeking = [
+            key[1] for key, group in resources.items() if runner.needs_peek(kind_of(group[0][1]), payload.dry_run)
+        ]
+        prefetch = runner.prefetch(peeking) if peeking and runner.tables is not None else None
         try:
             clients = self.sessions.for_account(account, payload.request_id)
         except BrokerError as exc:
             items = [item for group in resources.values() for item in group]
             return self._fail_all(request, items, exc.message)
+        try:
+            peeked = prefetch.result() if prefetch is not None else {}
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning("could not read the records of %s's resources before its reads: %s", account, exc)
+            peeked = {}  # each resource reads them again itself
 
         def run(key: tuple[str, str, str | None]) -> list[GrantResult]:
             _kind, resource, region = key
@@ -359,7 +371,9 @@ class Broker:
                 return self._fail_all(request, items, NOT_ATTEMPTED)
             try:
                 client = clients.client(kind_of(items[0][1]).service, region)
-                return self._runner.run(payload, request, client, resource, items, allowed_of, acting)
+                return self._runner.run(
+                    payload, request, client, resource, items, allowed_of, acting, peeked=peeked.get(resource)
+                )
             except LedgerError:
                 raise
             except (BrokerError, ClientError, BotoCoreError) as exc:

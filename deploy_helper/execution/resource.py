@@ -2,10 +2,10 @@
 
 The broker's own round trips on a resource's way are two DynamoDB transactions:
 
-1. **read** -- the resource's policy (or grants) from the target account and, at the
-   same time, one consistent ``BatchGetItem`` of its lease and its references and
-   owners. The table read runs beside the AWS read, so it adds nothing to the time the
-   resource takes;
+1. **read** -- one consistent ``BatchGetItem`` of the lease and the references and
+   owners of an account's resources, made while the broker assumes its role in that
+   account (``prefetch``), so it adds nothing to the time a resource takes; then the
+   resource's policy (or grants) from the target account;
 2. **plan** -- pure, on what was read;
 3. **claim + intent** -- one ``TransactWriteItems``: the lease taken (only if its
    generation is still the one read and it is free or expired), the references and
@@ -18,9 +18,11 @@ The broker's own round trips on a resource's way are two DynamoDB transactions:
    the lease given back and, on revoke, the references and owners written.
 
 Why the read may come before the lease: every write to the resource happens under a
-lease, and taking one moves its generation on. A claim conditioned on the generation
-that was read therefore succeeds only if no write under any lease can have happened
-since the read (a holder that lost its lease writes nothing: its fence stops it).
+lease, and taking one moves its generation on. The generation is read *before* the
+policy, so a claim conditioned on it succeeds only if no write under any lease can
+have happened since the policy was read (a holder that lost its lease writes nothing:
+its fence stops it). Read the other way round, a holder could take the lease, write
+and give it back between the two reads, and its change would be lost.
 
 A resource with nothing to change takes no lease: its decisions are one ledger append.
 When a step cannot be one transaction (more than 100 items, a ledger that is not in
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +61,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Items = list[tuple[int, GrantSpec, str]]
+#: A resource's record and lease as read from the broker's tables (None: no lease table).
+Peeked = tuple[ResourceRecord, "LeaseView | None"]
 #: How long a resource whose claims keep failing (others changing it) is tried again, without a lease table.
 CLAIM_WAIT_SECONDS = 60.0
 
@@ -78,37 +82,60 @@ class ResourceRunner:
         locks = self.broker.locks
         return locks if isinstance(locks, DynamoLocks) else None
 
-    def _peek(self, resource: str, lease: bool) -> tuple[ResourceRecord, LeaseView | None]:
-        """The resource's references and owners, and (``lease``) its lease: one consistent read."""
-        locks = self._dynamo_locks() if lease else None
-        references = self.broker.references
-        if references is None:
-            return ResourceRecord(), locks.peek(resource) if locks is not None else None
-        if locks is None:
-            return references.read_record(resource), None
-        pending: dict[str, Any] = {
-            locks.table: {"Keys": [locks.key(resource)], "ConsistentRead": True},
-            references.table: {"Keys": [references.key(resource)], "ConsistentRead": True},
-        }
-        found: dict[str, dict[str, Any]] = {}
-        while pending:
-            page = self.tables.batch_get_item(RequestItems=pending)
-            for table, items in page.get("Responses", {}).items():
-                if items:
-                    found[table] = items[0]
-            pending = page.get("UnprocessedKeys") or {}
-        return DynamoReferences.record(found.get(references.table)), locks.view(found.get(locks.table))
+    def needs_peek(self, kind: Any, dry_run: bool) -> bool:
+        """Whether a resource of ``kind`` has a lease or a record to read before its AWS read."""
+        return self.broker.references is not None or (
+            kind.serialize_writes and not dry_run and self._dynamo_locks() is not None
+        )
 
-    def _read(self, kind: Any, client: Any, resource: str, lease: bool) -> tuple[Any, ResourceRecord, LeaseView | None]:
-        """The target's state and the broker's record of it, read side by side."""
-        if self.broker.references is None and (not lease or self._dynamo_locks() is None):
-            return kind.read(client, resource), ResourceRecord(), None
-        table_read = self._side.submit(self._peek, resource, lease)
-        try:
-            state = kind.read(client, resource)
-        finally:
-            record, seen = table_read.result()
-        return state, record, seen
+    def prefetch(self, resources: list[str]) -> Future[dict[str, Peeked]]:
+        """Start reading the leases and records of ``resources`` (an account's, beside its AssumeRole)."""
+        return self._side.submit(self.peek_many, resources)
+
+    def peek_many(self, resources: list[str]) -> dict[str, Peeked]:
+        """The references, owners and lease of each resource: consistent reads, 100 keys per call."""
+        locks = self._dynamo_locks()
+        references = self.broker.references
+        tables = [t for t in (locks, references) if t is not None]
+        out: dict[str, Peeked] = {}
+        per_call = max(1, 100 // max(1, len(tables)))
+        for start in range(0, len(resources), per_call):
+            chunk = resources[start : start + per_call]
+            found: dict[tuple[str, str], dict[str, Any]] = {}
+            pending: dict[str, Any] = {
+                t.table: {"Keys": [t.key(r) for r in chunk], "ConsistentRead": True} for t in tables
+            }
+            while pending:
+                page = self.tables.batch_get_item(RequestItems=pending)
+                for table, items in page.get("Responses", {}).items():
+                    for item in items:
+                        found[(table, item["pk"]["S"])] = item
+                pending = page.get("UnprocessedKeys") or {}
+            for r in chunk:
+                record = DynamoReferences.record(found.get((references.table, r))) if references else ResourceRecord()
+                seen = locks.view(found.get((locks.table, r))) if locks else None
+                out[r] = (record, seen)
+        return out
+
+    def _read(
+        self, kind: Any, client: Any, resource: str, peeked: Peeked | None
+    ) -> tuple[Any, ResourceRecord, LeaseView | None]:
+        """The broker's record of the resource and its lease, *then* the target's state.
+
+        The order matters: a lease generation read before the policy proves that no write
+        under any lease happened between that read and a claim made on that generation.
+        The first attempt's table read is done beside the account's AssumeRole (``prefetch``).
+        """
+        if peeked is None and self.tables is not None:
+            peeked = self.peek_many([resource])[resource]
+        elif peeked is None:  # stores without a shared DynamoDB client: one read each
+            locks, references = self._dynamo_locks(), self.broker.references
+            peeked = (
+                references.read_record(resource) if references else ResourceRecord(),
+                locks.peek(resource) if locks else None,
+            )
+        record, seen = peeked
+        return kind.read(client, resource), record, seen
 
     # -- one resource -------------------------------------------------------------
     def run(
@@ -120,7 +147,9 @@ class ResourceRunner:
         items: Items,
         allowed_of: dict[int, Allowed] | None = None,
         acting: Acting | None = None,
+        peeked: Peeked | None = None,
     ) -> list[GrantResult]:
+        """One resource's part of a request; ``peeked``: its table read, made before this call."""
         broker = self.broker
         kind = kind_of(items[0][1])
         allowed = [(allowed_of or {}).get(index) or Allowed(rule) for index, _, rule in items]
@@ -140,7 +169,13 @@ class ResourceRunner:
         deadline = clock() + wait
         delay = 0.01
         while True:
-            state, record, seen = self._read(kind, client, resource, leased)
+            if self.needs_peek(kind, payload.dry_run):
+                state, record, seen = self._read(kind, client, resource, peeked)
+            else:
+                state, record, seen = kind.read(client, resource), ResourceRecord(), None
+            peeked = None  # a second attempt reads the tables again, then the target
+            if not leased:
+                seen = None
             if seen is not None and seen.busy(clock()):
                 if clock() >= deadline:
                     raise ExecutionError(
@@ -180,7 +215,8 @@ class ResourceRunner:
         index_of = {id(spec): index for index, spec, _ in items}
         fencing.guard(client)
         with self.broker.locks.hold(resource) as lease:
-            state, record, _ = self._read(kind, client, resource, False)
+            state = kind.read(client, resource)
+            record = self.broker.references.read_record(resource) if self.broker.references else ResourceRecord()
             step = _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
             step.plan(state, record)
             return step.execute(client, None, True, lease=lease)
@@ -332,6 +368,11 @@ class _Step:
             error = _describe(exc)
         except BrokerError as exc:
             error = exc.message
+        except BaseException:
+            # A bug, not AWS: give the lease back now rather than at its expiry, then report it.
+            if isinstance(lease, DynamoLease) and locks is not None and claim:
+                locks.release(lease)
+            raise
         finish: list[dict[str, Any]] = []
         if isinstance(lease, DynamoLease) and locks is not None and claim:
             finish.append(locks.release_item(lease))

@@ -4,10 +4,11 @@ One signed request with one bucket grant, through the real client and broker, ac
 the execution role against the local AWS with AWS's refusals on. Every call is logged
 as the local AWS answered it. The broker's own calls (the broker account's DynamoDB)
 must be: the nonce claimed; the lease and the references read in one BatchGetItem
-*while* the bucket policy is being read (shown by holding both calls at once: if the
-table read came after the AWS read, it could not be reached while that is held); the
-lease taken with the intent (one transaction); the outcome written with the lease given
-back (one transaction); the answer kept on the nonce.
+*while* the broker assumes its role in the target account (shown by holding both calls
+at once: if the table read came after the AssumeRole, it could not be reached while
+that is held) and before the bucket policy is read; the lease taken with the intent
+(one transaction); the outcome written with the lease given back (one transaction);
+the answer kept on the nonce.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def own_calls(aws_calls: Any) -> list[str]:
     return [c.operation for c in aws_calls.calls if c.operation.startswith("dynamodb.")]
 
 
-def test_a_resource_costs_two_own_round_trips_and_its_table_read_overlaps_the_aws_read(
+def test_a_resource_costs_two_own_round_trips_and_its_table_read_overlaps_the_assume_role(
     scenario: Scenario, aws_calls: Any
 ) -> None:
     sc = scenario
@@ -48,22 +49,22 @@ def test_a_resource_costs_two_own_round_trips_and_its_table_read_overlaps_the_aw
     aws_calls.clear()
 
     grant = sc.bucket_grant("service-b")
-    policy_read = stalls.hold("s3.GetBucketPolicy")
+    assume = stalls.hold("sts.AssumeRole")
     table_read = stalls.hold("dynamodb.BatchGetItem")
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(client.request, [grant], request_id="measured-request")
         try:
-            assert policy_read.wait_reached(), "the bucket policy was never read"
-            assert table_read.wait_reached(), "the lease and references were not read while the policy was"
+            assert assume.wait_reached(), "the role was never assumed"
+            assert table_read.wait_reached(), "the lease and references were not read while the role was assumed"
         finally:
-            policy_read.release()
+            assume.release()
             table_read.release()
         response = pending.result(timeout=120)
 
     assert [r.decision for r in response.results] == ["applied"]
     assert own_calls(aws_calls) == [
         "dynamodb.PutItem",  # the nonce, claimed
-        "dynamodb.BatchGetItem",  # lease + references, beside s3.GetBucketPolicy
+        "dynamodb.BatchGetItem",  # lease + references, beside sts.AssumeRole
         "dynamodb.TransactWriteItems",  # lease taken + intent entry
         "dynamodb.TransactWriteItems",  # outcome entry + lease given back
         "dynamodb.PutItem",  # the answer, kept on the nonce for a retry
@@ -73,6 +74,8 @@ def test_a_resource_costs_two_own_round_trips_and_its_table_read_overlaps_the_aw
         "s3.GetBucketPolicy",
         "s3.PutBucketPolicy",
     ]
+    order = [c.operation for c in aws_calls.calls]
+    assert order.index("dynamodb.BatchGetItem") < order.index("s3.GetBucketPolicy"), "the lease is read first"
     # read back: the statement is there, the lease is free again, the ledger has intent then outcome
     kind = REGISTRY["bucket-access"]
     spec = kind.spec.model_validate(grant)
@@ -149,3 +152,46 @@ def test_group_commit_refuses_only_the_caller_whose_condition_failed(scenario: S
     assert locks.peek("arn:example:free").owner == free_lease.token
     taken = locks.peek("arn:example:taken")
     assert taken.generation == held_elsewhere.generation + 1 and taken.owner != free_lease.token
+
+
+def test_a_write_between_the_table_read_and_the_policy_read_is_not_lost(scenario: Scenario) -> None:
+    """Request B is held at its read of the lease; request A applies its grant meanwhile
+    (lease taken, policy written, lease given back). Had B read the policy beside or before
+    the lease, it would now hold a policy without A's statement and a lease generation
+    that A's claim already moved past -- its claim would succeed and A's statement would
+    be lost. The broker reads the lease first, so B reads the policy A wrote."""
+    sc = scenario
+    ddb = sc.local.client("dynamodb")
+
+    def broker_with(stalls: Stalls | None = None) -> Any:
+        session = exec_session(sc.local)
+        strict_aws.install(session, sc.local)
+        if stalls is not None:
+            stalls.install(session)
+        return sc.broker(session=session, locks=DynamoLocks(ddb, sc.config.lock_table))
+
+    stalls = Stalls()
+    slow, fast = broker_with(stalls), broker_with()
+    grant_a, grant_b = sc.bucket_grant("service-a"), sc.bucket_grant("service-b")
+    table_read = stalls.hold("dynamodb.BatchGetItem")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(sc.client(slow).request, [grant_b], request_id="b-reads-late")
+        try:
+            assert table_read.wait_reached(), "request B never read the lease"
+            first = sc.client(fast).request([grant_a], request_id="a-writes-between")
+        finally:
+            table_read.release()
+        second = pending.result(timeout=120)
+
+    assert [r.decision for r in first.results] == ["applied"]
+    assert [r.decision for r in second.results] == ["applied"], second.results[0].reason
+    kind = REGISTRY["bucket-access"]
+    present = {s.get("Sid") for s in (sc.bucket_policy() or {}).get("Statement", [])}
+    for grant in (grant_a, grant_b):
+        assert kind.grant_id(kind.spec.model_validate(grant)) in present, "no statement lost"
+    recorded = [
+        (e.entry["type"], e.entry["decision"])
+        for e in fast.ledger.entries()
+        if e.entry.get("request_id") == "b-reads-late"
+    ]
+    assert recorded == [("intent", "applied"), ("outcome", "applied")]
