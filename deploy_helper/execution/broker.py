@@ -82,6 +82,8 @@ TARGET_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 8}, c
 #: The reference table: bounded, so a whole reference write, retries included, fits in a lease.
 TABLE_CLIENT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=3, read_timeout=5)
 TABLE_WRITE_SECONDS = fencing.worst_case_seconds(TABLE_CLIENT_CONFIG)
+#: The broker's own tables (nonces, ledger, leases): botocore's retries, a pool for every worker.
+OWN_TABLES_CONFIG = Config(max_pool_connections=64)
 
 
 class Broker:
@@ -146,13 +148,18 @@ class Broker:
         session = session or boto3.Session()
         callers = CallerRegistry.load(config.policies_dir / "callers.yaml")
         rules = RuleSet.load(config.policies_dir / "rules.yaml")
-        ddb = session.client("dynamodb", region_name=config.region)
+        # Shared by the nonce store, the ledger, the leases and the records' reads: room for every
+        # worker thread's connection (botocore keeps 10 by default and opens a new one past them).
+        ddb = session.client("dynamodb", region_name=config.region, config=OWN_TABLES_CONFIG)
         if ledger is None:
             if config.ledger_table:
                 from deploy_helper.ledger.setup import open_ledger
 
                 # Checkpoints are the checkpointer's (deploy_helper.entry.checkpointer), never the broker's.
-                ledger = open_ledger(session, table=config.ledger_table, region=config.region, clock=clock).ledger
+                # One DynamoDB client (one connection pool) for the ledger and the broker's tables.
+                ledger = open_ledger(
+                    session, table=config.ledger_table, region=config.region, clock=clock, client=ddb
+                ).ledger
             else:
                 ledger = MemoryLedger()
         if locks is None and config.lock_table:

@@ -97,9 +97,11 @@ def open_ledger(
     region: str | None = None,
     origin: str | None = None,
     heartbeat: int | None = None,
+    client: Any = None,
     **kwargs: Any,
 ) -> LedgerHandle:
-    ledger = DynamoLedger(session.client("dynamodb", region_name=region), table, **kwargs)
+    """The ledger in ``table``; ``client``: a DynamoDB client to share (one is made if None)."""
+    ledger = DynamoLedger(client or session.client("dynamodb", region_name=region), table, **kwargs)
     checkpoints = None
     checkpointer = None
     public_key = None
