@@ -165,9 +165,7 @@ class ResourceRunner:
             fencing.guard(client)
         wait = locks.wait_seconds if locks is not None else CLAIM_WAIT_SECONDS
         # Leases are taken and expire by the lease table's clock.
-        clock = locks.clock if locks is not None else broker.clock
-        deadline = clock() + wait
-        delay = 0.01
+        backoff = _Backoff(locks.clock if locks is not None else broker.clock, wait, self._random)
         while True:
             if self.needs_peek(kind, payload.dry_run):
                 state, record, seen = self._read(kind, client, resource, peeked)
@@ -176,14 +174,11 @@ class ResourceRunner:
             peeked = None  # a second attempt reads the tables again, then the target
             if not leased:
                 seen = None
-            if seen is not None and seen.busy(clock()):
-                if clock() >= deadline:
-                    raise ExecutionError(
-                        f"{resource} is being changed by another request and stayed busy for "
-                        f"{wait:.0f} s; nothing was changed — retry the request"
-                    )
-                time.sleep(self._random.uniform(0, delay))
-                delay = min(delay * 2, 0.5)
+            if seen is not None and seen.busy(backoff.clock()):
+                backoff.wait_or_give_up(
+                    f"{resource} is being changed by another request and stayed busy for "
+                    f"{wait:.0f} s; nothing was changed — retry the request"
+                )
                 continue
             step = _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
             step.plan(state, record)
@@ -192,12 +187,9 @@ class ResourceRunner:
             try:
                 return step.execute(client, seen if leased else None, leased)
             except ClaimConflict:
-                if clock() >= deadline:
-                    raise ExecutionError(
-                        f"{resource} kept changing under other requests; nothing was changed — retry the request"
-                    ) from None
-                time.sleep(self._random.uniform(0, delay))
-                delay = min(delay * 2, 0.5)
+                backoff.wait_or_give_up(
+                    f"{resource} kept changing under other requests; nothing was changed — retry the request"
+                )
 
     def _run_held(
         self,
@@ -220,6 +212,23 @@ class ResourceRunner:
             step = _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
             step.plan(state, record)
             return step.execute(client, None, True, lease=lease)
+
+
+class _Backoff:
+    """Jittered exponential waits between attempts at one resource, up to a deadline."""
+
+    def __init__(self, clock: Any, seconds: float, rng: random.Random) -> None:
+        self.clock = clock
+        self._deadline = clock() + seconds
+        self._delay = 0.01
+        self._random = rng
+
+    def wait_or_give_up(self, message: str) -> None:
+        """Wait a little before the next attempt; ``ExecutionError(message)`` once past the deadline."""
+        if self.clock() >= self._deadline:
+            raise ExecutionError(message)
+        time.sleep(self._random.uniform(0, self._delay))
+        self._delay = min(self._delay * 2, 0.5)
 
 
 def _no_lock(locks: Any) -> bool:
