@@ -46,7 +46,7 @@ from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, Requ
 from deploy_helper.execution import fencing, heap, telemetry
 from deploy_helper.execution.locks import Locker, NoLock
 from deploy_helper.execution.owners import Acting, pipeline_owner
-from deploy_helper.execution.resource import ResourceRunner
+from deploy_helper.execution.resource import ResourceRunner, describe
 from deploy_helper.grants import Allowed, GrantSpec, kind_of
 from deploy_helper.ledger import entries
 from deploy_helper.ledger.group_commit import GroupCommit
@@ -384,7 +384,7 @@ class Broker:
             except LedgerError:
                 raise
             except (BrokerError, ClientError, BotoCoreError) as exc:
-                return self._fail_all(request, items, _describe(exc))
+                return self._fail_all(request, items, describe(exc))
             except Exception as exc:
                 logger.exception("unexpected error on %s", resource)
                 return self._fail_all(request, items, f"internal error ({type(exc).__name__}); see the broker's log")
@@ -452,15 +452,6 @@ def _retry_answer(retry: RetriedRequest, claimed: dict[str, Any]) -> BrokerRespo
             message="this request is still being processed; send the same envelope again later for its answer",
         ),
     )
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BrokerError):
-        return exc.message
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return f"AWS refused the change: {err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
-    return f"AWS call failed: {exc}"
 
 
 def _claimed(signed: str) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from deploy_helper.execution.references import DynamoReferences, ResourceRecord,
 from deploy_helper.grants import Allowed, GrantSpec, ResourcePlan, kind_of
 from deploy_helper.ledger import entries
 from deploy_helper.ledger.group_commit import MAX_ITEMS
+from deploy_helper.ledger.store import write_conditional
 
 if TYPE_CHECKING:
     from deploy_helper.execution.broker import Broker
@@ -159,10 +160,19 @@ class ResourceRunner:
         # Owners (kept in the reference table) change under the lease, whatever the kind.
         leased = (kind.serialize_writes or broker.references is not None) and not payload.dry_run
         locks = self._dynamo_locks()
-        if leased and locks is None and not _no_lock(broker.locks):
-            return self._run_held(payload, request, client, resource, items, allowed, acting)
         if leased:
             fencing.guard(client)
+
+        def step() -> _Step:
+            return _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
+
+        if leased and locks is None and not _no_lock(broker.locks):
+            # A ``Locker`` that is not a lease table: read, plan and write inside its hold.
+            with broker.locks.hold(resource) as lease:
+                held = step()
+                record = broker.references.read_record(resource) if broker.references else ResourceRecord()
+                held.plan(kind.read(client, resource), record)
+                return held.execute(client, None, True, lease=lease)
         wait = locks.wait_seconds if locks is not None else CLAIM_WAIT_SECONDS
         # Leases are taken and expire by the lease table's clock.
         backoff = _Backoff(locks.clock if locks is not None else broker.clock, wait, self._random)
@@ -180,38 +190,16 @@ class ResourceRunner:
                     f"{wait:.0f} s; nothing was changed — retry the request"
                 )
                 continue
-            step = _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
-            step.plan(state, record)
+            attempt = step()
+            attempt.plan(state, record)
             if payload.dry_run:
-                return step.planned()
+                return attempt.planned()
             try:
-                return step.execute(client, seen if leased else None, leased)
+                return attempt.execute(client, seen if leased else None, leased)
             except ClaimConflict:
                 backoff.wait_or_give_up(
                     f"{resource} kept changing under other requests; nothing was changed — retry the request"
                 )
-
-    def _run_held(
-        self,
-        payload: RequestPayload,
-        request: dict[str, Any],
-        client: Any,
-        resource: str,
-        items: Items,
-        allowed: list[Allowed],
-        acting: Acting,
-    ) -> list[GrantResult]:
-        """Under a ``Locker`` that is not a lease table: read, plan and write inside its hold."""
-        kind = kind_of(items[0][1])
-        rule_of = {id(spec): rule for _, spec, rule in items}
-        index_of = {id(spec): index for index, spec, _ in items}
-        fencing.guard(client)
-        with self.broker.locks.hold(resource) as lease:
-            state = kind.read(client, resource)
-            record = self.broker.references.read_record(resource) if self.broker.references else ResourceRecord()
-            step = _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
-            step.plan(state, record)
-            return step.execute(client, None, True, lease=lease)
 
 
 class _Backoff:
@@ -374,7 +362,7 @@ class _Step:
             with fencing.fenced(lease) if lease is not None else nullcontext():
                 self.kind.write(client, self.p)
         except (ClientError, BotoCoreError) as exc:
-            error = _describe(exc)
+            error = describe(exc)
         except BrokerError as exc:
             error = exc.message
         except BaseException:
@@ -423,7 +411,7 @@ class _Step:
         group = self.broker._group
         if not claim or len(batch) + len(claim) <= MAX_ITEMS:
             return group.append_many(batch, items=claim or None)
-        _transact(self.runner.tables, claim)
+        write_conditional(self.runner.tables, claim)
         return group.append_many(batch)
 
     def _finish(
@@ -450,9 +438,9 @@ class _Step:
         reference_write = [i for i in finish if i["Update"]["TableName"] != (locks.table if locks else None)]
         if reference_write:
             try:
-                _transact(self.runner.tables, reference_write)
+                write_conditional(self.runner.tables, reference_write)
             except (ClaimConflict, ClientError, BotoCoreError) as exc:
-                error = changed_message(self.resource) if isinstance(exc, ClaimConflict) else _describe(exc)
+                error = changed_message(self.resource) if isinstance(exc, ClaimConflict) else describe(exc)
                 outcomes = self._outcomes(changing, intent_ids, error, False)
         try:
             ids = self.broker._group.append_many(outcomes)
@@ -466,29 +454,11 @@ class _Step:
         return ids, error
 
 
-def _transact(client: Any, items: list[dict[str, Any]]) -> None:
-    """Write ``items`` in one transaction on their own; ``ClaimConflict`` when a condition fails."""
-    from deploy_helper.ledger.store import failed_conditions
-
-    try:
-        if len(items) == 1:
-            (operation,) = items[0].items()
-            try:
-                getattr(client, {"Update": "update_item", "Put": "put_item"}[operation[0]])(**operation[1])
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                    raise ClaimConflict([0]) from exc
-                raise
-        else:
-            client.transact_write_items(TransactItems=items)
-    except ClientError as exc:
-        failed = failed_conditions(exc, len(items))
-        if failed:
-            raise ClaimConflict(failed) from exc
-        raise
-
-
-def _describe(exc: BaseException) -> str:
-    from deploy_helper.execution.broker import _describe as describe
-
-    return describe(exc)
+def describe(exc: BaseException) -> str:
+    """What went wrong with an AWS call or a broker check, in words for the ledger and the caller."""
+    if isinstance(exc, BrokerError):
+        return exc.message
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"AWS refused the change: {err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    return f"AWS call failed: {exc}"

@@ -136,17 +136,9 @@ class GroupCommit:
             return self._ledger.append_many(entries, items)  # type: ignore[call-arg]
         if self._transact is None:
             raise ValueError("conditional items need a DynamoDB client beside a ledger that is not in DynamoDB")
-        from botocore.exceptions import ClientError
+        from deploy_helper.ledger.store import write_conditional
 
-        from deploy_helper.ledger.store import failed_conditions
-
-        try:
-            self._transact.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            failed = failed_conditions(exc, len(items))
-            if failed:
-                raise ClaimConflict(failed) from exc
-            raise
+        write_conditional(self._transact, items)
         return self._ledger.append_many(entries)
 
 

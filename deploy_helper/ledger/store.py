@@ -43,6 +43,26 @@ def failed_conditions(exc: ClientError, count: int) -> list[int]:
     return [i for i, reason in enumerate(reasons[:count]) if reason.get("Code") == "ConditionalCheckFailed"]
 
 
+def write_conditional(client: Any, items: list[dict[str, Any]]) -> None:
+    """Write ``items`` (``TransactWriteItems`` items) all or nothing; ``ClaimConflict`` when a condition fails."""
+    try:
+        if len(items) == 1:
+            ((operation, request),) = items[0].items()
+            try:
+                getattr(client, {"Update": "update_item", "Put": "put_item"}[operation])(**request)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                    raise ClaimConflict([0]) from exc
+                raise
+        else:
+            client.transact_write_items(TransactItems=items)
+    except ClientError as exc:
+        failed = failed_conditions(exc, len(items))
+        if failed:
+            raise ClaimConflict(failed) from exc
+        raise
+
+
 @dataclass(frozen=True)
 class StoredEntry:
     """One entry as stored: its sequence number, exact bytes and hash."""
