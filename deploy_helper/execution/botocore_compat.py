@@ -24,6 +24,15 @@ loudly when an upgrade of botocore removes what this module relies on.
   model (one object per loader) and the session's ``creating-client-class`` handlers, so
   clients built inside ``client_classes_shared()`` reuse the first class built for the same
   (session emitter, service, model); clients built elsewhere are untouched.
+- ``keep_retries_apart()`` / ``retries_apart()`` / ``account_retries(client, events)``:
+  ``ClientCreator._register_retries(client)`` gives each new client, in the ``standard`` and
+  ``adaptive`` retry modes, a retry handler with its retry quota
+  (``botocore.retries.standard.register_retry_handler``) and an adaptive rate limiter
+  (``botocore.retries.adaptive.register_retry_handler``), both registered on the client's
+  events. A client built inside ``retries_apart()`` gets neither (and is marked so:
+  ``retries_kept_apart(client)``); ``account_retries`` registers a fresh pair, built by the
+  same two botocore functions, on an emitter of the caller's (one per target account). The
+  ``legacy`` mode keeps no state between calls and is left on the client.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import contextvars
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 _install_lock = threading.Lock()
@@ -140,3 +150,78 @@ def client_classes_shared() -> Iterator[None]:
         yield
     finally:
         _sharing_classes.reset(token)
+
+
+#: The retry modes whose handlers keep state between calls (retry quota, rate limiter).
+APART_MODES = ("standard", "adaptive")
+_retries_apart: contextvars.ContextVar[bool] = contextvars.ContextVar("deploy_helper_retries_apart", default=False)
+_APART_MARK = "_deploy_helper_retries_apart"
+
+
+def keep_retries_apart() -> bool:
+    """Install the retry registration that ``retries_apart()`` turns off (idempotent); False if botocore changed."""
+    from botocore.client import ClientCreator
+
+    try:
+        from botocore.retries import adaptive, standard
+    except ImportError:
+        return False
+    if not (
+        callable(getattr(standard, "register_retry_handler", None))
+        and callable(getattr(adaptive, "register_retry_handler", None))
+    ):
+        return False
+    with _install_lock:
+        original = getattr(ClientCreator, "_register_retries", None)
+        if original is None:
+            return False
+        if getattr(original, _SHARED_MARK, False):
+            return True
+
+        def _register_retries(self: Any, client: Any) -> Any:
+            if _retries_apart.get() and _retry_mode(client) in APART_MODES:
+                setattr(client, _APART_MARK, True)
+                return None
+            return original(self, client)
+
+        setattr(_register_retries, _SHARED_MARK, True)
+        ClientCreator._register_retries = _register_retries  # type: ignore[attr-defined]
+        return True
+
+
+@contextmanager
+def retries_apart() -> Iterator[None]:
+    """Clients built in this block (this thread) get no retry handler or rate limiter of their own."""
+    token = _retries_apart.set(True)
+    try:
+        yield
+    finally:
+        _retries_apart.reset(token)
+
+
+def retries_kept_apart(client: Any) -> bool:
+    """Whether ``client`` was built without its own retry handler and rate limiter (``retries_apart``)."""
+    return bool(client.__dict__.get(_APART_MARK, False))
+
+
+def _retry_mode(client: Any) -> Any:
+    retries = getattr(client.meta.config, "retries", None) or {}
+    return retries.get("mode")
+
+
+def account_retries(client: Any, events: Any) -> tuple[Any, Any]:
+    """Register on ``events`` the retry handler (with its quota) and rate limiter botocore would give ``client``.
+
+    Returns (retry handler, adaptive rate limiter), each None when the client's retry mode has none.
+    """
+    mode = _retry_mode(client)
+    if mode not in APART_MODES:
+        return None, None
+    from botocore.retries import adaptive, standard
+
+    stand_in: Any = SimpleNamespace(meta=SimpleNamespace(events=events, service_model=client.meta.service_model))
+    total = client.meta.config.retries.get("total_max_attempts")
+    kwargs = {} if total is None else {"max_attempts": total}
+    handler = standard.register_retry_handler(stand_in, **kwargs)
+    limiter = adaptive.register_retry_handler(stand_in) if mode == "adaptive" else None
+    return handler, limiter

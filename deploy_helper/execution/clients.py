@@ -1,31 +1,41 @@
-"""Target-account clients, built once per target role, service and region; every request signs as itself.
+"""Target-account clients, built once per service and region; every request signs as itself.
 
 Building a botocore client costs milliseconds of CPU (its class and methods, its event
 handlers, its endpoint ruleset, its HTTP pool): a request that touched 100 accounts built
-100 of them, and the next request built them again. ``ClientPool`` builds one client per
-(role, service, region) on first use and keeps it (``MAX_CLIENTS``; the least recently used
-go first). Clients stay per target account, so each account's adaptive rate limiter and
-retry quota are its own, and they keep what they learned from one request to the next.
+100 of them per service. ``ClientPool`` builds one client per (service, region) on first
+use, shares it between every target account and request, and keeps it (``MAX_CLIENTS``; the
+least recently used go first).
+
+What must stay per target account is kept per account, outside the client, in an
+``_Account`` (one per role, service and region, kept across requests, ``MAX_CLIENTS`` too):
+the retry handler with its retry quota and the adaptive rate limiter (built by botocore's own
+functions, ``botocore_compat.account_retries``), so that throttling in one account neither
+slows nor exhausts the retries of another and each keeps what it learned from one request
+to the next; and the ``ExpectedBucketOwner`` of its S3 calls (``_BucketOwner``). The shared
+client has no retry handler or rate limiter of its own (``botocore_compat.retries_apart``).
 
 CloudTrail attribution is unchanged: each request still assumes the role under its own
 name (``deploy_helper.execution.sessions``) and each call is signed with *that request's*
 credentials. A request works through a ``RequestClient``, a view of the shared client bound
-to the request's credentials: every call made through the view (an operation, a paginator's
-page, a waiter's poll) runs with the request's credentials in a context variable, which the
-shared client's credentials (``BoundCredentials``) read when botocore signs the request. A
-call made on a shared client outside any view has no credentials and is never sent (fail
+to the request's credentials and its account: every call made through the view (an
+operation, a paginator's page, a waiter's poll) runs with them in a context variable, which
+the shared client's credentials (``BoundCredentials``) read when botocore signs the request.
+A call made on a shared client outside any view has no credentials and is never sent (fail
 closed).
 
 Hooks stay the request's too: ``view.meta.events`` is the view's own event emitter, and the
-shared client forwards every event of a call (``FORWARDED``) to the emitter of the view that
-makes the call. A hook a request registers (the lease fence of ``deploy_helper.execution.fencing``,
-drift's read-only guard) sees only that request's calls and goes away with its view. Forwarded
-handlers run after the shared client's own: after the adaptive rate limiter's wait in
-``before-send``, as the fence needs. Registering for an event that is not forwarded raises.
+shared client forwards every event of a call (``FORWARDED``) to the account's handlers first
+(before the shared client's own: as botocore registers the retry handlers on the most specific
+event names, they run early) and to the emitter of the view that makes the call last (after
+the shared client's own, so after the rate limiter's wait in ``before-send``, as the lease
+fence of ``deploy_helper.execution.fencing`` needs). A hook a request registers (the fence,
+drift's read-only guard) sees only that request's calls and goes away with its view.
+Registering for an event that is not forwarded raises.
 
-botocore has no public way to do the binding; ``deploy_helper.execution.botocore_compat`` holds
-the two internals it uses, checks them, and the pool falls back to a new client per request
-(the plain path) when they are missing.
+botocore has no public way to do any of this; ``deploy_helper.execution.botocore_compat``
+holds the internals used, checks them, and the pool falls back to a client per target
+account (retries on the client) when the retry internals are missing, or to a new client
+per request (the plain path) when the binding internals are.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from dataclasses import dataclass
 from types import MethodType
 from typing import TYPE_CHECKING, Any
 
-from botocore.hooks import HierarchicalEmitter
+from botocore.hooks import HierarchicalEmitter, first_non_none_response
 
 from deploy_helper.execution import botocore_compat
 
@@ -47,9 +57,10 @@ if TYPE_CHECKING:
     from botocore.config import Config
     from botocore.credentials import ReadOnlyCredentials
 
-#: Shared clients kept: a few services in each of the accounts recent requests touched. One
-#: client holds about 150 KiB (its event handlers and HTTP pool; its class is shared), so
-#: the pool stays under about 75 MB.
+#: Shared clients kept (a few services in a few regions, or, without ``botocore_compat``'s
+#: retry internals, a few services in each of the accounts recent requests touched), and
+#: accounts' retry states kept. One client holds about 150 KiB (its event handlers and HTTP
+#: pool; its class is shared), so the pool stays under about 75 MB.
 MAX_CLIENTS = 512
 #: The events a client emits while it makes a call, forwarded to the calling view's hooks.
 FORWARDED = (
@@ -66,13 +77,27 @@ FORWARDED = (
     "after-call",
     "after-call-error",
 )
+#: The forwarded events botocore emits until a handler answers (the others reach every handler).
+_UNTIL_RESPONSE = frozenset({"before-call", "choose-signer"})
 _UNBOUND = "deploy-helper-unbound"
+
+
+@dataclass(frozen=True)
+class _Account:
+    """What one target account (role, service, region) keeps of its own on a shared client."""
+
+    account: str
+    events: HierarchicalEmitter
+    #: botocore's retry handler (with the account's retry quota) and adaptive rate limiter.
+    retry_handler: Any
+    rate_limiter: Any
 
 
 @dataclass(frozen=True)
 class _Binding:
     credentials: ReadOnlyCredentials
     events: HierarchicalEmitter
+    account: _Account | None = None
 
 
 _current: contextvars.ContextVar[_Binding | None] = contextvars.ContextVar("deploy_helper_target_call", default=None)
@@ -132,12 +157,26 @@ def _check_forwarded(event_name: str) -> None:
 
 
 def _forward(event_name: str, **kwargs: Any) -> Any:
-    """On the shared client: the calling view's hooks for this event (a response ends the chain)."""
+    """On the shared client, last: the calling view's hooks for this event."""
     binding = _current.get()
     if binding is None:
         return None
-    _, response = binding.events.emit_until_response(event_name, **kwargs)
-    return response
+    return _emit(binding.events, event_name, kwargs)
+
+
+def _forward_account(event_name: str, **kwargs: Any) -> Any:
+    """On the shared client, first: the calling view's account's handlers for this event."""
+    binding = _current.get()
+    if binding is None or binding.account is None:
+        return None
+    return _emit(binding.account.events, event_name, kwargs)
+
+
+def _emit(events: HierarchicalEmitter, event_name: str, kwargs: dict[str, Any]) -> Any:
+    """Emit as botocore emits this event: until a response, or to every handler (the first response wins)."""
+    if event_name.split(".", 1)[0] in _UNTIL_RESPONSE:
+        return events.emit_until_response(event_name, **kwargs)[1]
+    return first_non_none_response(events.emit(event_name, **kwargs))
 
 
 class _ViewMeta:
@@ -154,16 +193,21 @@ class _ViewMeta:
 class RequestClient:
     """A shared client as one request sees it: its calls signed with the request's credentials, its own hooks."""
 
-    def __init__(self, shared: Any, credentials: ReadOnlyCredentials) -> None:
+    def __init__(self, shared: Any, credentials: ReadOnlyCredentials, account: _Account | None = None) -> None:
         self._shared = shared
         self._api_call = botocore_compat.api_call(shared)
-        self._binding = _Binding(credentials, _ViewEvents())
+        self._binding = _Binding(credentials, _ViewEvents(), account)
         self.meta = _ViewMeta(shared.meta, self._binding.events)
 
     @property
     def shared_client(self) -> Any:
-        """The client this view calls through (the same for every request on this role, service and region)."""
+        """The client this view calls through (the same for every account and request on this service and region)."""
         return self._shared
+
+    @property
+    def account_state(self) -> _Account | None:
+        """The account's own retry handler, rate limiter and bucket owner (None: the shared client is the account's)."""
+        return self._binding.account
 
     def _make_api_call(self, operation_name: str, api_params: dict[str, Any]) -> Any:
         token = _current.set(self._binding)
@@ -185,7 +229,7 @@ class RequestClient:
 
 
 class ClientPool:
-    """Target-account clients of one boto3 session, kept per (role, service, region)."""
+    """Target-account clients of one boto3 session, kept per (service, region), and accounts' own retry states."""
 
     def __init__(
         self,
@@ -201,10 +245,14 @@ class ClientPool:
         self.sharing = share and botocore_compat.supports_shared_clients()
         #: Whether clients of one service share their class (``botocore_compat.share_client_classes``).
         self._classes = False
+        #: Whether one client serves every account (their retry states apart), or one per role.
+        self.across_accounts = False
         if self.sharing:
             botocore_compat.share_endpoint_providers()
             self._classes = botocore_compat.share_client_classes()
-        self._shared: OrderedDict[tuple[str, str, str | None], Any] = OrderedDict()
+            self.across_accounts = botocore_compat.keep_retries_apart()
+        self._shared: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._accounts: OrderedDict[tuple[str, str, str | None], _Account] = OrderedDict()
         self._lock = threading.Lock()
         #: Clients built so far (shared or plain), for the benchmark and tests.
         self.built = 0
@@ -219,7 +267,7 @@ class ClientPool:
                 frozen = ReadOnlyCredentials(
                     credentials["AccessKeyId"], credentials["SecretAccessKey"], credentials["SessionToken"]
                 )
-                return RequestClient(shared, frozen)
+                return RequestClient(shared[0], frozen, shared[1])
         return self._build(
             account,
             service,
@@ -229,27 +277,76 @@ class ClientPool:
             credentials["SessionToken"],
         )
 
-    def _shared_client(self, role_arn: str, account: str, service: str, region: str | None) -> Any:
-        key = (role_arn, service, region)
+    def _shared_client(
+        self, role_arn: str, account: str, service: str, region: str | None
+    ) -> tuple[Any, _Account | None] | None:
+        """The shared client and the account's own state on it (None: on a client of the account's own)."""
         with self._lock:
-            client = self._shared.get(key)
-            if client is not None:
-                self._shared.move_to_end(key)
-                return client
-            # One build at a time: a boto3 session is not safe for concurrent client creation,
-            # and the build is CPU only.
-            client = self._build(account, service, region, _UNBOUND, _UNBOUND, None)
-            if not botocore_compat.bind_credentials(client, BoundCredentials()):
-                self.sharing = False
-                return None
-            for event in FORWARDED:
-                client.meta.events.register_last(event, _forward, unique_id=f"deploy-helper-view-{event}")
-            self._shared[key] = client
-            while len(self._shared) > self._max:
-                self._shared.popitem(last=False)  # views still in use keep theirs alive
-            return client
+            if self.across_accounts:
+                client = self._kept((service, region or ""), None, service, region)
+                if client is not None:
+                    state = self._account(role_arn, account, service, region, client)
+                    if state is not None:
+                        return client, state
+                    self._fall_back()
+                elif not self.sharing:
+                    return None
+            client = self._kept((role_arn, service, region or ""), account, service, region)
+            return None if client is None else (client, None)
 
-    def _build(self, account: str, service: str, region: str | None, key: str, secret: str, token: str | None) -> Any:
+    def _kept(self, key: tuple[str, ...], account: str | None, service: str, region: str | None) -> Any:
+        """The shared client under ``key``, built on first use (``account``: the one account it serves)."""
+        client = self._shared.get(key)
+        if client is not None:
+            self._shared.move_to_end(key)
+            return client
+        # One build at a time: a boto3 session is not safe for concurrent client creation,
+        # and the build is CPU only.
+        with botocore_compat.retries_apart() if account is None else nullcontext():
+            client = self._build(account, service, region, _UNBOUND, _UNBOUND, None)
+        if account is None and not botocore_compat.retries_kept_apart(client):
+            self._fall_back()  # botocore gave the client retries of its own after all
+            return None
+        if not botocore_compat.bind_credentials(client, BoundCredentials()):
+            self.sharing = self.across_accounts = False
+            return None
+        for event in FORWARDED:
+            client.meta.events.register_first(event, _forward_account, unique_id=f"deploy-helper-account-{event}")
+            client.meta.events.register_last(event, _forward, unique_id=f"deploy-helper-view-{event}")
+        self._shared[key] = client
+        while len(self._shared) > self._max:
+            self._shared.popitem(last=False)  # views still in use keep theirs alive
+        return client
+
+    def _fall_back(self) -> None:
+        """From now on, one client per role, service and region, which keeps the account's retries itself."""
+        self.across_accounts = False
+        self._shared.clear()
+        self._accounts.clear()
+
+    def _account(self, role_arn: str, account: str, service: str, region: str | None, shared: Any) -> _Account | None:
+        """The account's own retry state and bucket owner on ``shared``: built on first use, then kept."""
+        key = (role_arn, service, region)
+        state = self._accounts.get(key)
+        if state is not None:
+            self._accounts.move_to_end(key)
+            return state
+        events = _ViewEvents()
+        try:
+            handler, limiter = botocore_compat.account_retries(shared, events)
+        except ValueError:  # botocore registers them on an event the shared client does not forward
+            return None
+        if service == "s3":
+            events.register("provide-client-params.s3", _BucketOwner(account))
+        state = _Account(account, events, handler, limiter)
+        self._accounts[key] = state
+        while len(self._accounts) > self._max:
+            self._accounts.popitem(last=False)  # views still in use keep theirs
+        return state
+
+    def _build(
+        self, account: str | None, service: str, region: str | None, key: str, secret: str, token: str | None
+    ) -> Any:
         with botocore_compat.client_classes_shared() if self._classes else nullcontext():
             client = self._session.client(
                 service,  # type: ignore[call-overload]
@@ -259,7 +356,7 @@ class ClientPool:
                 aws_session_token=token,
                 config=self._config,
             )
-        if service == "s3":
+        if service == "s3" and account is not None:
             client.meta.events.register("provide-client-params.s3", _BucketOwner(account))
         self.built += 1
         return client
