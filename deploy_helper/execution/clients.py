@@ -7,7 +7,7 @@ use, shares it between every target account and request, and keeps it (``MAX_CLI
 least recently used go first).
 
 What must stay per target account is kept per account, outside the client, in an
-``_Account`` (one per role, service and region, kept across requests, ``MAX_CLIENTS`` too):
+``AccountState`` (one per role, service and region, kept across requests, ``MAX_CLIENTS`` too):
 the retry handler with its retry quota and the adaptive rate limiter (built by botocore's own
 functions, ``botocore_compat.account_retries``), so that throttling in one account neither
 slows nor exhausts the retries of another and each keeps what it learned from one request
@@ -83,7 +83,7 @@ _UNBOUND = "deploy-helper-unbound"
 
 
 @dataclass(frozen=True)
-class _Account:
+class AccountState:
     """What one target account (role, service, region) keeps of its own on a shared client."""
 
     account: str
@@ -97,7 +97,7 @@ class _Account:
 class _Binding:
     credentials: ReadOnlyCredentials
     events: HierarchicalEmitter
-    account: _Account | None = None
+    account: AccountState | None = None
 
 
 _current: contextvars.ContextVar[_Binding | None] = contextvars.ContextVar("deploy_helper_target_call", default=None)
@@ -193,7 +193,7 @@ class _ViewMeta:
 class RequestClient:
     """A shared client as one request sees it: its calls signed with the request's credentials, its own hooks."""
 
-    def __init__(self, shared: Any, credentials: ReadOnlyCredentials, account: _Account | None = None) -> None:
+    def __init__(self, shared: Any, credentials: ReadOnlyCredentials, account: AccountState | None = None) -> None:
         self._shared = shared
         self._api_call = botocore_compat.api_call(shared)
         self._binding = _Binding(credentials, _ViewEvents(), account)
@@ -205,7 +205,7 @@ class RequestClient:
         return self._shared
 
     @property
-    def account_state(self) -> _Account | None:
+    def account_state(self) -> AccountState | None:
         """The account's own retry handler, rate limiter and bucket owner (None: the shared client is the account's)."""
         return self._binding.account
 
@@ -252,7 +252,7 @@ class ClientPool:
             self._classes = botocore_compat.share_client_classes()
             self.across_accounts = botocore_compat.keep_retries_apart()
         self._shared: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        self._accounts: OrderedDict[tuple[str, str, str | None], _Account] = OrderedDict()
+        self._accounts: OrderedDict[tuple[str, str, str | None], AccountState] = OrderedDict()
         self._lock = threading.Lock()
         #: Clients built so far (shared or plain), for the benchmark and tests.
         self.built = 0
@@ -279,7 +279,7 @@ class ClientPool:
 
     def _shared_client(
         self, role_arn: str, account: str, service: str, region: str | None
-    ) -> tuple[Any, _Account | None] | None:
+    ) -> tuple[Any, AccountState | None] | None:
         """The shared client and the account's own state on it (None: on a client of the account's own)."""
         with self._lock:
             if self.across_accounts:
@@ -318,13 +318,20 @@ class ClientPool:
             self._shared.popitem(last=False)  # views still in use keep theirs alive
         return client
 
+    def account_states(self) -> dict[tuple[str, str, str | None], AccountState]:
+        """The accounts' own states kept, by (role, service, region)."""
+        with self._lock:
+            return dict(self._accounts)
+
     def _fall_back(self) -> None:
         """From now on, one client per role, service and region, which keeps the account's retries itself."""
         self.across_accounts = False
         self._shared.clear()
         self._accounts.clear()
 
-    def _account(self, role_arn: str, account: str, service: str, region: str | None, shared: Any) -> _Account | None:
+    def _account(
+        self, role_arn: str, account: str, service: str, region: str | None, shared: Any
+    ) -> AccountState | None:
         """The account's own retry state and bucket owner on ``shared``: built on first use, then kept."""
         key = (role_arn, service, region)
         state = self._accounts.get(key)
@@ -338,7 +345,7 @@ class ClientPool:
             return None
         if service == "s3":
             events.register("provide-client-params.s3", _BucketOwner(account))
-        state = _Account(account, events, handler, limiter)
+        state = AccountState(account, events, handler, limiter)
         self._accounts[key] = state
         while len(self._accounts) > self._max:
             self._accounts.popitem(last=False)  # views still in use keep theirs

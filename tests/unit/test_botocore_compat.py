@@ -126,3 +126,83 @@ def test_clients_built_for_the_pool_share_their_class(session: boto3.Session) ->
     assert type(elsewhere) is not type(first)  # only clients built in the block
     second.list_aliases()
     assert sent.access_keys() == ["a"]
+
+
+def _credentials(key: str) -> dict[str, str]:
+    return {"AccessKeyId": key, "SecretAccessKey": "s", "SessionToken": "t"}
+
+
+def test_one_client_for_every_account_each_with_its_own_retries(
+    session: boto3.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Account one is throttled: its calls retry on its own quota and limiter; account two's are untouched."""
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+    from botocore.retries.bucket import TokenBucket
+    from botocore.retries.standard import ExponentialBackoff
+
+    monkeypatch.setitem(ExponentialBackoff._DEFAULT_BACKOFF_CONFIG, "throttling_base_scale", 0.001)
+    asked: list[Any] = []  # the token buckets a call waited on (granted at once: whose limiter, not how long)
+    monkeypatch.setattr(TokenBucket, "acquire", lambda self, amount=1, block=True: asked.append(self) or True)
+    sent = Sent(session)
+    throttle = sent.answer
+
+    def answer(request: Any, **kwargs: Any) -> AWSResponse:
+        response = throttle(request, **kwargs)
+        if b"AKIATHROTTLED" in request.headers["Authorization"]:
+            response.status_code = 400
+            response._content = b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'
+        return response
+
+    monkeypatch.setattr(sent, "answer", answer)
+    session.events.unregister("before-send", throttle)
+    session.events.register("before-send", answer)
+    pool = ClientPool(session, Config(retries={"mode": "adaptive", "max_attempts": 2}))
+    views = {
+        account: pool.client(f"arn:aws:iam::{account}:role/r", account, "kms", "us-east-1", _credentials(key))
+        for account, key in (("111111111111", "AKIATHROTTLED"), ("222222222222", "AKIACALM"))
+    }
+    throttled, calm = views["111111111111"], views["222222222222"]
+    assert pool.across_accounts and pool.built == 1 and throttled.shared_client is calm.shared_client
+    assert botocore_compat.retries_kept_apart(throttled.shared_client)
+
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        throttled.list_aliases()
+    calm.list_aliases()
+    assert sent.access_keys() == ["AKIATHROTTLED"] * 3 + ["AKIACALM"]  # 1 + 2 retries, then one attempt
+    one, two = throttled.account_state, calm.account_state
+    assert one is not None and two is not None
+    assert one.rate_limiter._enabled and not two.rate_limiter._enabled
+    assert asked == [one.rate_limiter._token_bucket] * 2  # the two retries waited on account one's limiter
+    assert (
+        one.retry_handler._retry_quota._quota.available_capacity
+        < two.retry_handler._retry_quota._quota.available_capacity
+    )
+    # the next request's view of account one finds its state as it was left
+    again = pool.client("arn:aws:iam::111111111111:role/r", "111111111111", "kms", "us-east-1", _credentials("AKIA3"))
+    assert again.account_state is one
+
+
+def test_without_the_retry_internals_the_pool_keeps_a_client_per_account(
+    session: boto3.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(botocore_compat, "retries_kept_apart", lambda client: False)
+    sent = Sent(session)
+    pool = ClientPool(session)
+    one, two = (
+        pool.client(f"arn:aws:iam::{account}:role/r", account, "s3", "us-east-1", _credentials(key))
+        for account, key in (("111111111111", "AKIAONE"), ("222222222222", "AKIATWO"))
+    )
+    assert not pool.across_accounts
+    assert one.shared_client is not two.shared_client and one.account_state is None
+    one.get_bucket_policy(Bucket="b1")
+    two.get_bucket_policy(Bucket="b2")
+    assert sent.access_keys() == ["AKIAONE", "AKIATWO"]
+    assert [r.headers["x-amz-expected-bucket-owner"] for r in sent.requests] == [b"111111111111", b"222222222222"]
+
+
+def test_a_changed_retry_registration_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.client import ClientCreator
+
+    monkeypatch.delattr(ClientCreator, "_register_retries")
+    assert not botocore_compat.keep_retries_apart()
