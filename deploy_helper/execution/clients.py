@@ -23,18 +23,20 @@ the shared client's credentials (``BoundCredentials``) read when botocore signs 
 A call made on a shared client outside any view has no credentials and is never sent (fail
 closed).
 
-Hooks stay the request's too: ``view.meta.events`` is the view's own event emitter, and the
-shared client forwards every event of a call (``FORWARDED``) to the account's handlers first
-(before the shared client's own: as botocore registers the retry handlers on the most specific
-event names, they run early) and to the emitter of the view that makes the call last (after
-the shared client's own, so after the rate limiter's wait in ``before-send``, as the lease
-fence of ``deploy_helper.execution.fencing`` needs). A hook a request registers (the fence,
-drift's read-only guard) sees only that request's calls and goes away with its view.
+Hooks stay the request's too: ``view.meta.events`` is the view's own event emitter. The
+shared client forwards the events its account's handlers use (``ACCOUNT_EVENTS``) to the
+calling view's account first, before the shared client's own handlers (botocore registers
+the retry handlers on the most specific event names, so they ran early), and every event of
+a call (``FORWARDED``) to the calling view's emitter last, after the shared client's own and
+so after the rate limiter's wait in ``before-send``, as the lease fence of
+``deploy_helper.execution.fencing`` needs. A hook a request registers (the fence, drift's
+read-only guard) sees only that request's calls and goes away with its view.
 Registering for an event that is not forwarded raises.
 
 botocore has no public way to do any of this; ``deploy_helper.execution.botocore_compat``
 holds the internals used, checks them, and the pool falls back to a client per target
-account (retries on the client) when the retry internals are missing, or to a new client
+account (retries on the client) when the retry internals are missing or the retry mode is
+``legacy``, or to a new client
 per request (the plain path) when the binding internals are.
 """
 
@@ -77,6 +79,9 @@ FORWARDED = (
     "after-call",
     "after-call-error",
 )
+#: The events an account's own handlers may use (botocore's retry handler, quota and rate
+#: limiter; the bucket owner): forwarded to them, first.
+ACCOUNT_EVENTS = ("provide-client-params", "request-created", "before-send", "needs-retry", "after-call")
 #: The forwarded events botocore emits until a handler answers (the others reach every handler).
 _UNTIL_RESPONSE = frozenset({"before-call", "choose-signer"})
 _UNBOUND = "deploy-helper-unbound"
@@ -132,28 +137,37 @@ class BoundCredentials:
 class _ViewEvents(HierarchicalEmitter):
     """A view's own hooks; only events the shared client forwards may be registered."""
 
+    forwarded: tuple[str, ...] = FORWARDED
+
     def register(
         self, event_name: str, handler: Any, unique_id: Any = None, unique_id_uses_count: bool = False
     ) -> None:
-        _check_forwarded(event_name)
+        self._check_forwarded(event_name)
         super().register(event_name, handler, unique_id, unique_id_uses_count)
 
     def register_first(
         self, event_name: str, handler: Any, unique_id: Any = None, unique_id_uses_count: bool = False
     ) -> None:
-        _check_forwarded(event_name)
+        self._check_forwarded(event_name)
         super().register_first(event_name, handler, unique_id, unique_id_uses_count)
 
     def register_last(
         self, event_name: str, handler: Any, unique_id: Any = None, unique_id_uses_count: bool = False
     ) -> None:
-        _check_forwarded(event_name)
+        self._check_forwarded(event_name)
         super().register_last(event_name, handler, unique_id, unique_id_uses_count)
 
+    def _check_forwarded(self, event_name: str) -> None:
+        if event_name.split(".", 1)[0] not in self.forwarded:
+            raise ValueError(
+                f"{event_name!r} is not forwarded to a request's hooks; forwarded: {', '.join(self.forwarded)}"
+            )
 
-def _check_forwarded(event_name: str) -> None:
-    if event_name.split(".", 1)[0] not in FORWARDED:
-        raise ValueError(f"{event_name!r} is not forwarded to a request's hooks; forwarded: {', '.join(FORWARDED)}")
+
+class _AccountEvents(_ViewEvents):
+    """An account's own handlers; only events forwarded to them may be registered."""
+
+    forwarded = ACCOUNT_EVENTS
 
 
 def _forward(event_name: str, **kwargs: Any) -> Any:
@@ -310,8 +324,9 @@ class ClientPool:
         if not botocore_compat.bind_credentials(client, BoundCredentials()):
             self.sharing = self.across_accounts = False
             return None
-        for event in FORWARDED:
+        for event in ACCOUNT_EVENTS if account is None else ():
             client.meta.events.register_first(event, _forward_account, unique_id=f"deploy-helper-account-{event}")
+        for event in FORWARDED:
             client.meta.events.register_last(event, _forward, unique_id=f"deploy-helper-view-{event}")
         self._shared[key] = client
         while len(self._shared) > self._max:
@@ -338,7 +353,7 @@ class ClientPool:
         if state is not None:
             self._accounts.move_to_end(key)
             return state
-        events = _ViewEvents()
+        events = _AccountEvents()
         try:
             handler, limiter = botocore_compat.account_retries(shared, events)
         except ValueError:  # botocore registers them on an event the shared client does not forward

@@ -13,9 +13,11 @@ request id), never handed to another request, so every call CloudTrail records i
 a target account names (SourceIdentity, RoleSessionName) the request that made it.
 That costs one AssumeRole per target account per request — the bound the batch
 benchmark counts — and no more: a request asking twice for one account gets the
-same session. The clients themselves are not per request: one client per role,
-service and region is built once and kept (``deploy_helper.execution.clients``), and each
-request's calls through it are signed with that request's credentials.
+same session. The clients themselves are not per request, nor per account: one client per
+service and region is built once and kept for every target account
+(``deploy_helper.execution.clients``), each account's retry quota, rate limiter and bucket
+owner kept apart, and each request's calls through it are signed with that request's
+credentials.
 
 Every S3 call through a target-account client carries ``ExpectedBucketOwner`` (the
 target account): S3 refuses it (403 AccessDenied) when another account owns the
@@ -72,8 +74,9 @@ class TargetClients:
     """Clients acting as one role in one target account for one request (its AssumeRole session).
 
     The clients come from the broker's ``ClientPool`` (``deploy_helper.execution.clients``): built
-    once per role, service and region and shared between requests, each call signed with this
-    request's credentials, each request's hooks its own.
+    once per service and region and shared between accounts and requests, each call signed with
+    this request's credentials, with the account's own retries and bucket owner, each request's
+    hooks its own.
     """
 
     def __init__(self, pool: ClientPool, role_arn: str, account: str, credentials: dict[str, Any]):

@@ -206,3 +206,22 @@ def test_a_changed_retry_registration_is_left_alone(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.delattr(ClientCreator, "_register_retries")
     assert not botocore_compat.keep_retries_apart()
+
+
+def test_account_retries_on_an_event_not_forwarded_to_accounts_fall_back(
+    session: boto3.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def elsewhere(client: Any, events: Any) -> tuple[Any, Any]:
+        events.register("before-call", lambda **_: None)  # a botocore that moved its retry handler
+        return None, None
+
+    monkeypatch.setattr(botocore_compat, "account_retries", elsewhere)
+    Sent(session)
+    pool = ClientPool(session)
+    one, two = (
+        pool.client(f"arn:aws:iam::{account}:role/r", account, "kms", "us-east-1", _credentials("AKIA" + account))
+        for account in ("111111111111", "222222222222")
+    )
+    assert not pool.across_accounts
+    assert one.shared_client is not two.shared_client and one.account_state is None
+    one.list_aliases()
