@@ -33,6 +33,11 @@ loudly when an upgrade of botocore removes what this module relies on.
   ``retries_kept_apart(client)``); ``account_retries`` registers a fresh pair, built by the
   same two botocore functions, on an emitter of the caller's (one per target account). The
   ``legacy`` mode keeps no state between calls and is left on the client.
+- ``keep_host_pools(client, hosts)``: a client's HTTP session (``client._endpoint.http_session``)
+  keeps its connections in a urllib3 ``PoolManager`` (``_manager``), one pool per host, at most
+  10 hosts (the least recently used closed first). A client of one account met one or two S3
+  bucket hosts (virtual-hosted addressing: a host per bucket); one client for every account
+  meets all of them, so it keeps more.
 """
 
 from __future__ import annotations
@@ -225,3 +230,13 @@ def account_retries(client: Any, events: Any) -> tuple[Any, Any]:
     handler = standard.register_retry_handler(stand_in, **kwargs)
     limiter = adaptive.register_retry_handler(stand_in) if mode == "adaptive" else None
     return handler, limiter
+
+
+def keep_host_pools(client: Any, hosts: int) -> bool:
+    """Let ``client`` keep the connections of ``hosts`` hosts; False (and nothing changed) if botocore changed."""
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    pools: Any = getattr(getattr(session, "_manager", None), "pools", None)
+    if not isinstance(getattr(pools, "_maxsize", None), int):
+        return False
+    pools._maxsize = max(pools._maxsize, hosts)
+    return True

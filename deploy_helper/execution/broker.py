@@ -139,6 +139,7 @@ class Broker:
         """Wire the broker from its configuration: policies, tables, sessions."""
         import boto3
 
+        from deploy_helper.execution.clients import SHARED_CONNECTIONS
         from deploy_helper.execution.sessions import TargetSessions
         from deploy_helper.ledger import MemoryLedger
         from deploy_helper.trust.callers import CallerRegistry
@@ -178,7 +179,14 @@ class Broker:
             callers=callers,
             rules=rules,
             nonces=NonceStore(ddb, config.nonce_table),
-            sessions=TargetSessions(session, config, client_config=client_config or TARGET_CLIENT_CONFIG, clock=clock),
+            sessions=TargetSessions(
+                session,
+                config,
+                client_config=client_config or TARGET_CLIENT_CONFIG,
+                clock=clock,
+                # a connection for each resource worker of each account worker, in one pool per host
+                connections=max(SHARED_CONNECTIONS, config.max_workers * RESOURCE_WORKERS),
+            ),
             ledger=ledger,
             locks=locks,
             clock=clock,

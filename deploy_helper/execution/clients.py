@@ -64,6 +64,11 @@ if TYPE_CHECKING:
 #: accounts' retry states kept. One client holds about 150 KiB (its event handlers and HTTP
 #: pool; its class is shared), so the pool stays under about 75 MB.
 MAX_CLIENTS = 512
+#: Hosts a client for every account keeps connections to: S3 has a host per bucket.
+SHARED_HOSTS = 256
+#: Connections a client for every account keeps per host (botocore keeps 10): Lambda and KMS
+#: have one host per region, which every account's calls share.
+SHARED_CONNECTIONS = 64
 #: The events a client emits while it makes a call, forwarded to the calling view's hooks.
 FORWARDED = (
     "provide-client-params",
@@ -252,9 +257,11 @@ class ClientPool:
         *,
         max_clients: int = MAX_CLIENTS,
         share: bool = True,
+        connections: int = SHARED_CONNECTIONS,
     ) -> None:
         self._session = session
         self._config = config
+        self._connections = connections
         self._max = max_clients
         self.sharing = share and botocore_compat.supports_shared_clients()
         #: Whether clients of one service share their class (``botocore_compat.share_client_classes``).
@@ -316,11 +323,16 @@ class ClientPool:
             return client
         # One build at a time: a boto3 session is not safe for concurrent client creation,
         # and the build is CPU only.
-        with botocore_compat.retries_apart() if account is None else nullcontext():
+        if account is None:
+            with botocore_compat.retries_apart():
+                client = self._build(None, service, region, _UNBOUND, _UNBOUND, None, self._across_config())
+            if not (
+                botocore_compat.retries_kept_apart(client) and botocore_compat.keep_host_pools(client, SHARED_HOSTS)
+            ):
+                self._fall_back()  # botocore gave the client retries of its own after all, or changed
+                return None
+        else:
             client = self._build(account, service, region, _UNBOUND, _UNBOUND, None)
-        if account is None and not botocore_compat.retries_kept_apart(client):
-            self._fall_back()  # botocore gave the client retries of its own after all
-            return None
         if not botocore_compat.bind_credentials(client, BoundCredentials()):
             self.sharing = self.across_accounts = False
             return None
@@ -366,8 +378,23 @@ class ClientPool:
             self._accounts.popitem(last=False)  # views still in use keep theirs
         return state
 
+    def _across_config(self) -> Config:
+        """The configuration of a client for every account: room for every account's connections."""
+        from botocore.config import Config
+
+        config = self._config or Config()
+        connections = max(getattr(config, "max_pool_connections", None) or 10, self._connections)
+        return config.merge(Config(max_pool_connections=connections))
+
     def _build(
-        self, account: str | None, service: str, region: str | None, key: str, secret: str, token: str | None
+        self,
+        account: str | None,
+        service: str,
+        region: str | None,
+        key: str,
+        secret: str,
+        token: str | None,
+        config: Config | None = None,
     ) -> Any:
         with botocore_compat.client_classes_shared() if self._classes else nullcontext():
             client = self._session.client(
@@ -376,7 +403,7 @@ class ClientPool:
                 aws_access_key_id=key,
                 aws_secret_access_key=secret,
                 aws_session_token=token,
-                config=self._config,
+                config=config or self._config,
             )
         if service == "s3" and account is not None:
             client.meta.events.register("provide-client-params.s3", _BucketOwner(account))

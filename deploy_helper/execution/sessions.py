@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper.exceptions import TargetAccessError
-from deploy_helper.execution.clients import ClientPool
+from deploy_helper.execution.clients import SHARED_CONNECTIONS, ClientPool
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -109,6 +109,7 @@ class TargetSessions:
         clock: Callable[[], float] = time.time,
         refresh_margin: int = 300,
         reader_role_name: str = READER_ROLE_NAME,
+        connections: int = SHARED_CONNECTIONS,
     ) -> None:
         self._session = session
         self._reader_role_name = reader_role_name
@@ -121,7 +122,7 @@ class TargetSessions:
         self._guard = threading.Lock()
         self._sts: Any = None
         #: Target-account clients, kept across requests (``deploy_helper.execution.clients``).
-        self.clients = ClientPool(session, client_config)
+        self.clients = ClientPool(session, client_config, connections=connections)
 
     def role_arn(self, account: str) -> str:
         return f"arn:aws:iam::{account}:role{self._config.target_role_path}{self._config.target_role_name}"

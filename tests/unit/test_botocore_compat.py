@@ -44,6 +44,9 @@ def test_this_botocore_has_what_shared_clients_need(session: boto3.Session) -> N
     client = session.client("kms", aws_access_key_id="placeholder", aws_secret_access_key="x")
     assert callable(botocore_compat.api_call(client))
     assert botocore_compat.bind_credentials(client, object())
+    assert botocore_compat.keep_host_pools(client, 300)
+    assert client._endpoint.http_session._manager.pools._maxsize == 300
+    assert not botocore_compat.keep_host_pools(object(), 300)
 
 
 def test_bound_credentials_sign_each_call(session: boto3.Session) -> None:
@@ -165,6 +168,9 @@ def test_one_client_for_every_account_each_with_its_own_retries(
     throttled, calm = views["111111111111"], views["222222222222"]
     assert pool.across_accounts and pool.built == 1 and throttled.shared_client is calm.shared_client
     assert botocore_compat.retries_kept_apart(throttled.shared_client)
+    # room for every account's connections: 64 per host, 256 hosts (S3: a host per bucket)
+    assert throttled.meta.config.max_pool_connections == 64
+    assert throttled.shared_client._endpoint.http_session._manager.pools._maxsize == 256
 
     with pytest.raises(ClientError, match="ThrottlingException"):
         throttled.list_aliases()
