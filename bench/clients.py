@@ -7,8 +7,8 @@ Two figures, from one run:
    in-process by a ``before-send`` stub, so signing and parsing are counted, no server).
    - plain: what the broker did before ``deploy_helper.execution.clients`` -- a new client
      per account, service and request (``ClientPool(share=False)``);
-   - shared: one client per role, service and region, each request's calls signed with
-     its own credentials (``ClientPool()``).
+   - shared: one client per service and region for every account, each request's calls
+     signed with its own credentials (``ClientPool()``).
    CPU seconds (this process), wall seconds and garbage collections (all generations).
 
 2. The broker's own CPU for one request of 500 grants over 100 accounts (the
