@@ -190,10 +190,12 @@ def test_the_handler_runs_from_the_package_with_only_boto3_beside_it(
     assert not {"click", "rich", "moto", "pytest"} & roots
     assert "deploy_helper.local" not in answer["modules"]
     # A cold start loads what the request needs: the broker at the handler's import (init), and
-    # by the first call no YAML parser (the package's pre-parsed policies), no checkpoints, no audit.
+    # by the first call no YAML parser (the package's pre-parsed policies), no checkpoints, no audit,
+    # and no boto3: the broker's clients come from a botocore session.
     assert {"botocore", "pydantic"} <= {m.split(".")[0] for m in answer["at_import"]}
     first_call = set(answer["first_call"])
-    for lazy in ("yaml", "deploy_helper.ledger.checkpoints", "deploy_helper.ledger.audit", "deploy_helper.audit"):
+    lazy_modules = ("yaml", "deploy_helper.ledger.checkpoints", "deploy_helper.ledger.audit", "deploy_helper.audit")
+    for lazy in (*lazy_modules, "boto3", "s3transfer"):
         assert lazy not in first_call, lazy
     results = answer["result"]["results"]
     assert [r["decision"] for r in results] == ["applied"], answer["result"]
