@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     #: in the function, a botocore one behind ``BotocoreSession``; only ``client`` is used.
     Session: TypeAlias = "boto3.Session | BotocoreSession"
 
+
 class BotocoreSession:
     """A botocore session with ``boto3.Session.client``'s signature: the broker's clients without boto3.
 
