@@ -71,7 +71,7 @@ def _build_module() -> ModuleType:
     return module
 
 
-def make_package(out: Path) -> Path:
+def make_package(out: Path, python: str = sys.executable) -> Path:
     """``make build-BrokerFunction`` as sam build runs it, for this machine."""
     subprocess.run(
         [
@@ -83,7 +83,7 @@ def make_package(out: Path) -> Path:
             f"ARTIFACTS_DIR={out}",
             f"ARCHITECTURE={ARCHITECTURE}",
             f"PYTHON_VERSION={HOST_PYTHON}",
-            f"PYTHON={sys.executable}",
+            f"PYTHON={python}",
         ],
         check=True,
         cwd=ROOT / "function",
@@ -225,3 +225,18 @@ def test_a_dependency_left_out_of_the_recipe_is_caught(tmp_path: Path, boto: Pat
     assert "No module named 'rfc8785'" in done.stderr
     policy = scenario.function_policy()  # nothing was granted: only its team's own statement
     assert policy is not None and [s["Sid"] for s in policy["Statement"]] == [seed.FOREIGN_SID]
+
+
+def test_a_python_without_the_dependencies_builds_the_pre_parsed_policies_too(tmp_path: Path, package: Path) -> None:
+    """``sam build`` runs make with the default ``python3``, which need not have the project's dependencies."""
+    import venv
+
+    venv.create(tmp_path / "plain", with_pip=True)
+    python = str(tmp_path / "plain" / "bin" / "python")
+    bare = subprocess.run([python, "-c", "import pydantic"], capture_output=True, text=True, check=False)
+    assert "No module named 'pydantic'" in bare.stderr
+    built = make_package(tmp_path / "BrokerFunction", python=python)
+    parsed = built / "policies" / "parsed.json"
+    assert parsed.read_bytes() == (package / "policies" / "parsed.json").read_bytes()
+    # What was installed to parse them stays out of the package (botocore is the runtime's).
+    assert {p.name for p in built.iterdir()} == {p.name for p in package.iterdir()} - {"__pycache__"}
