@@ -62,14 +62,19 @@ class BotocoreSession:
     ``create_client``; importing boto3 (its resources, their docs, and s3transfer with
     ``multiprocessing`` through the S3 client's injected methods) costs a cold start tens of
     milliseconds for nothing. Credentials, region and endpoints come from the environment
-    and configuration files as with ``boto3.Session()``.
+    and configuration files as with ``boto3.Session()``. Its data loader is the process's
+    (``deploy_helper.trust.identifiers.botocore_loader``): what it parses for the clients, the
+    region checks of a request's identifiers read without parsing it again.
     """
 
     def __init__(self, session: botocore.session.Session | None = None) -> None:
         if session is None:
             import botocore.session
 
+            from deploy_helper.trust.identifiers import botocore_loader
+
             session = botocore.session.get_session()
+            session.register_component("data_loader", botocore_loader())
         self.botocore_session = session
 
     def client(self, service_name: str, region_name: str | None = None, **kwargs: Any) -> Any:
