@@ -70,9 +70,10 @@ def _serialized_server() -> Any:
     )
     from werkzeug.serving import make_server
 
-    from deploy_helper.local import codepipeline_jobs
+    from deploy_helper.local import codepipeline_jobs, fast_moto
     from deploy_helper.local.lambda_revisions import keep_revisions_as_lambda
 
+    fast_moto.install()
     _snapshot_each_table_once()
     _keep_streams_for_the_checkpointer()
     keep_revisions_as_lambda()
@@ -87,9 +88,8 @@ def _serialized_server() -> Any:
                 with lock:
                     return list(app(environ, start_response))
 
-            self._server = make_server(
-                self._ip_address, self._port, serialized, True, request_handler=MotoRequestHandler
-            )
+            handler = fast_moto.quiet_request_handler(MotoRequestHandler)
+            self._server = make_server(self._ip_address, self._port, serialized, True, request_handler=handler)
             self._server_ready_event.set()
             self._server.serve_forever()
 
