@@ -12,7 +12,9 @@ It does not collect first. At that point the process holds what its imports and 
 broker's build made, of which next to nothing is cyclic garbage (measured: none after the
 handler's import and the broker's build), while a full collection scans every object
 in the process: some 75,000, tens of milliseconds of a cold start's CPU, to free nothing.
-Whatever garbage there is stays frozen, once, a bounded cost.
+Whatever garbage there is stays frozen, once, a bounded cost. A process that builds more
+brokers (the tests, the benchmarks, the CLI) collects before each later freeze, so what
+it has let go of is not frozen with the rest.
 
 The Lambda handler sets the thresholds (``init()``) before its imports: what they allocate
 (modules, classes, pydantic's validators, some 75,000 objects) lives as long as the process,
@@ -42,8 +44,10 @@ def init() -> None:
 
 
 def settle() -> None:
-    """Freeze what is alive (no collection: see above), raise the thresholds; later calls only refreeze."""
+    """Freeze what is alive (the first time without a collection: see above), raise the thresholds."""
     global _settled
+    if _settled:
+        gc.collect()
     gc.freeze()
     if not _settled:
         gc.set_threshold(YOUNG_THRESHOLD, OLDER_THRESHOLD, OLDER_THRESHOLD)
