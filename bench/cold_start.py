@@ -6,6 +6,8 @@ figures are comparable:
 
 - wall: the time of ``python -c "import X"`` as a whole, minus the median time of
   ``python -c "pass"`` (the interpreter's own start-up) measured in the same run;
+- CPU: the same for the child's user + system time, which other load on the machine
+  disturbs less than wall time;
 - import-time: from a second, separate run under ``python -X importtime``, the sum
   of the ``self`` times of the modules ``import X`` loads beyond those loaded at
   start-up, and how many modules that is; for the handler also its heaviest
@@ -70,6 +72,8 @@ class Figure:
     statement: str
     wall_ms: float
     wall_minus_startup_ms: float
+    cpu_ms: float
+    cpu_minus_startup_ms: float
     importtime_ms: float
     modules: int
     runs: list[float]
@@ -79,14 +83,17 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
 
 
-def wall_once(python: str, statement: str) -> float:
-    """Milliseconds of one fresh interpreter running ``statement``."""
+def wall_once(python: str, statement: str) -> tuple[float, float]:
+    """Milliseconds of one fresh interpreter running ``statement``: wall, and CPU (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([python, "-c", statement], capture_output=True, text=True, env=_env(), check=False)
     elapsed = (time.perf_counter() - started) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{statement!r} failed:\n{done.stderr[-2000:]}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    return elapsed, cpu
 
 
 def importtime_once(python: str, statement: str) -> dict[str, int]:
@@ -108,12 +115,15 @@ def importtime_once(python: str, statement: str) -> dict[str, int]:
 
 def measure(python: str, runs: int) -> tuple[dict[str, Figure], dict[str, float]]:
     walls: dict[str, list[float]] = {name: [] for name in TARGETS}
+    cpus: dict[str, list[float]] = {name: [] for name in TARGETS}
     imports: dict[str, list[tuple[float, int]]] = {name: [] for name in TARGETS}
     packages: dict[str, list[float]] = {}
     wall_once(python, "import deploy_helper.handler, boto3")  # warm the file-system cache and .pyc files
     for _ in range(runs):
         for name, statement in TARGETS.items():
-            walls[name].append(wall_once(python, statement))
+            wall, cpu = wall_once(python, statement)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
         startup = set(importtime_once(python, TARGETS["startup"]))
         for name, statement in TARGETS.items():
             loaded = {m: us for m, us in importtime_once(python, statement).items() if m not in startup}
@@ -126,14 +136,18 @@ def measure(python: str, runs: int) -> tuple[dict[str, Figure], dict[str, float]
                 for top, ms in by_package.items():
                     packages.setdefault(top, []).append(ms)
     startup_ms = statistics.median(walls["startup"])
+    startup_cpu_ms = statistics.median(cpus["startup"])
     figures = {}
     for name, statement in TARGETS.items():
         wall = statistics.median(walls[name])
+        cpu = statistics.median(cpus[name])
         figures[name] = Figure(
             target=name,
             statement=statement,
             wall_ms=round(wall, 1),
             wall_minus_startup_ms=round(wall - startup_ms, 1),
+            cpu_ms=round(cpu, 1),
+            cpu_minus_startup_ms=round(cpu - startup_cpu_ms, 1),
             importtime_ms=round(statistics.median(ms for ms, _ in imports[name]), 1),
             modules=int(statistics.median(n for _, n in imports[name])),
             runs=[round(w, 1) for w in walls[name]],
@@ -299,10 +313,12 @@ def main() -> None:
     handler, boto3, broker_modules = figures["handler"], figures["boto3"], figures["broker"]
     ratio = {
         "wall": _ratio(handler.wall_minus_startup_ms, boto3.wall_minus_startup_ms),
+        "cpu": _ratio(handler.cpu_minus_startup_ms, boto3.cpu_minus_startup_ms),
         "importtime": _ratio(handler.importtime_ms, boto3.importtime_ms),
     }
     broker_ratio = {
         "wall": _ratio(broker_modules.wall_minus_startup_ms, boto3.wall_minus_startup_ms),
+        "cpu": _ratio(broker_modules.cpu_minus_startup_ms, boto3.cpu_minus_startup_ms),
         "importtime": _ratio(broker_modules.importtime_ms, boto3.importtime_ms),
     }
     firsts = None if args.no_first_invocation else first_invocations(args.python, args.invocations)
@@ -340,17 +356,23 @@ def main() -> None:
         )
         return
     print(f"cold import in a fresh interpreter, median of {args.runs} runs (Python {platform.python_version()})")
-    print(f"{'':38} {'wall ms':>9} {'- start-up':>11} {'importtime ms':>14} {'modules':>8}")
+    minus = "- start-up"
+    print(f"{'':38} {'wall ms':>9} {minus:>11} {'CPU ms':>8} {minus:>11} {'importtime ms':>14} {'modules':>8}")
     for f in figures.values():
         extra = "" if f.target == "startup" else f"{f.wall_minus_startup_ms:>11.1f}"
+        cpu_extra = "" if f.target == "startup" else f"{f.cpu_minus_startup_ms:>11.1f}"
         importtime = "" if f.target == "startup" else f"{f.importtime_ms:>14.1f}"
         modules = "" if f.target == "startup" else f"{f.modules:>8}"
         label = "python -c pass" if f.target == "startup" else f.statement
-        print(f"{label:38} {f.wall_ms:>9.1f} {extra:>11} {importtime:>14} {modules:>8}")
-    print(f"deploy_helper.handler / boto3: {ratio['wall']}x wall (minus start-up), {ratio['importtime']}x import time")
+        cpu = f"{f.cpu_ms:>8.1f}"
+        print(f"{label:38} {f.wall_ms:>9.1f} {extra:>11} {cpu} {cpu_extra:>11} {importtime:>14} {modules:>8}")
     print(
-        f"deploy_helper.execution.broker / boto3: {broker_ratio['wall']}x wall (minus start-up), "
-        f"{broker_ratio['importtime']}x import time (the handler imports it at init)"
+        f"deploy_helper.handler / boto3: {ratio['wall']}x wall, {ratio['cpu']}x CPU (minus start-up), "
+        f"{ratio['importtime']}x import time"
+    )
+    print(
+        f"deploy_helper.execution.broker / boto3: {broker_ratio['wall']}x wall, {broker_ratio['cpu']}x CPU "
+        f"(minus start-up), {broker_ratio['importtime']}x import time (the handler imports it at init)"
     )
     print("heaviest packages in the broker's import (ms): " + ", ".join(f"{p} {ms}" for p, ms in heaviest.items()))
     if firsts is None or first_ratio is None:

@@ -26,16 +26,20 @@ runtime, so callers always get a structured answer.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from typing import Any
+from deploy_helper.execution import heap
 
-from deploy_helper.config import BrokerConfig
-from deploy_helper.exceptions import BrokerError
-from deploy_helper.execution import telemetry
-from deploy_helper.execution.broker import Broker
-from deploy_helper.models import BrokerResponse, ErrorBody
+heap.init()  # before the imports below: what they allocate is kept for good (deploy_helper.execution.heap)
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+from typing import Any  # noqa: E402
+
+from deploy_helper.config import BrokerConfig  # noqa: E402
+from deploy_helper.exceptions import BrokerError  # noqa: E402
+from deploy_helper.execution import telemetry  # noqa: E402
+from deploy_helper.execution.broker import Broker  # noqa: E402
+from deploy_helper.models import BrokerResponse, ErrorBody  # noqa: E402
 
 logger = logging.getLogger("deploy_helper")
 logger.setLevel(os.environ.get("DEPLOY_HELPER_LOG_LEVEL", "INFO"))

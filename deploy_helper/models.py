@@ -115,7 +115,9 @@ class BrokerResponse(BaseModel):
     caller: str | None = None
     action: str | None = None
     dry_run: bool = False
-    results: list[GrantResult] = Field(default_factory=list)
+    #: A plain default, which pydantic copies per instance: a ``default_factory`` that is a builtin has
+    #: pydantic parse its text signature (``inspect``, ``tokenize``) when the model is built, on every cold start.
+    results: list[GrantResult] = []
     error: ErrorBody | None = None
 
     @property

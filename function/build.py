@@ -8,9 +8,11 @@ The package holds exactly what the function runs:
 - ``policies/`` (``LAMBDA_TASK_ROOT/policies``, where the function reads them), with
   ``policies/parsed.json``: the YAML files validated at build time, as JSON with each
   file's SHA-256, which the function reads instead of parsing YAML while the digests
-  match (``deploy_helper.trust.policyfiles``; the YAML stays the source of truth). It
-  needs the project's dependencies in the building Python (``make PYTHON=.venv/bin/python``);
-  without them the package is built without it and the function reads the YAML;
+  match (``deploy_helper.trust.policyfiles``; the YAML stays the source of truth). Where
+  the building Python lacks the project's dependencies (``sam build`` runs make with the
+  default ``python3``), the lock's are installed for that Python into a scratch directory
+  first (the package's own are for the Lambda runtime's Python and architecture), with
+  botocore, which the runtime provides and the grant kinds import;
 - the runtime dependencies pinned in ``function/requirements.txt``, as wheels for
   the Lambda runtime's Python and the function's architecture, installed without
   resolving anything else (``--no-deps``) and only wheels whose sha256 the lock
@@ -25,7 +27,8 @@ rich are not shipped: only the CLI imports them.
     python function/build.py --lock      # re-pin function/requirements.txt from pyproject.toml
 
 Standard library only: it runs in whatever Python SAM CLI calls make with (the
-pre-parsed policies are written by a child process, where the dependencies are).
+pre-parsed policies are written by a child process, which finds the dependencies where
+this Python has them, or in the scratch directory).
 """
 
 from __future__ import annotations
@@ -174,15 +177,17 @@ def build(out: Path, architecture: str = "arm64", python_version: str = LAMBDA_P
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--target", str(out)]
     subprocess.run([*pip, *_pip_target_options(architecture, python_version), "--requirement", str(lock)], check=True)
     shutil.rmtree(out / "bin", ignore_errors=True)  # wheels' console scripts: nothing the function runs
-    write_parsed_policies(out / "policies")
+    write_parsed_policies(out / "policies", lock=lock)
     return out
 
 
-#: Run with ``ROOT`` first on ``sys.path``; argv: the policies directory. Exit status 3: a
-#: dependency is missing here. A policy file that does not validate fails the build.
+#: argv: the policies directory, then directories to put first on ``sys.path`` (``ROOT``, and
+#: where the dependencies were installed, if they were). Exit status 3: a dependency is missing.
+#: A policy file that does not validate fails the build.
 _WRITE_PARSED = r"""
 import sys
 from pathlib import Path
+sys.path[:0] = sys.argv[2:]
 try:
     import yaml  # noqa: F401 - read by write_parsed
     from deploy_helper.trust.callers import CallerRegistry
@@ -193,20 +198,43 @@ except ImportError as exc:
     raise SystemExit(3)
 write_parsed(Path(sys.argv[1]), {"callers.yaml": CallerRegistry, "rules.yaml": RuleSet})
 """
+#: Imported while the policies are parsed but not in the lock: the Lambda runtime provides it
+#: (the range of pyproject.toml's boto3, whose versions botocore's follow). Build time only.
+BUILD_ONLY = ("botocore>=1.34,<2",)
 
 
-def write_parsed_policies(policies: Path, python: str = sys.executable) -> Path | None:
-    """``policies/parsed.json`` (see the module's docstring); None where this Python lacks the dependencies."""
-    done = subprocess.run(
-        [python, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{_WRITE_PARSED}", str(policies)],
+def _write_parsed(python: str, policies: Path, path: list[Path]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-c", _WRITE_PARSED, str(policies), *map(str, path)],
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def _install_for(python: str, target: Path, lock: Path) -> str | None:
+    """The lock's dependencies (hash-checked) and ``BUILD_ONLY`` for ``python`` into ``target``; None, or why not."""
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(target)]
+    for command in ([*pip, "--no-deps", "--requirement", str(lock)], [*pip, *BUILD_ONLY]):
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return done.stderr.strip()[-1000:] or f"pip exited with {done.returncode}"
+    return None
+
+
+def write_parsed_policies(policies: Path, python: str = sys.executable, lock: Path = LOCK) -> Path | None:
+    """``policies/parsed.json`` (see the module's docstring); None where the dependencies cannot be had."""
+    done = _write_parsed(python, policies, [ROOT])
+    if done.returncode == 3:  # this Python lacks them: install the lock's for it, beside the package
+        with tempfile.TemporaryDirectory(prefix="deploy-helper-build-") as scratch:
+            failed = _install_for(python, Path(scratch), lock)
+            if failed is None:
+                done = _write_parsed(python, policies, [ROOT, Path(scratch)])
+            else:
+                done = subprocess.CompletedProcess(done.args, 3, "", f"cannot install the dependencies: {failed}")
     if done.returncode == 3:
         print(
-            f"build.py: policies/parsed.json not written ({done.stderr.strip()}); the function will parse the YAML. "
-            "Build with the project's environment (make PYTHON=.venv/bin/python) to include it.",
+            f"build.py: policies/parsed.json not written ({done.stderr.strip()}); the function will parse the YAML.",
             file=sys.stderr,
         )
         return None

@@ -57,9 +57,8 @@ from deploy_helper.trust.auth import Authenticated, Authenticator, Identity, env
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import boto3
-
     from deploy_helper.config import BrokerConfig
+    from deploy_helper.execution.clients import Session
     from deploy_helper.execution.references import DynamoReferences
     from deploy_helper.execution.sessions import TargetSessions
     from deploy_helper.ledger import Ledger
@@ -130,22 +129,25 @@ class Broker:
         cls,
         config: BrokerConfig,
         *,
-        session: boto3.Session | None = None,
+        session: Session | None = None,
         ledger: Ledger | None = None,
         locks: Locker | None = None,
         clock: Callable[[], float] = time.time,
         client_config: Config | None = None,
     ) -> Broker:
-        """Wire the broker from its configuration: policies, tables, sessions."""
-        import boto3
+        """Wire the broker from its configuration: policies, tables, sessions.
 
+        ``session`` (a ``boto3.Session``, or anything with its ``client``) makes every client;
+        by default a botocore session configured from the environment, as ``boto3.Session()`` is.
+        """
+        from deploy_helper.execution.clients import BotocoreSession
         from deploy_helper.execution.sessions import TargetSessions
         from deploy_helper.ledger import MemoryLedger
         from deploy_helper.trust.callers import CallerRegistry
         from deploy_helper.trust.nonces import NonceStore
         from deploy_helper.trust.rules import RuleSet
 
-        session = session or boto3.Session()
+        session = session or BotocoreSession()
         callers = CallerRegistry.load(config.policies_dir / "callers.yaml")
         rules = RuleSet.load(config.policies_dir / "rules.yaml")
         # Shared by the nonce store, the ledger, the leases and the records' reads: room for every

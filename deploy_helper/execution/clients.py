@@ -43,9 +43,43 @@ from botocore.hooks import HierarchicalEmitter
 from deploy_helper.execution import botocore_compat
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import boto3
+    import botocore.session
     from botocore.config import Config
     from botocore.credentials import ReadOnlyCredentials
+
+    #: What makes the broker's clients: a boto3 session (tests, the CLI, the local harness) or,
+    #: in the function, a botocore one behind ``BotocoreSession``; only ``client`` is used.
+    Session: TypeAlias = "boto3.Session | BotocoreSession"
+
+
+class BotocoreSession:
+    """A botocore session with ``boto3.Session.client``'s signature: the broker's clients without boto3.
+
+    The broker uses nothing of boto3 but ``Session.client``, which is botocore's
+    ``create_client``; importing boto3 (its resources, their docs, and s3transfer with
+    ``multiprocessing`` through the S3 client's injected methods) costs a cold start tens of
+    milliseconds for nothing. Credentials, region and endpoints come from the environment
+    and configuration files as with ``boto3.Session()``. Its data loader is the process's
+    (``deploy_helper.trust.identifiers.botocore_loader``): what it parses for the clients, the
+    region checks of a request's identifiers read without parsing it again.
+    """
+
+    def __init__(self, session: botocore.session.Session | None = None) -> None:
+        if session is None:
+            import botocore.session
+
+            from deploy_helper.trust.identifiers import botocore_loader
+
+            session = botocore.session.get_session()
+            session.register_component("data_loader", botocore_loader())
+        self.botocore_session = session
+
+    def client(self, service_name: str, region_name: str | None = None, **kwargs: Any) -> Any:
+        return self.botocore_session.create_client(service_name, region_name=region_name, **kwargs)
+
 
 #: Shared clients kept: a few services in each of the accounts recent requests touched. One
 #: client holds about 150 KiB (its event handlers and HTTP pool; its class is shared), so
@@ -185,11 +219,11 @@ class RequestClient:
 
 
 class ClientPool:
-    """Target-account clients of one boto3 session, kept per (role, service, region)."""
+    """Target-account clients of one session, kept per (role, service, region)."""
 
     def __init__(
         self,
-        session: boto3.Session,
+        session: Session,
         config: Config | None = None,
         *,
         max_clients: int = MAX_CLIENTS,
@@ -236,7 +270,7 @@ class ClientPool:
             if client is not None:
                 self._shared.move_to_end(key)
                 return client
-            # One build at a time: a boto3 session is not safe for concurrent client creation,
+            # One build at a time: a botocore session is not safe for concurrent client creation,
             # and the build is CPU only.
             client = self._build(account, service, region, _UNBOUND, _UNBOUND, None)
             if not botocore_compat.bind_credentials(client, BoundCredentials()):

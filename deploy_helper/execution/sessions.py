@@ -43,10 +43,10 @@ from deploy_helper.execution.clients import ClientPool
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import boto3
     from botocore.config import Config
 
     from deploy_helper.config import BrokerConfig
+    from deploy_helper.execution.clients import Session
 
 BOOTSTRAP_TAG = "DeployHelperMinBootstrap"
 #: The read-only role of the bootstrap (``account_bootstrap/broker-role.yaml``).
@@ -99,7 +99,7 @@ class TargetSessions:
 
     def __init__(
         self,
-        session: boto3.Session,
+        session: Session,
         config: BrokerConfig,
         *,
         client_config: Config | None = None,

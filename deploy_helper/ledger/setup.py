@@ -18,8 +18,7 @@ from deploy_helper.exceptions import LedgerError
 from deploy_helper.ledger.store import DynamoLedger
 
 if TYPE_CHECKING:
-    import boto3
-
+    from deploy_helper.execution.clients import Session
     from deploy_helper.ledger.checkpoints import Checkpointer, CheckpointStore
     from deploy_helper.trust.signing import Algorithm, Signer
 
@@ -39,7 +38,7 @@ class LedgerHandle:
     checkpointer: Checkpointer | None = None
 
 
-def signer_from_ref(ref: str, session: boto3.Session, region: str | None = None) -> Signer:
+def signer_from_ref(ref: str, session: Session, region: str | None = None) -> Signer:
     from deploy_helper.trust.signing import Ed25519Signer, KmsSigner
 
     scheme, _, value = ref.partition(":")
@@ -50,7 +49,7 @@ def signer_from_ref(ref: str, session: boto3.Session, region: str | None = None)
     raise LedgerError(f"checkpoint key {ref!r} must be kms:<key id> or file:<path to an Ed25519 PEM>")
 
 
-def public_key_from_ref(ref: str, session: boto3.Session, region: str | None = None) -> tuple[Algorithm, str]:
+def public_key_from_ref(ref: str, session: Session, region: str | None = None) -> tuple[Algorithm, str]:
     scheme, _, value = ref.partition(":")
     if scheme == "kms" and value:
         from deploy_helper.trust.signing import public_pem_from_der
@@ -89,7 +88,7 @@ def load_public_key(path: Path) -> tuple[Algorithm, str]:
 
 
 def open_ledger(
-    session: boto3.Session,
+    session: Session,
     *,
     table: str,
     bucket: str | None = None,

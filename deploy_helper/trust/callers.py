@@ -140,7 +140,7 @@ class CallerRegistry(_Strict):
 
     version: Literal[1]
     callers: dict[Name, Caller]
-    stacks: dict[Name, StackCaller] = Field(default_factory=dict)
+    stacks: dict[Name, StackCaller] = {}  # copied per instance (see BrokerResponse.results)
 
     @model_validator(mode="after")
     def _unique_key_ids(self) -> CallerRegistry:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, StringConstraints
+
+if TYPE_CHECKING:
+    from botocore.loaders import Loader
 
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 _PARTITION = r"(?:aws|aws-cn|aws-us-gov)"
@@ -78,16 +81,30 @@ EXTERNAL_ID_RULE = f"{EXTERNAL_ID_MIN}-{EXTERNAL_ID_MAX} characters of letters, 
 
 
 @functools.cache
+def botocore_loader() -> Loader:
+    """The process's botocore data loader, which keeps what it has parsed.
+
+    The broker's own botocore session uses it too (``deploy_helper.execution.clients``), so
+    ``endpoints.json`` (1.2 MB of JSON, which every client's creation reads) is parsed once
+    for the clients and the region checks below, not once for each.
+    """
+    import os
+
+    from botocore.loaders import create_loader
+
+    return create_loader(os.environ.get("AWS_DATA_PATH"))
+
+
+@functools.cache
 def known_regions() -> dict[str, frozenset[str]]:
     """Each partition's regions, from botocore's own data (endpoints.json and partitions.json).
 
-    Loaded on first use (a few milliseconds), not at import. A region AWS opened after the
-    installed botocore was released is unknown here until botocore is updated.
+    Loaded on first use, not at import. A region AWS opened after the installed botocore
+    was released is unknown here until botocore is updated.
     """
     from botocore.exceptions import DataNotFoundError
-    from botocore.loaders import create_loader
 
-    loader = create_loader()
+    loader = botocore_loader()
     regions: dict[str, set[str]] = {p: set() for p in PARTITIONS}
     for partition in loader.load_data("endpoints").get("partitions", []):
         if partition.get("partition") in regions:

@@ -71,7 +71,7 @@ def _build_module() -> ModuleType:
     return module
 
 
-def make_package(out: Path) -> Path:
+def make_package(out: Path, python: str = sys.executable) -> Path:
     """``make build-BrokerFunction`` as sam build runs it, for this machine."""
     subprocess.run(
         [
@@ -83,7 +83,7 @@ def make_package(out: Path) -> Path:
             f"ARTIFACTS_DIR={out}",
             f"ARCHITECTURE={ARCHITECTURE}",
             f"PYTHON_VERSION={HOST_PYTHON}",
-            f"PYTHON={sys.executable}",
+            f"PYTHON={python}",
         ],
         check=True,
         cwd=ROOT / "function",
@@ -190,10 +190,12 @@ def test_the_handler_runs_from_the_package_with_only_boto3_beside_it(
     assert not {"click", "rich", "moto", "pytest"} & roots
     assert "deploy_helper.local" not in answer["modules"]
     # A cold start loads what the request needs: the broker at the handler's import (init), and
-    # by the first call no YAML parser (the package's pre-parsed policies), no checkpoints, no audit.
+    # by the first call no YAML parser (the package's pre-parsed policies), no checkpoints, no audit,
+    # and no boto3: the broker's clients come from a botocore session.
     assert {"botocore", "pydantic"} <= {m.split(".")[0] for m in answer["at_import"]}
     first_call = set(answer["first_call"])
-    for lazy in ("yaml", "deploy_helper.ledger.checkpoints", "deploy_helper.ledger.audit", "deploy_helper.audit"):
+    lazy_modules = ("yaml", "deploy_helper.ledger.checkpoints", "deploy_helper.ledger.audit", "deploy_helper.audit")
+    for lazy in (*lazy_modules, "boto3", "s3transfer"):
         assert lazy not in first_call, lazy
     results = answer["result"]["results"]
     assert [r["decision"] for r in results] == ["applied"], answer["result"]
@@ -223,3 +225,18 @@ def test_a_dependency_left_out_of_the_recipe_is_caught(tmp_path: Path, boto: Pat
     assert "No module named 'rfc8785'" in done.stderr
     policy = scenario.function_policy()  # nothing was granted: only its team's own statement
     assert policy is not None and [s["Sid"] for s in policy["Statement"]] == [seed.FOREIGN_SID]
+
+
+def test_a_python_without_the_dependencies_builds_the_pre_parsed_policies_too(tmp_path: Path, package: Path) -> None:
+    """``sam build`` runs make with the default ``python3``, which need not have the project's dependencies."""
+    import venv
+
+    venv.create(tmp_path / "plain", with_pip=True)
+    python = str(tmp_path / "plain" / "bin" / "python")
+    bare = subprocess.run([python, "-c", "import pydantic"], capture_output=True, text=True, check=False)
+    assert "No module named 'pydantic'" in bare.stderr
+    built = make_package(tmp_path / "BrokerFunction", python=python)
+    parsed = built / "policies" / "parsed.json"
+    assert parsed.read_bytes() == (package / "policies" / "parsed.json").read_bytes()
+    # What was installed to parse them stays out of the package (botocore is the runtime's).
+    assert {p.name for p in built.iterdir()} == {p.name for p in package.iterdir()} - {"__pycache__"}

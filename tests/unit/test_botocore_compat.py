@@ -112,6 +112,23 @@ def test_settle_freezes_what_the_broker_keeps() -> None:
     assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, heap.OLDER_THRESHOLD, heap.OLDER_THRESHOLD)
 
 
+def test_a_cold_starts_settle_freezes_without_a_full_collection_and_later_ones_collect_first() -> None:
+    import json
+    import subprocess
+    import sys
+
+    statement = (
+        "import gc, json\nfrom deploy_helper.execution import heap\n"
+        "full = lambda: gc.get_stats()[2]['collections']\n"
+        "before = full(); heap.settle(); first = full() - before\n"
+        "before = full(); heap.settle(); later = full() - before\n"
+        "print(json.dumps([first, later, gc.get_freeze_count() > 0]))"
+    )
+    done = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True, check=True)
+    # The first would visit every object of the process to free none; later ones free what earlier work let go.
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, 1, True]
+
+
 def test_clients_built_for_the_pool_share_their_class(session: boto3.Session) -> None:
     assert botocore_compat.share_client_classes()
     assert botocore_compat.share_client_classes()  # idempotent

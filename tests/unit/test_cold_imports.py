@@ -52,3 +52,17 @@ def test_the_broker_loads_only_what_a_request_needs(module: str) -> None:
         assert not loaded(modules, package), package
     # Signatures are verified with the key's own type; the general key parser (and RSA) stay out.
     assert not loaded(modules, "cryptography.hazmat.primitives.serialization")
+
+
+def test_the_handler_import_runs_with_the_brokers_collector_thresholds() -> None:
+    """What the import allocates is kept for good: young collections during it would free nothing."""
+    from deploy_helper.execution import heap
+
+    statement = (
+        "import gc, json\nbefore = gc.get_stats()[0]['collections']\nimport deploy_helper.handler\n"
+        "print(json.dumps([gc.get_threshold(), gc.get_stats()[0]['collections'] - before]))"
+    )
+    done = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True, check=True)
+    thresholds, young_collections = json.loads(done.stdout.strip().splitlines()[-1])
+    assert thresholds == [heap.YOUNG_THRESHOLD, heap.OLDER_THRESHOLD, heap.OLDER_THRESHOLD]
+    assert young_collections <= 10  # the default thresholds run some 75

@@ -238,3 +238,19 @@ def test_lambda_arn_groups() -> None:
         "token-authorizer",
         "live",
     )
+
+
+def test_the_region_checks_read_the_data_the_brokers_clients_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.loaders import JSONFileLoader
+
+    from deploy_helper.execution.clients import BotocoreSession
+
+    session = BotocoreSession()
+    assert session.botocore_session.get_component("data_loader") is ids.botocore_loader()
+    session.client("lambda", region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b")
+    read: list[str] = []
+    original = JSONFileLoader.load_file
+    monkeypatch.setattr(JSONFileLoader, "load_file", lambda self, path: read.append(path) or original(self, path))
+    monkeypatch.setattr(ids, "known_regions", ids.known_regions.__wrapped__)  # not the cached answer
+    assert "eu-west-1" in ids.known_regions()["aws"]
+    assert not any(path.endswith("endpoints") for path in read)  # endpoints.json: parsed once, by the client
