@@ -40,6 +40,26 @@ def install() -> None:
     _remember_routing()
     _map_each_traverser_once()
     _check_each_update_expression_once()
+    _load_service_models()
+
+
+#: The services whose requests moto parses from botocore's service model (``parse_parameters``)
+#: among those the broker and the local scenario call.
+_MODEL_PARSED_SERVICES = ("dynamodb", "sts", "iam")
+
+
+def _load_service_models() -> None:
+    """Load, when the server starts, the service models moto would load on a service's first request.
+
+    moto parses the requests of some services (DynamoDB, STS, IAM) with botocore's model of
+    the service, read from its JSON on first use and kept for the process (``get_service_model``
+    is cached). Reading it when the server starts rather than inside some request changes no
+    answer; it keeps a one-off cost out of the requests that happen to come first.
+    """
+    from moto.core.utils import get_service_model
+
+    for service in _MODEL_PARSED_SERVICES:
+        get_service_model(service)
 
 
 def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
