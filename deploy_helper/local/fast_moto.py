@@ -3,11 +3,11 @@
 moto redoes, on every request, work whose result cannot have changed since the last
 one: it scans every account's access keys to find the caller's account, parses the
 same condition and update expressions again (up to three times within one
-``TransactWriteItems``), lists its own package directory to route a request, lists
-a response class's methods, and formats a request log line that the (silenced)
-werkzeug logger then drops. Each patch below keeps moto's own code for the answer and
-only remembers a result keyed by everything it depends on; its docstring says what
-moto does, what is done instead, and why the answer is the same.
+``TransactWriteItems``), lists its own package directory to route a request, and
+lists a response class's methods (the HTTP layer's repeats: fast_http). Each patch
+below keeps moto's own code for the answer and only remembers a result keyed by
+everything it depends on; its docstring says what moto does, what is done instead,
+and why the answer is the same.
 
 ``install`` applies them all, idempotently, in the server's process before it serves.
 """
@@ -15,7 +15,6 @@ moto does, what is done instead, and why the answer is the same.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 #: Parsed expressions kept; a request's repeats hit, and most expression texts recur.
@@ -41,6 +40,26 @@ def install() -> None:
     _remember_routing()
     _map_each_traverser_once()
     _check_each_update_expression_once()
+    _load_service_models()
+
+
+#: The services whose requests moto parses from botocore's service model (``parse_parameters``)
+#: among those the broker and the local scenario call.
+_MODEL_PARSED_SERVICES = ("dynamodb", "sts", "iam")
+
+
+def _load_service_models() -> None:
+    """Load, when the server starts, the service models moto would load on a service's first request.
+
+    moto parses the requests of some services (DynamoDB, STS, IAM) with botocore's model of
+    the service, read from its JSON on first use and kept for the process (``get_service_model``
+    is cached). Reading it when the server starts rather than inside some request changes no
+    answer; it keeps a one-off cost out of the requests that happen to come first.
+    """
+    from moto.core.utils import get_service_model
+
+    for service in _MODEL_PARSED_SERVICES:
+        get_service_model(service)
 
 
 def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
@@ -361,23 +380,3 @@ def _check_each_update_expression_once() -> None:
     validate._once = True  # type: ignore[attr-defined]
     validator.__init__ = __init__  # type: ignore[method-assign]
     validator.validate = validate  # type: ignore[method-assign]
-
-
-def quiet_request_handler(base: type) -> type:
-    """``base`` (werkzeug's request handler) without the log line nobody will see.
-
-    werkzeug formats a line per request (decoding the path, styling the status, the
-    date) and hands it to the ``werkzeug`` logger, which the local AWS sets to ERROR,
-    so the line is dropped. The subclass skips the formatting when that logger would
-    drop it; with the logger's level unset (werkzeug then sets INFO itself) or at INFO
-    or below, werkzeug's own method runs. Errors are logged as before.
-    """
-
-    class QuietRequestHandler(base):
-        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-            logger = logging.getLogger("werkzeug")
-            if logger.level != logging.NOTSET and not logger.isEnabledFor(logging.INFO):
-                return
-            super().log_request(code, size)
-
-    return QuietRequestHandler

@@ -70,10 +70,11 @@ def _serialized_server() -> Any:
     )
     from werkzeug.serving import make_server
 
-    from deploy_helper.local import codepipeline_jobs, fast_moto
+    from deploy_helper.local import codepipeline_jobs, fast_http, fast_moto
     from deploy_helper.local.lambda_revisions import keep_revisions_as_lambda
 
     fast_moto.install()
+    fast_http.install()
     _snapshot_each_table_once()
     _keep_streams_for_the_checkpointer()
     keep_revisions_as_lambda()
@@ -88,7 +89,7 @@ def _serialized_server() -> Any:
                 with lock:
                     return list(app(environ, start_response))
 
-            handler = fast_moto.quiet_request_handler(MotoRequestHandler)
+            handler = fast_http.request_handler(MotoRequestHandler)
             self._server = make_server(self._ip_address, self._port, serialized, True, request_handler=handler)
             self._server_ready_event.set()
             self._server.serve_forever()
