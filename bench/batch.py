@@ -64,9 +64,9 @@ statement per grant.
 ``--latency S`` adds S seconds to every counted call (a ``before-send`` sleep, as real
 control-plane calls take ~50 ms); ``--ledger-latency`` the same for the broker's
 DynamoDB calls (default: a fifth of ``--latency``, DynamoDB being faster). Both runs
-start from the same freshly built scenario. Grants AWS would refuse for a policy's
-size are refused by the broker before any call (and are not in the lower bound);
-moto would accept them, so the script makes those writes.
+start from the same freshly built scenario, each on a local AWS started for it. Grants
+AWS would refuse for a policy's size are refused by the broker before any call (and are
+not in the lower bound); moto would accept them, so the script makes those writes.
 
     python bench/batch.py [--grants 500 | --services 100] [--latency 0.05] [--ledger-latency 0.01]
                           [--workers 32] [--exact] [--no-script] [--json]
@@ -414,16 +414,19 @@ def main() -> None:
 
     compaction = None if args.exact else ["merge-principals", "widen-source-arn"]
     baseline: dict[str, Any] | None = None
-    with LocalAws() as local, tempfile.TemporaryDirectory() as tmp:
+    # Each side gets a local AWS of its own, freshly started: a server that has served the
+    # script's thousands of calls (and was then reset) is not the one the script started with.
+    with tempfile.TemporaryDirectory() as tmp:
         if not args.no_script:
-            (Path(tmp) / "a").mkdir()
-            sc = seed.build_scaled(local, Path(tmp) / "a", args.services, compaction=compaction)
-            baseline = run_baseline(sc, sc.scaled_grants(args.grants), args)
-            local.reset()
-        (Path(tmp) / "b").mkdir()
-        sc = seed.build_scaled(local, Path(tmp) / "b", args.services, compaction=compaction)
-        grants = sc.scaled_grants(args.grants)
-        contender = run_broker(sc, grants, args, local._process.pid)
+            with LocalAws() as local:
+                (Path(tmp) / "a").mkdir()
+                sc = seed.build_scaled(local, Path(tmp) / "a", args.services, compaction=compaction)
+                baseline = run_baseline(sc, sc.scaled_grants(args.grants), args)
+        with LocalAws() as local:
+            (Path(tmp) / "b").mkdir()
+            sc = seed.build_scaled(local, Path(tmp) / "b", args.services, compaction=compaction)
+            grants = sc.scaled_grants(args.grants)
+            contender = run_broker(sc, grants, args, local._process.pid)
 
     memory = default_memory_mb()
     speedup = baseline["wall_s"] / contender["wall_s"] if baseline else None

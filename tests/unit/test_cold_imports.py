@@ -11,6 +11,7 @@ package) are checked by ``tests/functional/test_function_package.py``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -66,3 +67,15 @@ def test_the_handler_import_runs_with_the_brokers_collector_thresholds() -> None
     thresholds, young_collections = json.loads(done.stdout.strip().splitlines()[-1])
     assert thresholds == [heap.YOUNG_THRESHOLD, heap.OLDER_THRESHOLD, heap.OLDER_THRESHOLD]
     assert young_collections <= 10  # the default thresholds run some 75
+
+
+def test_the_handler_runs_no_pydantic_plugin_and_never_looks_for_one() -> None:
+    """A plugin installed beside the function could watch or change validation at the trust boundary."""
+    statement = (
+        "import json\nimport deploy_helper.handler\nfrom deploy_helper.models import Envelope\n"
+        "Envelope.model_validate({'signed': '{}', 'signature': 'A' * 43})\n"
+        "from pydantic.plugin import _loader\nprint(json.dumps(_loader._plugins))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    done = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True, check=True, env=env)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) is None, "pydantic looked for plugins"
