@@ -30,7 +30,7 @@ import os
 
 from deploy_helper.execution import heap
 
-heap.init()  # before the imports below: what they allocate is kept for good (deploy_helper.execution.heap)
+heap.init()  # until heap.imported() below: what the imports allocate is kept for good (execution.heap)
 # The broker's models validate what callers send: no pydantic plugin found among the installed
 # distributions may watch or change that. Looking for plugins also reads every distribution's
 # metadata when the first model is built (about 10 ms of a cold start). An operator who means
@@ -50,6 +50,7 @@ from deploy_helper.models import BrokerResponse, ErrorBody  # noqa: E402
 logger = logging.getLogger("deploy_helper")
 logger.setLevel(os.environ.get("DEPLOY_HELPER_LOG_LEVEL", "INFO"))
 telemetry.install()
+heap.imported()
 
 _broker: Broker | None = None
 

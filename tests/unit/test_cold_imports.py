@@ -61,12 +61,15 @@ def test_the_handler_import_runs_with_the_brokers_collector_thresholds() -> None
 
     statement = (
         "import gc, json\nbefore = gc.get_stats()[0]['collections']\nimport deploy_helper.handler\n"
-        "print(json.dumps([gc.get_threshold(), gc.get_stats()[0]['collections'] - before]))"
+        "print(json.dumps([gc.get_threshold(), gc.get_stats()[0]['collections'] - before, gc.isenabled(),"
+        " gc.get_freeze_count()]))"
     )
     done = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True, check=True)
-    thresholds, young_collections = json.loads(done.stdout.strip().splitlines()[-1])
+    thresholds, young_collections, enabled, frozen = json.loads(done.stdout.strip().splitlines()[-1])
     assert thresholds == [heap.YOUNG_THRESHOLD, heap.OLDER_THRESHOLD, heap.OLDER_THRESHOLD]
-    assert young_collections <= 10  # the default thresholds run some 75
+    assert young_collections <= 2  # before its first line; the default thresholds run some 75
+    assert enabled, "the collector is back on once the handler is imported"
+    assert frozen > 10_000, "what the import made is frozen, never scanned again"
 
 
 def test_the_handler_runs_no_pydantic_plugin_and_never_looks_for_one() -> None:
