@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -147,14 +147,19 @@ def share_client_classes() -> bool:
         return True
 
 
-@contextmanager
-def client_classes_shared() -> Iterator[None]:
+def client_classes_shared() -> AbstractContextManager[None]:
     """Clients built in this block (this thread) share their class with earlier ones of their service."""
-    token = _sharing_classes.set(True)
+    return _turned_on(_sharing_classes)
+
+
+@contextmanager
+def _turned_on(flag: contextvars.ContextVar[bool]) -> Iterator[None]:
+    """``flag`` is True in this block (this thread), as it was before after it."""
+    token = flag.set(True)
     try:
         yield
     finally:
-        _sharing_classes.reset(token)
+        flag.reset(token)
 
 
 #: The retry modes whose handlers keep state between calls (retry quota, rate limiter).
@@ -194,14 +199,9 @@ def keep_retries_apart() -> bool:
         return True
 
 
-@contextmanager
-def retries_apart() -> Iterator[None]:
+def retries_apart() -> AbstractContextManager[None]:
     """Clients built in this block (this thread) get no retry handler or rate limiter of their own."""
-    token = _retries_apart.set(True)
-    try:
-        yield
-    finally:
-        _retries_apart.reset(token)
+    return _turned_on(_retries_apart)
 
 
 def retries_kept_apart(client: Any) -> bool:
