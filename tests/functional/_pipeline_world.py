@@ -267,14 +267,26 @@ def current_world(box: dict[str, World], local: LocalAws, workdir: Callable[[], 
     return box["world"]
 
 
-def step(world: World, *, kms: bool, pipelines: str, transport: RecordingTransport | None = None) -> PipelineStep:
-    """The step as its function's environment configures it, serving ``pipelines``; installed for ``handler``."""
+def step(
+    world: World,
+    *,
+    kms: bool,
+    pipelines: str,
+    transport: RecordingTransport | None = None,
+    part_size: int | None = None,
+) -> PipelineStep:
+    """The step as its function's environment configures it, serving ``pipelines``; installed for ``handler``.
+
+    ``part_size``: ``DEPLOY_HELPER_PART_SIZE``, the most grants per signed request.
+    """
     environ = {
         "AWS_LAMBDA_FUNCTION_NAME": STEP_FUNCTION,
         "DEPLOY_HELPER_PIPELINES": pipelines,
         "DEPLOY_HELPER_CALLER": "ci-tooling",
         "DEPLOY_HELPER_AUDIENCE": seed.AUDIENCE,
     }
+    if part_size is not None:
+        environ["DEPLOY_HELPER_PART_SIZE"] = str(part_size)
     if kms:
         environ |= {"DEPLOY_HELPER_KEY_ID": KMS_KEY_ID, "DEPLOY_HELPER_KMS_KEY_ID": world.kms_key}
     else:
