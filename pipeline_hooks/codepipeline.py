@@ -229,12 +229,11 @@ class PipelineStep:
         except StepError as exc:
             return self._fail(job, exc.failure_type, _naming(exc.message, named), named)
         except BrokerError as exc:
-            return self._fail(job, "ConfigurationError", _naming(exc.message, named), named)
+            cause = exc.__cause__  # no part of a split request answered: as the AWS error of one request
+            kind = _aws_failure(cause) if isinstance(cause, (ClientError, BotoCoreError)) else "ConfigurationError"
+            return self._fail(job, kind, _naming(exc.message, named), named)
         except (ClientError, BotoCoreError) as exc:
-            kind: FailureType = "JobFailed"
-            if isinstance(exc, ClientError) and "AccessDenied" in str(exc.response["Error"].get("Code")):
-                kind = "PermissionError"
-            return self._fail(job, kind, _naming(f"an AWS call failed: {exc}", named), named)
+            return self._fail(job, _aws_failure(exc), _naming(f"an AWS call failed: {exc}", named), named)
         except Exception as exc:  # the job must still end, or the pipeline waits for its timeout
             logger.exception("unexpected error in the pipeline step")
             message = f"internal error in the pipeline step ({type(exc).__name__})"
@@ -426,7 +425,7 @@ def _summarize_parts(response: SplitResponse) -> str:
         error = f"{part.error.code}: {part.error.message}" if part.error else part.status
         lines.append(
             f"part {number}/{count} ({part.request_id}) {part.status}: {error} "
-            f"({len(part.indexes):,} grant(s) not processed)"
+            f"({len(part.indexes):,} grant(s) in this part)"
         )
     lines += [
         f"{r.decision}: {r.kind} on {r.target} for {r.principal}: {r.reason}"
@@ -436,6 +435,12 @@ def _summarize_parts(response: SplitResponse) -> str:
     sent = f"{response.parts[0].request_id} to {response.parts[-1].request_id}"
     text = f"{len(response.results)} grant(s) in {count} requests ({sent}): {head}"
     return text + ("\n" + "\n".join(lines) if lines else "")
+
+
+def _aws_failure(exc: ClientError | BotoCoreError) -> FailureType:
+    if isinstance(exc, ClientError) and "AccessDenied" in str(exc.response["Error"].get("Code")):
+        return "PermissionError"
+    return "JobFailed"
 
 
 def _naming(message: str, request_id: str | None) -> str:

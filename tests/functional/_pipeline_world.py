@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from deploy_helper.execution.broker import Broker
     from deploy_helper.local.server import LocalAws
+    from pipeline_hooks.client import Transport
 
 TOOLING = seed.ACCOUNTS["tooling"]
 KMS_KEY_ID = "ci-tooling-kms-local"
@@ -272,7 +273,7 @@ def step(
     *,
     kms: bool,
     pipelines: str,
-    transport: RecordingTransport | None = None,
+    transport: Transport | None = None,
     part_size: int | None = None,
 ) -> PipelineStep:
     """The step as its function's environment configures it, serving ``pipelines``; installed for ``handler``.

@@ -8,7 +8,7 @@ pipelines) is described in ``_pipeline_world``; the attacks on it are in
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _pipeline_world import (
@@ -22,6 +22,7 @@ from _pipeline_world import (
     statement_for,
     step,
 )
+from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from deploy_helper import handler
@@ -200,7 +201,7 @@ def test_a_refused_part_fails_the_job_naming_the_part_and_keeps_the_other_parts(
     assert head == f"3 grant(s) in 2 requests ({request_id}.1of2 to {request_id}.2of2): 2 applied, 1 failed"
     assert len(problems) == 1
     assert problems[0].startswith(f"part 2/2 ({request_id}.2of2) refused: invalid-request: ")
-    assert problems[0].endswith("(1 grant(s) not processed)")
+    assert problems[0].endswith("(1 grant(s) in this part)")
     # the first part's grants are in place
     for kind in SPLIT_KINDS[:2]:
         assert role("service-b") in json.dumps(world.scenario.resource_policy(kind)), kind
@@ -226,6 +227,36 @@ def test_at_the_real_cap_1001_grants_go_as_1000_and_1(world: World, env: pytest.
         (f"{request_id}.1of2", MAX_GRANTS),
         (f"{request_id}.2of2", 1),
     ]
+
+
+class _InvokeDenied:
+    """The broker function as a step without ``lambda:InvokeFunction`` on it reaches it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def send(self, envelope: dict[str, str]) -> dict[str, Any]:
+        self.count += 1
+        error = {"Error": {"Code": "AccessDeniedException", "Message": "not authorized to invoke"}}
+        raise ClientError(error, "Invoke")  # type: ignore[arg-type]
+
+
+def test_a_split_request_no_part_of_which_is_answered_fails_the_job_as_one_request_would(
+    world: World, env: pytest.MonkeyPatch
+) -> None:
+    key = world.artifact({"grants.yaml": _split_grants(world, "service-b", SPLIT_KINDS)})
+    pipeline = world.pipeline(json.dumps({"grants_file": "grants.yaml"}))
+    job = world.job(pipeline, key)
+    transport = _InvokeDenied()
+    step(world, kms=False, pipelines=pipeline, transport=transport, part_size=2)
+
+    outcome = codepipeline.handler(jobs.lambda_event(job), None)
+
+    assert outcome["ok"] is False and transport.count == 2
+    failure = world.record(job["id"])["result"]["failureDetails"]  # type: ignore[index]
+    assert failure["type"] == "PermissionError"
+    assert failure["externalExecutionId"] == outcome["request_id"]
+    assert failure["message"].startswith(f"no part of request {outcome['request_id']} was answered: ClientError")
 
 
 @pytest.mark.parametrize("value", ["0", "1001", "many"])
