@@ -229,7 +229,8 @@ class PipelineStep:
         except StepError as exc:
             return self._fail(job, exc.failure_type, _naming(exc.message, named), named)
         except BrokerError as exc:
-            cause = exc.__cause__  # no part of a split request answered: as the AWS error of one request
+            # No part of a split request answered for an AWS error: typed as that error for one request.
+            cause = exc.__cause__ if named is not None else None
             kind = _aws_failure(cause) if isinstance(cause, (ClientError, BotoCoreError)) else "ConfigurationError"
             return self._fail(job, kind, _naming(exc.message, named), named)
         except (ClientError, BotoCoreError) as exc:
