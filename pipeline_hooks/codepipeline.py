@@ -33,6 +33,14 @@ leaves KMS) or ``DEPLOY_HELPER_KEY_FILE``; plus ``DEPLOY_HELPER_PIPELINES``,
 the names or ARNs of the pipelines it serves (comma-separated). Its role needs
 ``codepipeline:GetJobDetails``, ``GetPipelineState`` (on those pipelines),
 ``PutJobSuccessResult`` and ``PutJobFailureResult``.
+``DEPLOY_HELPER_PART_SIZE`` (default and most 1,000) sets the most grants per signed
+request, as ``--part-size`` does for ``deploy-helper request``.
+
+A grants file past one request's cap is sent as several signed requests, one
+after another (``<request id>.1of5``, ...; ``BrokerClient.request``), with one log
+line per part. The request id is made before anything is signed, so the job's
+``externalExecutionId`` and its failure messages name it. A part that fails fails
+only its own grants; the job then fails with a message naming the part and its error.
 
 A confirmed job always ends with ``PutJobSuccessResult`` or
 ``PutJobFailureResult`` and a message a person can act on: which grants were
@@ -58,8 +66,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deploy_helper.exceptions import BrokerError
+from deploy_helper.models import MAX_GRANTS
 from deploy_helper.trust.auth import short_errors
-from pipeline_hooks.client import BrokerClient, LambdaTransport, lambda_client
+from pipeline_hooks.client import BrokerClient, LambdaTransport, SplitResponse, lambda_client, new_request_id
 from pipeline_hooks.codepipeline_job import (
     ConfirmedJob,
     FailureType,
@@ -75,13 +84,13 @@ from pipeline_hooks.codepipeline_job import (
 from pipeline_hooks.grants_file import default_resolvers, load_grants_file
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     import boto3
 
     from deploy_helper.models import BrokerResponse
     from deploy_helper.trust.signing import Signer
-    from pipeline_hooks.client import Transport
+    from pipeline_hooks.client import PartProgress, Transport
     from pipeline_hooks.grants_file import GrantsFile
 
 __all__ = ["ActionParameters", "JobNotConfirmedError", "PipelineStep", "StepError", "handler", "set_step", "summarize"]
@@ -136,6 +145,8 @@ class PipelineStep:
     function_name: str
     #: The pipelines (names or ARNs) whose jobs the step serves.
     pipelines: frozenset[str]
+    #: The most grants one signed request carries; a larger set is sent in several.
+    part_size: int = MAX_GRANTS
 
     @classmethod
     def from_env(
@@ -185,6 +196,7 @@ class PipelineStep:
             codepipeline=session.client("codepipeline"),
             function_name=function_name,
             pipelines=pipelines,
+            part_size=_part_size(env),
         )
 
     def run(self, event: Any) -> dict[str, Any]:
@@ -208,20 +220,25 @@ class PipelineStep:
             return self._fail(
                 job, "PermissionError", f"cannot read the pipeline's state (codepipeline:GetPipelineState): {exc}"
             )
+        request_id = new_request_id()
+        named: str | None = None  # the request id, once the step has begun to sign and send
         try:
-            response, request_id = self._send(job)
+            client, request = self._prepare(job)
+            named = request_id
+            response = client.request(**request, request_id=request_id, progress=self._progress(job))
         except StepError as exc:
-            return self._fail(job, exc.failure_type, exc.message)
+            return self._fail(job, exc.failure_type, _naming(exc.message, named), named)
         except BrokerError as exc:
-            return self._fail(job, "ConfigurationError", exc.message)
+            # No part of a split request answered for an AWS error: typed as that error for one request.
+            cause = exc.__cause__ if named is not None else None
+            kind = _aws_failure(cause) if isinstance(cause, (ClientError, BotoCoreError)) else "ConfigurationError"
+            return self._fail(job, kind, _naming(exc.message, named), named)
         except (ClientError, BotoCoreError) as exc:
-            kind: FailureType = "JobFailed"
-            if isinstance(exc, ClientError) and "AccessDenied" in str(exc.response["Error"].get("Code")):
-                kind = "PermissionError"
-            return self._fail(job, kind, f"an AWS call failed: {exc}")
+            return self._fail(job, _aws_failure(exc), _naming(f"an AWS call failed: {exc}", named), named)
         except Exception as exc:  # the job must still end, or the pipeline waits for its timeout
             logger.exception("unexpected error in the pipeline step")
-            return self._fail(job, "JobFailed", f"internal error in the pipeline step ({type(exc).__name__})")
+            message = f"internal error in the pipeline step ({type(exc).__name__})"
+            return self._fail(job, "JobFailed", _naming(message, named), named)
         message = summarize(response)
         if response.failed:
             return self._fail(job, "JobFailed", message, request_id)
@@ -248,7 +265,8 @@ class PipelineStep:
         check_action(job, self.function_name)
         return job
 
-    def _send(self, job: ConfirmedJob) -> tuple[BrokerResponse, str]:
+    def _prepare(self, job: ConfirmedJob) -> tuple[BrokerClient, dict[str, Any]]:
+        """The client to send the job's grants with, and what to send (nothing is signed yet)."""
         params = _parameters(job.data.actionConfiguration.configuration.get("UserParameters", ""))
         grants_file = self._grants(job, params)
         caller = self.caller or grants_file.caller
@@ -257,16 +275,30 @@ class PipelineStep:
             raise StepError(
                 "set DEPLOY_HELPER_CALLER and DEPLOY_HELPER_AUDIENCE (or caller: and audience: in the grants file)"
             )
-        client = BrokerClient(caller=caller, audience=audience, signer=self.signer, transport=self.transport)
-        confirmed = {"pipeline": job.context.pipeline, "execution_id": job.context.pipelineExecutionId}
-        payload = client.payload(
-            grants_file.grants,
-            action=params.action,
-            dry_run=params.plan,
-            context={**grants_file.context, **params.context, **confirmed},
-            owner=grants_file.owner,
+        client = BrokerClient(
+            caller=caller, audience=audience, signer=self.signer, transport=self.transport, max_grants=self.part_size
         )
-        return client.send_envelope(client.envelope(payload)), str(payload["request_id"])
+        confirmed = {"pipeline": job.context.pipeline, "execution_id": job.context.pipelineExecutionId}
+        return client, {
+            "grants": grants_file.grants,
+            "action": params.action,
+            "dry_run": params.plan,
+            "context": {**grants_file.context, **params.context, **confirmed},
+            "owner": grants_file.owner,
+        }
+
+    def _progress(self, job: ConfirmedJob) -> Callable[[PartProgress], None]:
+        """Logs one line per part of a split request, once the part is answered (or not)."""
+
+        def log(part: PartProgress) -> None:
+            if part.status == "sending":
+                return
+            said = "done" if part.status == "done" else f"{part.status} ({part.message})"
+            line = f"part {part.number}/{part.count} ({part.request_id}): {part.grants:,} grants ... "
+            level = logging.INFO if part.status == "done" else logging.WARNING
+            logger.log(level, "%s: %s%s in %.1f s", job.describe(), line, said, part.seconds)
+
+        return log
 
     def _grants(self, job: ConfirmedJob, params: ActionParameters) -> GrantsFile:
         resolvers = default_resolvers(self.session)
@@ -360,7 +392,13 @@ def _parameters(text: str) -> ActionParameters:
 
 
 def summarize(response: BrokerResponse) -> str:
-    """One readable paragraph: counts per decision, then every denied/failed grant and why."""
+    """One readable paragraph: counts per decision, then every denied/failed grant and why.
+
+    A request sent in several parts says how many, and names each part that was refused
+    or not answered with its error (its grants are not listed one by one: they share it).
+    """
+    if isinstance(response, SplitResponse) and len(response.parts) > 1:
+        return _summarize_parts(response)
     if not response.ok:
         error = response.error
         return f"the broker refused the request: {error.code}: {error.message}" if error else "refused"
@@ -373,6 +411,54 @@ def summarize(response: BrokerResponse) -> str:
     ]
     text = f"{len(response.results)} grant(s): {head}"
     return text + ("\n" + "\n".join(problems) if problems else "")
+
+
+def _summarize_parts(response: SplitResponse) -> str:
+    count = len(response.parts)
+    counts = Counter(r.decision for r in response.results)
+    head = ", ".join(f"{n} {d}" for d, n in sorted(counts.items()))
+    lost: set[int] = set()
+    lines = []
+    for number, part in enumerate(response.parts, start=1):
+        if part.status == "done":
+            continue
+        lost.update(part.indexes)
+        error = f"{part.error.code}: {part.error.message}" if part.error else part.status
+        lines.append(
+            f"part {number}/{count} ({part.request_id}) {part.status}: {error} "
+            f"({len(part.indexes):,} grant(s) in this part)"
+        )
+    lines += [
+        f"{r.decision}: {r.kind} on {r.target} for {r.principal}: {r.reason}"
+        for r in response.results
+        if r.decision in ("denied", "failed", "would-fail") and r.index not in lost
+    ]
+    sent = f"{response.parts[0].request_id} to {response.parts[-1].request_id}"
+    text = f"{len(response.results)} grant(s) in {count} requests ({sent}): {head}"
+    return text + ("\n" + "\n".join(lines) if lines else "")
+
+
+def _aws_failure(exc: ClientError | BotoCoreError) -> FailureType:
+    if isinstance(exc, ClientError) and "AccessDenied" in str(exc.response["Error"].get("Code")):
+        return "PermissionError"
+    return "JobFailed"
+
+
+def _naming(message: str, request_id: str | None) -> str:
+    """``message``, naming the request it is about when the step had begun to send it."""
+    if request_id is None or request_id in message:
+        return message
+    return f"request {request_id}: {message}"
+
+
+def _part_size(env: Mapping[str, str]) -> int:
+    """``DEPLOY_HELPER_PART_SIZE``: the most grants per signed request (default: the broker's cap)."""
+    text = env.get("DEPLOY_HELPER_PART_SIZE", "").strip()
+    if not text:
+        return MAX_GRANTS
+    if not text.isdigit() or not 1 <= int(text) <= MAX_GRANTS:
+        raise StepError(f"DEPLOY_HELPER_PART_SIZE must be a number of grants from 1 to {MAX_GRANTS}, not {text!r}")
+    return int(text)
 
 
 def _fit(text: str, limit: int) -> str:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from deploy_helper.execution.broker import Broker
     from deploy_helper.local.server import LocalAws
+    from pipeline_hooks.client import Transport
 
 TOOLING = seed.ACCOUNTS["tooling"]
 KMS_KEY_ID = "ci-tooling-kms-local"
@@ -267,14 +268,26 @@ def current_world(box: dict[str, World], local: LocalAws, workdir: Callable[[], 
     return box["world"]
 
 
-def step(world: World, *, kms: bool, pipelines: str, transport: RecordingTransport | None = None) -> PipelineStep:
-    """The step as its function's environment configures it, serving ``pipelines``; installed for ``handler``."""
+def step(
+    world: World,
+    *,
+    kms: bool,
+    pipelines: str,
+    transport: Transport | None = None,
+    part_size: int | None = None,
+) -> PipelineStep:
+    """The step as its function's environment configures it, serving ``pipelines``; installed for ``handler``.
+
+    ``part_size``: ``DEPLOY_HELPER_PART_SIZE``, the most grants per signed request.
+    """
     environ = {
         "AWS_LAMBDA_FUNCTION_NAME": STEP_FUNCTION,
         "DEPLOY_HELPER_PIPELINES": pipelines,
         "DEPLOY_HELPER_CALLER": "ci-tooling",
         "DEPLOY_HELPER_AUDIENCE": seed.AUDIENCE,
     }
+    if part_size is not None:
+        environ["DEPLOY_HELPER_PART_SIZE"] = str(part_size)
     if kms:
         environ |= {"DEPLOY_HELPER_KEY_ID": KMS_KEY_ID, "DEPLOY_HELPER_KMS_KEY_ID": world.kms_key}
     else:
