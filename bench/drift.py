@@ -41,8 +41,10 @@ TARGET_SERVICES = {"lambda", "s3", "kms"}
 
 
 class Meter:
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, own_bucket: str | None = None) -> None:
         self.latency = latency
+        #: The broker's own checkpoint bucket: its calls are not target-account calls.
+        self.own_bucket = own_bucket
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -51,10 +53,8 @@ class Meter:
         session.events.register("before-send", self._delay)
 
     def _count(self, model: Any, params: Any, context: dict[str, Any], **_: Any) -> None:
-        from deploy_helper.local.scenario import CHECKPOINT_BUCKET
-
         service = model.service_model.service_name
-        own = service == "s3" and CHECKPOINT_BUCKET in str(params.get("url_path", ""))
+        own = service == "s3" and bool(self.own_bucket) and str(self.own_bucket) in str(params.get("url_path", ""))
         context["bench.target"] = service in TARGET_SERVICES and not own
         if context["bench.target"]:
             with self._lock:
@@ -95,7 +95,7 @@ def main() -> None:
         grants = grants_of(sc)
         response = sc.client(sc.broker()).request(grants, request_id="bench-drift-setup")
         applied = Counter(r.decision for r in response.results)
-        meter = Meter(args.latency)
+        meter = Meter(args.latency, sc.config.checkpoint_bucket)
         session = sc.local.base_session()
         meter.install(session)
         broker = Broker.from_config(sc.config, session=session)
@@ -113,10 +113,13 @@ def main() -> None:
             return 1
 
         def time_reads() -> float:
-            # As many reads at once as drift makes; each account's client made in the timing, as drift does.
+            # As many reads at once as drift makes; each account's role assumed and its client made
+            # in the timing, as drift does (a run id of its own: the sessions of earlier runs are not reused).
             nonlocal clients
+            run = f"bench-drift-reads-{len(reads_runs)}"
             t0 = time.perf_counter()
-            clients = {account: broker.sessions.for_account(account, "bench-drift") for account in work}
+            with ThreadPoolExecutor(ACCOUNT_WORKERS) as pool:
+                clients = dict(zip(work, pool.map(lambda a: broker.sessions.for_account(a, run), work), strict=True))
             with ThreadPoolExecutor(ACCOUNT_WORKERS * RESOURCE_WORKERS) as pool:
                 assert sum(pool.map(read, keys)) == len(keys)
             return time.perf_counter() - t0
