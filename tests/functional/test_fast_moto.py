@@ -254,6 +254,22 @@ def _writes(ddb: Any) -> list[Any]:
             )
         )
     )
+    for n in range(12):  # a partition to page through, as the ledger is read
+        ddb.put_item(TableName=TABLE, Item={**key("pages", n), "body": {"S": f"entry {n}"}, "hash": {"B": b"h%d" % n}})
+    query: dict[str, Any] = {
+        "TableName": TABLE,
+        "KeyConditionExpression": "#p = :p AND #s BETWEEN :a AND :b",
+        "ExpressionAttributeNames": {"#p": "pk", "#s": "sk"},
+        "ExpressionAttributeValues": {":p": {"S": "pages"}, ":a": {"N": "2"}, ":b": {"N": "10"}},
+        "ConsistentRead": True,
+        "Limit": 4,
+    }
+    while True:
+        page = ddb.query(**query)
+        out.append(("query", {k: v for k, v in page.items() if k != "ResponseMetadata"}))
+        if "LastEvaluatedKey" not in page:
+            break
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
     items = ddb.scan(TableName=TABLE, ConsistentRead=True)["Items"]
     out.append(sorted(items, key=lambda item: (item["pk"]["S"], item["sk"]["N"])))
     return out
@@ -267,6 +283,7 @@ def test_conditional_writes_and_transactions_answer_as_plain_moto(both: dict[str
     assert errors.count("ConditionalCheckFailedException") >= 3
     assert errors.count("TransactionCanceledException") >= 2
     assert errors.count("ValidationException") >= 8  # key attributes, clauses, paths, names, values
+    assert [len(a[1]["Items"]) for a in local if a[0] == "query"] == [4, 4, 1]  # a query paged through
 
 
 def test_the_local_aws_answers_for_the_default_account_without_credentials_it_knows(both: dict[str, str]) -> None:
