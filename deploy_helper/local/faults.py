@@ -149,7 +149,7 @@ class _Counter:
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
-class _RawBody:
+class RawBody:
     """The ``raw`` of a synthetic ``AWSResponse``: yields the body once."""
 
     def __init__(self, body: bytes) -> None:
@@ -446,7 +446,7 @@ def error_response(model: OperationModel, url: str, code: str, status: int, mess
     if service_model.service_id.hyphenize() == "dynamodb":
         headers["x-amz-crc32"] = str(zlib.crc32(body) & 0xFFFFFFFF)
     headers["Content-Length"] = str(len(body))
-    return AWSResponse(url, status, HTTPHeaders.from_dict(headers), _RawBody(body))
+    return AWSResponse(url, status, HTTPHeaders.from_dict(headers), RawBody(body))
 
 
 def _operation_name(model: OperationModel) -> str:

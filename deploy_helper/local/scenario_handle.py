@@ -231,21 +231,13 @@ class Scenario:
         An empty batch stands for the scheduled heartbeat.
         """
         from deploy_helper.entry.checkpointer import handle
-        from deploy_helper.ledger.setup import open_ledger
         from deploy_helper.local.stream import LedgerStream
 
         assert self.config.ledger_table is not None
         stream = self.extra.get("ledger_stream")
         if stream is None:
             stream = self.extra["ledger_stream"] = LedgerStream(self.local, self.config.ledger_table)
-        opened = open_ledger(
-            self.local.base_session(),
-            table=self.config.ledger_table,
-            bucket=self.config.checkpoint_bucket,
-            checkpoint_key=self.config.checkpoint_key,
-            region=LOCAL_REGION,
-            origin=CHECKPOINT_ORIGIN,
-        )
+        opened = self.ledger()
         assert opened.checkpointer is not None
         if clock is not None:
             opened.checkpointer.clock = clock

@@ -22,10 +22,11 @@ from botocore.awsrequest import AWSResponse
 from botocore.compat import HTTPHeaders
 from botocore.credentials import ReadOnlyCredentials
 
+from deploy_helper.local.faults import RawBody
 from deploy_helper.local.server import ADMIN_ROLE, DEFAULT_ACCOUNT, LOCAL_CONFIG
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from botocore.model import OperationModel
 
@@ -70,16 +71,6 @@ class _Call:
         if self._caller is None:
             self._caller = self._identify()
         return self._caller
-
-
-class _RawBody:
-    """The ``raw`` of a synthetic ``AWSResponse``: yields the body once."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
 
 
 class _LocalReads:
@@ -206,7 +197,7 @@ def _response(
         "HTTPHeaders": dict(headers),
         "RetryAttempts": 0,
     }
-    response = AWSResponse(call.url, status, HTTPHeaders.from_dict(headers), _RawBody(content))
+    response = AWSResponse(call.url, status, HTTPHeaders.from_dict(headers), RawBody(content))
     return response, parsed
 
 
