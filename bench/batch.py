@@ -161,10 +161,9 @@ class MeteredTransport:
 def print_part(part: Any) -> None:
     """One line per part of a split request on stderr, as ``deploy-helper request`` prints them."""
     if part.status == "sending":
-        sys.stderr.write(f"  part {part.number}/{part.count} ({part.request_id}): {part.grants:,} grants ... ")
+        sys.stderr.write(f"  {part.heading()}")
     else:
-        said = "done" if part.status == "done" else f"{part.status} ({part.message})"
-        sys.stderr.write(f"{said} in {part.seconds:.1f} s\n")
+        sys.stderr.write(f"{part.ending()}\n")
     sys.stderr.flush()
 
 

@@ -126,6 +126,15 @@ class PartProgress:
     seconds: float = 0.0
     message: str = ""
 
+    def heading(self) -> str:
+        """The start of the part's progress line: ``part 2/5 (<id>.2of5): 1,000 grants ... ``."""
+        return f"part {self.number}/{self.count} ({self.request_id}): {self.grants:,} grants ... "
+
+    def ending(self) -> str:
+        """The end of the line, once the part is answered: ``done in 3.1 s`` (or how it went wrong)."""
+        said = "done" if self.status == "done" else f"{self.status} ({self.message})"
+        return f"{said} in {self.seconds:.1f} s"
+
 
 class PartOutcome(BaseModel):
     """One part of a split request: which grants it carried and how it went."""

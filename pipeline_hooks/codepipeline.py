@@ -293,10 +293,8 @@ class PipelineStep:
         def log(part: PartProgress) -> None:
             if part.status == "sending":
                 return
-            said = "done" if part.status == "done" else f"{part.status} ({part.message})"
-            line = f"part {part.number}/{part.count} ({part.request_id}): {part.grants:,} grants ... "
             level = logging.INFO if part.status == "done" else logging.WARNING
-            logger.log(level, "%s: %s%s in %.1f s", job.describe(), line, said, part.seconds)
+            logger.log(level, "%s: %s%s", job.describe(), part.heading(), part.ending())
 
         return log
 

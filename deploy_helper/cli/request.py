@@ -172,11 +172,9 @@ def request_command(
 def _print_progress(part: PartProgress) -> None:
     """One line per part of a split request, on stderr: ``part 2/5: 1,000 grants ... done in 3.1 s``."""
     if part.status == "sending":
-        line = f"part {part.number}/{part.count} ({part.request_id}): {part.grants:,} grants ... "
-        click.echo(literal(line), err=True, nl=False)
+        click.echo(literal(part.heading()), err=True, nl=False)
         return
-    said = "done" if part.status == "done" else f"{part.status} ({part.message})"
-    click.echo(literal(f"{said} in {part.seconds:.1f} s"), err=True)
+    click.echo(literal(part.ending()), err=True)
 
 
 def _mode(plan: bool, apply: bool, revoke: bool) -> tuple[str, bool]:
