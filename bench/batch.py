@@ -95,9 +95,14 @@ ROOT = Path(__file__).resolve().parents[1]
 class Meter:
     """Counts target-account calls; sleeps ``latency`` per call (``ledger_latency`` for DynamoDB)."""
 
-    def __init__(self, latency: float, ledger_latency: float, own_bucket: str | None = None) -> None:
+    def __init__(
+        self, latency: float, ledger_latency: float, own_bucket: str | None = None, nonce_table: str | None = None
+    ) -> None:
         #: The broker's own checkpoint bucket: its ledger, not a target account's policy.
         self.own_bucket = own_bucket
+        #: Calls that touch the nonce table (alone or in a transaction), by operation.
+        self.nonce_table = nonce_table
+        self.nonce_calls: Counter[str] = Counter()
         self.latency = latency
         self.ledger_latency = ledger_latency
         self.calls: Counter[str] = Counter()
@@ -119,6 +124,9 @@ class Meter:
                 self.calls[f"{service}.{model.name}"] += 1
             else:
                 self.ledger_calls += 1
+                body = params.get("body") or b""
+                if self.nonce_table and f'"{self.nonce_table}"'.encode() in (body if isinstance(body, bytes) else b""):
+                    self.nonce_calls[model.name] += 1
 
     def _delay(self, request: Any, **_: Any) -> None:
         context = getattr(request, "context", None) or {}
@@ -178,7 +186,7 @@ def broker_process(job: dict[str, Any]) -> dict[str, Any]:
     from pipeline_hooks.client import BrokerClient, InProcessTransport
 
     config = job["config"]
-    meter = Meter(job["latency"], job["ledger_latency"], config.checkpoint_bucket)
+    meter = Meter(job["latency"], job["ledger_latency"], config.checkpoint_bucket, config.nonce_table)
     session = LocalAws(set_environ=False).base_session()
     meter.install(session)
     broker = Broker.from_config(config, session=session)
@@ -201,6 +209,7 @@ def broker_process(job: dict[str, Any]) -> dict[str, Any]:
         "aws_calls": meter.total,
         "calls": dict(sorted(meter.calls.items())),
         "ledger_calls": meter.ledger_calls,
+        "nonce_calls": dict(meter.nonce_calls),
         "parts": parts,
         "part_ids": [p.request_id for p in getattr(response, "parts", [])],
         "results": [
@@ -480,7 +489,8 @@ def main() -> None:
     print(f"broker calls by operation: {b['calls']}")
     print(
         f"broker's own DynamoDB calls (ledger, nonce, leases, references; not counted, in its wall time): "
-        f"{b['ledger_calls']}"
+        f"{b['ledger_calls']}; touching the nonce table, by operation: {b['nonce_calls']} "
+        f"(per request: the claim, and the answer inside its last ledger write)"
     )
     print(
         f"CPU: broker {b['broker_cpu_s']:.2f} s ({b['broker_cpu_ms_per_grant']:.2f} ms per grant), "

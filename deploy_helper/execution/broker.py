@@ -44,12 +44,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_helper.exceptions import BrokerError, DeniedError, LedgerError, RequestError, RetriedRequest
 from deploy_helper.execution import fencing, heap, telemetry
+from deploy_helper.execution.answers import AnswerKeeper, NonceKey, answer_of
 from deploy_helper.execution.locks import Locker, NoLock
 from deploy_helper.execution.owners import Acting, pipeline_owner
 from deploy_helper.execution.resource import ResourceRunner, describe
 from deploy_helper.grants import Allowed, GrantSpec, kind_of
 from deploy_helper.ledger import entries
-from deploy_helper.ledger.group_commit import GroupCommit
+from deploy_helper.ledger.group_commit import MAX_ITEMS, GroupCommit
 from deploy_helper.models import BrokerResponse, ErrorBody, GrantResult
 from deploy_helper.request import RequestPayload, parse_payload
 from deploy_helper.trust.auth import Authenticated, Authenticator, Identity, envelope_digest, parse_envelope
@@ -219,53 +220,95 @@ class Broker:
                 RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed
             )
         assert auth.header is not None
-        response = self._answer(auth, claimed, remaining_ms)
-        # Kept on the nonce's item: a byte-identical retry gets this answer, not a replay refusal.
-        self.authenticator.nonces.record(
+        key = (
             auth.caller,
             auth.header.nonce,
             auth.header.expires_at + self.config.max_clock_skew,
             envelope_digest(envelope),
-            response.model_dump(mode="json", exclude_none=True),
         )
+        response, kept = self._answer(auth, claimed, remaining_ms, key)
+        # Kept on the nonce's item: a byte-identical retry gets this answer, not a replay refusal.
+        # Usually the request's last ledger write carried it (``execution.answers``); if none did,
+        # or what it carried is not what is returned, it is written now.
+        answer = answer_of(response)
+        if kept != answer:
+            self.authenticator.nonces.record(*key, answer, replace=kept is not None)
         return response
 
     def _answer(
-        self, auth: Authenticated, claimed: dict[str, Any], remaining_ms: Callable[[], int] | None
-    ) -> BrokerResponse:
-        """Everything after authentication (its nonce is claimed): validate, authorize, execute."""
+        self,
+        auth: Authenticated,
+        claimed: dict[str, Any],
+        remaining_ms: Callable[[], int] | None,
+        key: NonceKey,
+    ) -> tuple[BrokerResponse, dict[str, Any] | None]:
+        """Everything after authentication (its nonce is claimed): validate, authorize, execute.
+
+        Returns the answer, and the answer as kept on the nonce by the request's last ledger
+        write (None if no write kept it).
+        """
         assert auth.header is not None
         claimed.update(authenticated=True, request_digest=auth.signed_digest)
         try:
             payload = parse_payload(auth.header.payload)
         except BrokerError as exc:
-            return self._refuse(exc, claimed)
+            return self._refuse_keeping(exc, claimed, key)
         except Exception as exc:  # a bug must still produce an answer, not a crash
             logger.exception("unexpected error while reading a request")
-            return self._refuse(
-                RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed
+            return self._refuse_keeping(
+                RequestError(f"internal error while reading the request ({type(exc).__name__})"), claimed, key
             )
+        head: dict[str, Any] = {
+            "ok": True,
+            "request_id": payload.request_id,
+            "caller": auth.caller,
+            "action": payload.action,
+            "dry_run": payload.dry_run,
+        }
+        keeper = AnswerKeeper(self.authenticator.nonces, key, head, len(payload.grants))
         try:
-            return self.execute(auth, payload, remaining_ms=remaining_ms)
+            return self.execute(auth, payload, remaining_ms=remaining_ms, keeper=keeper), keeper.kept
         except LedgerError as exc:
-            return BrokerResponse(
-                ok=False,
-                request_id=payload.request_id,
-                caller=auth.caller,
-                action=payload.action,
-                dry_run=payload.dry_run,
-                error=ErrorBody(code=exc.code, message=exc.message),
-            )
+            return BrokerResponse(**{**head, "ok": False}, error=ErrorBody(code=exc.code, message=exc.message)), None
 
     def _refuse(self, exc: BrokerError, claimed: dict[str, Any]) -> BrokerResponse:
+        return self._refuse_keeping(exc, claimed, None)[0]
+
+    def _refuse_keeping(
+        self, exc: BrokerError, claimed: dict[str, Any], key: NonceKey | None
+    ) -> tuple[BrokerResponse, dict[str, Any] | None]:
+        """The refusal, recorded in the ledger; with ``key``, the answer kept on the nonce in the same write."""
         logger.info("request refused", extra={"code": exc.code, "claimed_caller": claimed.get("caller")})
-        try:
-            self._group.append_many([entries.refusal(self.clock(), code=exc.code, reason=exc.message, claimed=claimed)])
-        except LedgerError:
-            logger.exception("could not record a refusal in the ledger")
-        return BrokerResponse(
+        response = BrokerResponse(
             ok=False, request_id=claimed.get("request_id"), error=ErrorBody(code=exc.code, message=exc.message)
         )
+        answer = answer_of(response)
+        item = self.authenticator.nonces.answer_item(*key, answer) if key and self._group.takes_late else None
+        try:
+            self._group.append_many(
+                [entries.refusal(self.clock(), code=exc.code, reason=exc.message, claimed=claimed)],
+                late=(lambda ids: [item]) if item is not None else None,
+            )
+        except LedgerError:
+            logger.exception("could not record a refusal in the ledger")
+            return response, None
+        return response, answer if item is not None else None
+
+    def append_final(
+        self,
+        keeper: AnswerKeeper | None,
+        batch: list[dict[str, Any]],
+        results_of: Callable[[list[str]], list[GrantResult]],
+        items: list[dict[str, Any]] | None = None,
+    ) -> list[GrantResult]:
+        """Append entries that settle grants for good; their results (``results_of(ids)``).
+
+        With a ``keeper``, the write that settles a request's last grants keeps its answer too.
+        """
+        if keeper is None:
+            return results_of(self._group.append_many(batch, items=items))
+        room = MAX_ITEMS - len(batch) - len(items or [])
+        return keeper.append(self._group, batch, results_of, items=items, room=room)
 
     # -- execution ----------------------------------------------------------
     def execute(
@@ -275,11 +318,13 @@ class Broker:
         *,
         remaining_ms: Callable[[], int] | None = None,
         acting: Acting | None = None,
+        keeper: AnswerKeeper | None = None,
     ) -> BrokerResponse:
         """Authorize, plan and (unless dry run) apply the grants of an authenticated request.
 
         ``acting`` is the owner the request acts for; by default the authenticated caller's
         pipeline owner (``deploy_helper.execution.owners.pipeline_owner``) named by the payload.
+        ``keeper``: keeps the answer on the request's nonce (``deploy_helper.execution.answers``).
         """
 
         def out_of_time() -> bool:
@@ -318,16 +363,25 @@ class Broker:
             groups[kind.target_account(spec)][key].append((index, spec, allowed.rule_id))
             allowed_of[index] = allowed
         if denied_entries:
-            ids = self._group.append_many([e for _, e in denied_entries])
-            for (index, _), entry_id in zip(denied_entries, ids, strict=True):
-                result = results[index]
-                assert result is not None
-                result.ledger_entry = entry_id
+            denied = {index: results[index] for index, _ in denied_entries}
+
+            def denied_results(ids: list[str]) -> list[GrantResult]:
+                return [
+                    r.model_copy(update={"ledger_entry": entry_id})
+                    for r, entry_id in zip(denied.values(), ids, strict=True)
+                    if r is not None
+                ]
+
+            for result in self.append_final(keeper, [e for _, e in denied_entries], denied_results):
+                results[result.index] = result
 
         def run_account(account: str) -> list[GrantResult]:
             if out_of_time():
-                return self._fail_all(request, [i for g in groups[account].values() for i in g], NOT_ATTEMPTED)
-            return self._run_account(auth, payload, request, account, groups[account], out_of_time, allowed_of, acting)
+                items = [i for g in groups[account].values() for i in g]
+                return self._fail_all(request, items, NOT_ATTEMPTED, keeper)
+            return self._run_account(
+                auth, payload, request, account, groups[account], out_of_time, allowed_of, acting, keeper
+            )
 
         workers = max(1, min(self.config.max_workers, len(groups)))
         if workers == 1:
@@ -359,6 +413,7 @@ class Broker:
         out_of_time: Callable[[], bool] = lambda: False,
         allowed_of: dict[int, Allowed] | None = None,
         acting: Acting | None = None,
+        keeper: AnswerKeeper | None = None,
     ) -> list[GrantResult]:
         telemetry.bind_thread(account=account)
         # The broker's own records of the account's resources are read while it assumes the
@@ -372,7 +427,7 @@ class Broker:
             clients = self.sessions.for_account(account, payload.request_id)
         except BrokerError as exc:
             items = [item for group in resources.values() for item in group]
-            return self._fail_all(request, items, exc.message)
+            return self._fail_all(request, items, exc.message, keeper)
         try:
             peeked = prefetch.result() if prefetch is not None else {}
         except (ClientError, BotoCoreError) as exc:
@@ -384,19 +439,28 @@ class Broker:
             telemetry.bind_thread(account=account, resource=resource)
             items = resources[key]
             if out_of_time():
-                return self._fail_all(request, items, NOT_ATTEMPTED)
+                return self._fail_all(request, items, NOT_ATTEMPTED, keeper)
             try:
                 client = clients.client(kind_of(items[0][1]).service, region)
                 return self._runner.run(
-                    payload, request, client, resource, items, allowed_of, acting, peeked=peeked.get(resource)
+                    payload,
+                    request,
+                    client,
+                    resource,
+                    items,
+                    allowed_of,
+                    acting,
+                    peeked=peeked.get(resource),
+                    keeper=keeper,
                 )
             except LedgerError:
                 raise
             except (BrokerError, ClientError, BotoCoreError) as exc:
-                return self._fail_all(request, items, describe(exc))
+                return self._fail_all(request, items, describe(exc), keeper)
             except Exception as exc:
                 logger.exception("unexpected error on %s", resource)
-                return self._fail_all(request, items, f"internal error ({type(exc).__name__}); see the broker's log")
+                reason = f"internal error ({type(exc).__name__}); see the broker's log"
+                return self._fail_all(request, items, reason, keeper)
 
         keys = list(resources)
         if len(keys) == 1:
@@ -406,20 +470,32 @@ class Broker:
             return [result for batch in pool.map(run, keys) for result in batch]
 
     def _fail_all(
-        self, request: dict[str, Any], items: list[tuple[int, GrantSpec, str]], reason: str
+        self,
+        request: dict[str, Any],
+        items: list[tuple[int, GrantSpec, str]],
+        reason: str,
+        keeper: AnswerKeeper | None = None,
     ) -> list[GrantResult]:
         # A plan that cannot be made (a missing resource, an account out of reach) would fail.
         decision = "would-fail" if str(request.get("action", "")).endswith(" (dry run)") else "failed"
-        results = [self._result(i, spec, decision, reason, rule) for i, spec, rule in items]
         fail_entries = [
             entries.grant_entry(self.clock(), "decision", request, spec, decision=decision, reason=reason, rule_id=rule)
             for _, spec, rule in items
         ]
+
+        def results_of(ids: list[str]) -> list[GrantResult]:
+            return [
+                self._result(i, spec, decision, reason, rule, entry_id)
+                for (i, spec, rule), entry_id in zip(items, ids, strict=True)
+            ]
+
         try:
-            for result, entry_id in zip(results, self._group.append_many(fail_entries), strict=True):
-                result.ledger_entry = entry_id
+            return self.append_final(keeper, fail_entries, results_of)
         except LedgerError:
             logger.exception("could not record failures in the ledger")
+        results = [self._result(i, spec, decision, reason, rule) for i, spec, rule in items]
+        if keeper is not None:
+            keeper.settle(results)
         return results
 
     @staticmethod

@@ -53,6 +53,7 @@ from deploy_helper.ledger.group_commit import MAX_ITEMS
 from deploy_helper.ledger.store import write_conditional
 
 if TYPE_CHECKING:
+    from deploy_helper.execution.answers import AnswerKeeper
     from deploy_helper.execution.broker import Broker
     from deploy_helper.execution.locks import Lease
     from deploy_helper.grants.base import Operation
@@ -149,8 +150,13 @@ class ResourceRunner:
         allowed_of: dict[int, Allowed] | None = None,
         acting: Acting | None = None,
         peeked: Peeked | None = None,
+        keeper: AnswerKeeper | None = None,
     ) -> list[GrantResult]:
-        """One resource's part of a request; ``peeked``: its table read, made before this call."""
+        """One resource's part of a request; ``peeked``: its table read, made before this call.
+
+        ``keeper``: the request's answer keeper (``deploy_helper.execution.answers``), told of
+        every result settled here.
+        """
         broker = self.broker
         kind = kind_of(items[0][1])
         allowed = [(allowed_of or {}).get(index) or Allowed(rule) for index, _, rule in items]
@@ -164,7 +170,7 @@ class ResourceRunner:
             fencing.guard(client)
 
         def step() -> _Step:
-            return _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting)
+            return _Step(self, kind, payload, request, resource, items, allowed, rule_of, index_of, acting, keeper)
 
         if leased and locks is None and not _no_lock(broker.locks):
             # A ``Locker`` that is not a lease table: read, plan and write inside its hold.
@@ -240,8 +246,10 @@ class _Step:
         rule_of: dict[int, str],
         index_of: dict[int, int],
         acting: Acting,
+        keeper: AnswerKeeper | None = None,
     ) -> None:
         self.runner = runner
+        self.keeper = keeper
         self.broker = runner.broker
         self.kind = kind
         self.payload = payload
@@ -300,11 +308,15 @@ class _Step:
             self._entry("decision", p, decision=d, reason=p.reason, before=self.before, after=self.after)
             for p, d in decided
         ]
-        results = []
-        for (p, decision), entry_id in zip(decided, self.broker._group.append_many(plan_entries), strict=True):
-            results.append(self._result(p, decision, p.reason, entry_id))
-            results[-1].diff = diff
-        return results
+
+        def results_of(ids: list[str]) -> list[GrantResult]:
+            results = []
+            for (p, decision), entry_id in zip(decided, ids, strict=True):
+                results.append(self._result(p, decision, p.reason, entry_id))
+                results[-1].diff = diff
+            return results
+
+        return self.broker.append_final(self.keeper, plan_entries, results_of)
 
     # -- apply / revoke ------------------------------------------------------------
     def execute(
@@ -345,17 +357,21 @@ class _Step:
                 # Claim the version first: if the references or owners changed since they were
                 # read, nothing is removed (``deploy_helper.execution.references``).
                 claim.append(references.write_item(self.resource, None, self.version))
+
+        def settled_results(ids: list[str]) -> list[GrantResult]:
+            return [
+                self._result(p, p.outcome, p.reason, entry_id)
+                for p, entry_id in zip(settled, ids[: len(settled)], strict=True)
+            ]
+
         try:
+            if not changing:  # nothing to change: these decisions settle the resource
+                return self.broker.append_final(self.keeper, settled_entries, settled_results)
             ids = self._commit(settled_entries + intent_entries, claim)
         except LedgerError as exc:
             msg = f"{exc.message}; no change was made"
-            return [self._result(p, "failed", msg) for p in self.p.items]
-        results = [
-            self._result(p, p.outcome, p.reason, entry_id)
-            for p, entry_id in zip(settled, ids[: len(settled)], strict=True)
-        ]
-        if not changing:
-            return results
+            return self._settle([self._result(p, "failed", msg) for p in self.p.items])
+        results = self._settle(settled_results(ids))
         intent_ids = ids[len(settled) :]
         error: str | None = None
         try:
@@ -381,9 +397,11 @@ class _Step:
             finish.append(
                 references.write_item(self.resource, self.p.references, self.version + 1, owners=self.p.owners)
             )
-        outcome_ids, error = self._finish(changing, intent_ids, error, recorded or revoke_record, finish, lease, locks)
-        for p, entry_id in zip(changing, outcome_ids, strict=True):
-            results.append(self._result(p, "failed" if error else p.outcome, error or p.reason, entry_id))
+        return results + self._finish(changing, intent_ids, error, recorded or revoke_record, finish, lease, locks)
+
+    def _settle(self, results: list[GrantResult]) -> list[GrantResult]:
+        if self.keeper is not None:
+            self.keeper.settle(results)
         return results
 
     def _keeps_record(self) -> bool:
@@ -423,15 +441,23 @@ class _Step:
         finish: list[dict[str, Any]],
         lease: Lease | None,
         locks: DynamoLocks | None,
-    ) -> tuple[list[str], str | None]:
+    ) -> list[GrantResult]:
         """Record the outcomes and give the lease back, in one transaction when it can be one.
 
-        Returns the outcomes' ids and the error (a revoke's references that could not be written).
+        Returns the changed grants' results (failed with a revoke's references that could not
+        be written).
         """
+
+        def results_of(ids: list[str]) -> list[GrantResult]:
+            return [
+                self._result(p, "failed" if error else p.outcome, error or p.reason, entry_id)
+                for p, entry_id in zip(changing, ids, strict=True)
+            ]
+
         outcomes = self._outcomes(changing, intent_ids, error, recorded)
         if len(outcomes) + len(finish) <= MAX_ITEMS:
             try:
-                return self.broker._group.append_many(outcomes, items=finish or None), error
+                return self.broker.append_final(self.keeper, outcomes, results_of, items=finish or None)
             except (ClaimConflict, LedgerError, ClientError, BotoCoreError):
                 logger.warning("outcomes of %s not recorded with their lease and references; one by one", self.resource)
         # One by one: the references (a revoke's), then the outcomes, then the lease.
@@ -451,7 +477,7 @@ class _Step:
             ids = intent_ids
         if isinstance(lease, DynamoLease) and locks is not None:
             locks.release(lease)
-        return ids, error
+        return self._settle(results_of(ids))
 
 
 def describe(exc: BaseException) -> str:

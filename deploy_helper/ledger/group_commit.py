@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -10,15 +11,19 @@ from deploy_helper.exceptions import ClaimConflict
 
 if TYPE_CHECKING:
     from deploy_helper.ledger import Ledger
+    from deploy_helper.ledger.store import Late
+
+logger = logging.getLogger(__name__)
 
 #: DynamoDB's limit on the items of one ``TransactWriteItems``.
 MAX_ITEMS = 100
 
 
 class _Pending:
-    def __init__(self, entries: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:
+    def __init__(self, entries: list[dict[str, Any]], items: list[dict[str, Any]], late: Late | None = None) -> None:
         self.entries = entries
         self.items = items
+        self.late = late
         self.keys = {_item_key(item) for item in items}
         self.ids: list[str] = []
         self.error: BaseException | None = None
@@ -26,7 +31,12 @@ class _Pending:
 
     @property
     def size(self) -> int:
-        return len(self.entries) + len(self.items)
+        return len(self.entries) + len(self.items) + (self.late is not None)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether its writes must be one transaction with its entries."""
+        return bool(self.items) or self.late is not None
 
 
 class GroupCommit:
@@ -47,6 +57,10 @@ class GroupCommit:
     without it. A batch never holds two writes of one item (DynamoDB refuses that).
     Ledgers other than DynamoDB (memory, for tests) get the items written first by
     ``transact`` and then the entries.
+
+    A caller may also give ``late``: unconditional items made from its entries' ids once
+    the batch's place in the chain is known (a request's answer, kept on its nonce with
+    the request's last entries: ``deploy_helper.execution.answers``); DynamoDB ledgers only.
     """
 
     def __init__(
@@ -64,11 +78,21 @@ class GroupCommit:
         self._queue: list[_Pending] = []
         self._leading = False
 
-    def append_many(self, entries: list[dict[str, Any]], items: list[dict[str, Any]] | None = None) -> list[str]:
+    @property
+    def takes_late(self) -> bool:
+        """Whether ``append_many`` can take ``late`` items (a ledger in DynamoDB)."""
+        return self._native
+
+    def append_many(
+        self, entries: list[dict[str, Any]], items: list[dict[str, Any]] | None = None, late: Late | None = None
+    ) -> list[str]:
+        """Append ``entries`` (with ``items``, and ``late``'s items made from their ids) in a batch; their ids."""
         if not entries:
             return []
-        mine = _Pending(entries, list(items or []))
-        if mine.items and mine.size > MAX_ITEMS:
+        if late is not None and not self._native:
+            raise ValueError("late items need a ledger in DynamoDB")
+        mine = _Pending(entries, list(items or []), late)
+        if mine.conditional and mine.size > MAX_ITEMS:
             raise ValueError(f"{len(entries)} entries with {len(mine.items)} conditions do not fit in one transaction")
         with self._lock:
             self._queue.append(mine)
@@ -88,7 +112,7 @@ class GroupCommit:
         keys: set[str] = set()
         conditional = False
         for pending in list(self._queue):
-            cap = MAX_ITEMS if conditional or pending.items else self._max
+            cap = MAX_ITEMS if conditional or pending.conditional else self._max
             if batch and size + pending.size > cap:
                 break
             if pending.keys & keys:
@@ -97,7 +121,7 @@ class GroupCommit:
             self._queue.remove(pending)
             size += pending.size
             keys |= pending.keys
-            conditional = conditional or bool(pending.items)
+            conditional = conditional or pending.conditional
         return batch
 
     def _drain(self) -> None:
@@ -108,7 +132,9 @@ class GroupCommit:
                     return
                 batch = self._next_batch()
             try:
-                ids = self._append([e for p in batch for e in p.entries], [i for p in batch for i in p.items])
+                ids = self._append(
+                    [e for p in batch for e in p.entries], [i for p in batch for i in p.items], _lates(batch)
+                )
             except ClaimConflict as conflict:
                 # Only the callers whose conditions failed are refused; the others go again.
                 losers = _owners_of(batch, conflict.failed)
@@ -129,17 +155,37 @@ class GroupCommit:
                 start += len(p.entries)
                 p.done.set()
 
-    def _append(self, entries: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[str]:
-        if not items:
+    def _append(self, entries: list[dict[str, Any]], items: list[dict[str, Any]], late: Late | None) -> list[str]:
+        if not items and late is None:
             return self._ledger.append_many(entries)
         if self._native:
-            return self._ledger.append_many(entries, items)  # type: ignore[call-arg]
+            return self._ledger.append_many(entries, items, late)  # type: ignore[call-arg]
         if self._transact is None:
             raise ValueError("conditional items need a DynamoDB client beside a ledger that is not in DynamoDB")
         from deploy_helper.ledger.store import write_conditional
 
         write_conditional(self._transact, items)
         return self._ledger.append_many(entries)
+
+
+def _lates(batch: list[_Pending]) -> Late | None:
+    """One ``late`` for a batch: each caller's own, given the ids of that caller's entries."""
+    if all(p.late is None for p in batch):
+        return None
+
+    def late(ids: list[str]) -> list[dict[str, Any]]:
+        made: list[dict[str, Any]] = []
+        start = 0
+        for p in batch:
+            if p.late is not None:
+                try:
+                    made.extend(p.late(ids[start : start + len(p.entries)]))
+                except Exception:  # one caller's extra must not cost the others their writes
+                    logger.exception("could not make the late items of a ledger append")
+            start += len(p.entries)
+        return made
+
+    return late
 
 
 def _owners_of(batch: list[_Pending], failed: list[int]) -> list[_Pending]:

@@ -33,6 +33,8 @@ from deploy_helper.exceptions import ClaimConflict, LedgerError
 
 GENESIS = "0" * 64
 MAX_PER_TRANSACTION = 100  # TransactWriteItems' limit
+#: Items made from the ids of the entries they are written with.
+Late = Callable[[list[str]], list[dict[str, Any]]]
 
 
 def failed_conditions(exc: ClientError, count: int) -> list[int]:
@@ -114,7 +116,9 @@ class DynamoLedger:
         self.on_append = on_append
 
     # -- writing ------------------------------------------------------------
-    def append_many(self, entries: list[dict[str, Any]], items: list[dict[str, Any]] | None = None) -> list[str]:
+    def append_many(
+        self, entries: list[dict[str, Any]], items: list[dict[str, Any]] | None = None, late: Late | None = None
+    ) -> list[str]:
         """Append ``entries`` in order; return their ids (sequence numbers as text).
 
         ``items``: other ``TransactWriteItems`` items (conditional writes to the broker's
@@ -122,11 +126,16 @@ class DynamoLedger:
         transaction as the entries, all or nothing. When one of their conditions fails,
         ``ClaimConflict`` names which and nothing is written. Entries and items must
         then fit in one transaction (``MAX_PER_TRANSACTION``).
+
+        ``late``: made into more items, unconditional ones, once the entries' ids are known
+        (each attempt at the chain's head gives them anew), written in the same transaction:
+        a request's answer kept on its nonce (``deploy_helper.execution.answers``).
         """
-        if items:
+        if items or late is not None:
+            items = items or []
             if not entries or len(entries) + len(items) > MAX_PER_TRANSACTION:
                 raise ValueError(f"{len(entries)} entries and {len(items)} items do not fit in one transaction")
-            return self._append_chunk(entries, items)
+            return self._append_chunk(entries, items, late)
         ids: list[str] = []
         for start in range(0, len(entries), MAX_PER_TRANSACTION):
             ids.extend(self._append_chunk(entries[start : start + MAX_PER_TRANSACTION]))
@@ -135,12 +144,19 @@ class DynamoLedger:
     def append(self, entry: dict[str, Any]) -> str:
         return self.append_many([entry])[0]
 
-    def _append_chunk(self, entries: list[dict[str, Any]], extra: list[dict[str, Any]] | None = None) -> list[str]:
+    def _append_chunk(
+        self, entries: list[dict[str, Any]], extra: list[dict[str, Any]] | None = None, late: Late | None = None
+    ) -> list[str]:
         extra = extra or []
         with self._lock:
             for attempt in range(self._max_attempts):
                 seq, prev = self._head if self._head is not None else self.head()
-                items = list(extra)
+                # Unconditional items made from the ids this attempt gives the entries (after ``extra``,
+                # so a failed condition's position still names an item of ``extra``).
+                lates = late([str(seq + n) for n in range(1, len(entries) + 1)]) if late is not None else []
+                items = list(extra) + lates
+                if len(items) + len(entries) > MAX_PER_TRANSACTION:
+                    raise ValueError(f"{len(entries)} entries and {len(items)} items do not fit in one transaction")
                 hashes = []
                 for offset, entry in enumerate(entries, start=1):
                     body, digest = seal_entry(seq + offset, prev, entry)
@@ -148,7 +164,7 @@ class DynamoLedger:
                     hashes.append(digest)
                     prev = digest
                 try:
-                    if len(items) == 1 and not extra:
+                    if len(items) == 1 and not extra and not lates:
                         self._client.put_item(**items[0]["Put"], ReturnValuesOnConditionCheckFailure="ALL_OLD")
                     else:
                         self._client.transact_write_items(TransactItems=items)

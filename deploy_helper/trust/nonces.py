@@ -8,11 +8,13 @@ time check alone refuses the request. If the store cannot be written the
 request is refused (fail closed).
 
 Safe retries: the claim keeps a digest of the whole envelope (signed text and
-signature), and the broker's answer is stored on the item when it is done
-(``record``). A second delivery of the *byte-identical* envelope — a client
-retry after a read timeout — is not processed again: it gets the stored answer,
-or "still in progress" while the first delivery runs. A different envelope that
-reuses the nonce is refused as ``replayed``, as before.
+signature), and the broker's answer is stored on the item when it is done: in
+the request's last ledger transaction (``answer_item``, see
+``deploy_helper.execution.answers``), or with a write of its own (``record``).
+A second delivery of the *byte-identical* envelope — a client retry after a read
+timeout — is not processed again: it gets the stored answer, or "still in
+progress" while the first delivery runs. A different envelope that reuses the
+nonce is refused as ``replayed``, as before.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 #: Stored answers are compressed; one that is still larger is replaced by a pointer to the ledger
 #: (a DynamoDB item holds 400 KB).
 MAX_STORED_ANSWER = 300_000
+#: An answer that rides in a ledger transaction stays well within the transaction's 4 MB.
+MAX_RIDING_ANSWER = 100_000
 
 
 class NonceStore:
@@ -83,13 +87,35 @@ class NonceStore:
         stored = found.get("answer", {}).get("B")
         raise RetriedRequest(json.loads(zlib.decompress(stored)) if stored is not None else None)
 
-    def record(self, caller: str, nonce: str, keep_until: int, digest: str, answer: dict[str, Any]) -> None:
+    def answer_item(
+        self, caller: str, nonce: str, keep_until: int, digest: str, answer: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The answer as a ``TransactWriteItems`` put over this envelope's claim, to ride in another write.
+
+        Unconditional: only the delivery that claimed the nonce gets this far, and while its
+        claim lives no other envelope can claim it (a condition here could only fail the
+        ledger write it rides in). None when the answer is too large to ride along.
+        """
+        blob = _pack(answer)
+        if len(blob) > MAX_RIDING_ANSWER:
+            return None
+        return {"Put": {"TableName": self._table, "Item": self._item(caller, nonce, keep_until, digest, blob)}}
+
+    def record(
+        self,
+        caller: str,
+        nonce: str,
+        keep_until: int,
+        digest: str,
+        answer: dict[str, Any],
+        replace: bool = False,
+    ) -> None:
         """Keep ``answer`` for retries of this envelope; a failure only costs the retry its answer.
 
         A conditional ``PutItem`` (only over the item this envelope claimed), so the broker's
-        role needs no ``UpdateItem`` on the table.
+        role needs no ``UpdateItem`` on the table. ``replace``: over an answer kept before.
         """
-        blob = zlib.compress(json.dumps(answer, separators=(",", ":")).encode("utf-8"))
+        blob = _pack(answer)
         if len(blob) > MAX_STORED_ANSWER:
             short = {
                 "ok": False,
@@ -104,17 +130,25 @@ class NonceStore:
         try:
             self._client.put_item(
                 TableName=self._table,
-                Item={
-                    "pk": {"S": _key(caller, nonce)},
-                    "expires_at": {"N": str(keep_until)},
-                    "digest": {"S": digest},
-                    "answer": {"B": blob},
-                },
-                ConditionExpression="digest = :digest AND attribute_not_exists(answer)",
+                Item=self._item(caller, nonce, keep_until, digest, blob),
+                ConditionExpression="digest = :digest" + ("" if replace else " AND attribute_not_exists(answer)"),
                 ExpressionAttributeValues={":digest": {"S": digest}},
             )
         except (ClientError, BotoCoreError):
             logger.exception("could not keep the answer of a request for its retries")
+
+    @staticmethod
+    def _item(caller: str, nonce: str, keep_until: int, digest: str, blob: bytes) -> dict[str, Any]:
+        return {
+            "pk": {"S": _key(caller, nonce)},
+            "expires_at": {"N": str(keep_until)},
+            "digest": {"S": digest},
+            "answer": {"B": blob},
+        }
+
+
+def _pack(answer: dict[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(answer, separators=(",", ":")).encode("utf-8"))
 
 
 def _key(caller: str, nonce: str) -> str:

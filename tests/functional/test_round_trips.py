@@ -7,12 +7,14 @@ must be: the nonce claimed; the lease and the references read in one BatchGetIte
 *while* the broker assumes its role in the target account (shown by holding both calls
 at once: if the table read came after the AssumeRole, it could not be reached while
 that is held) and before the bucket policy is read; the lease taken with the intent
-(one transaction); the outcome written with the lease given back (one transaction);
-the answer kept on the nonce.
+(one transaction); the outcome written with the lease given back and the answer kept
+on the nonce for a retry (one transaction).
 """
 
 from __future__ import annotations
 
+import json
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,14 @@ if TYPE_CHECKING:
 
 def own_calls(aws_calls: Any) -> list[str]:
     return [c.operation for c in aws_calls.calls if c.operation.startswith("dynamodb.")]
+
+
+def kept_answer(sc: Scenario, request_id: str) -> dict[str, Any]:
+    """The answer kept on the nonce of the request ``request_id``, read back from the nonce table."""
+    items = sc.local.client("dynamodb").scan(TableName=sc.config.nonce_table, ConsistentRead=True)["Items"]
+    answers = [json.loads(zlib.decompress(i["answer"]["B"])) for i in items if "answer" in i]
+    (answer,) = [a for a in answers if a.get("request_id") == request_id]
+    return answer
 
 
 def test_a_resource_costs_two_own_round_trips_and_its_table_read_overlaps_the_assume_role(
@@ -66,8 +76,7 @@ def test_a_resource_costs_two_own_round_trips_and_its_table_read_overlaps_the_as
         "dynamodb.PutItem",  # the nonce, claimed
         "dynamodb.BatchGetItem",  # lease + references, beside sts.AssumeRole
         "dynamodb.TransactWriteItems",  # lease taken + intent entry
-        "dynamodb.TransactWriteItems",  # outcome entry + lease given back
-        "dynamodb.PutItem",  # the answer, kept on the nonce for a retry
+        "dynamodb.TransactWriteItems",  # outcome entry + lease given back + the answer, kept on the nonce
     ]
     assert [c.operation for c in aws_calls.calls if not c.operation.startswith("dynamodb.")] == [
         "sts.AssumeRole",
@@ -90,6 +99,7 @@ def test_a_resource_costs_two_own_round_trips_and_its_table_read_overlaps_the_as
         if e.entry.get("request_id") == "measured-request"
     ]
     assert recorded == [("intent", "applied"), ("outcome", "applied")]
+    assert kept_answer(sc, "measured-request") == response.model_dump(mode="json", exclude_none=True)
 
 
 def test_a_resource_with_nothing_to_change_takes_no_lease(scenario: Scenario, aws_calls: Any) -> None:
@@ -107,11 +117,11 @@ def test_a_resource_with_nothing_to_change_takes_no_lease(scenario: Scenario, aw
 
     assert [r.decision for r in again.results] == ["unchanged"], again.error
     assert own_calls(aws_calls) == [
-        "dynamodb.PutItem",
+        "dynamodb.PutItem",  # the nonce, claimed
         "dynamodb.BatchGetItem",
-        "dynamodb.PutItem",  # the decision entry, alone: no lease, no transaction
-        "dynamodb.PutItem",
+        "dynamodb.TransactWriteItems",  # the decision entry with the answer kept on the nonce: no lease
     ]
+    assert kept_answer(sc, "again-request") == again.model_dump(mode="json", exclude_none=True)
     assert [c.operation for c in aws_calls.calls if not c.operation.startswith("dynamodb.")] == [
         "sts.AssumeRole",
         "s3.GetBucketPolicy",
